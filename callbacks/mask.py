@@ -1,0 +1,169 @@
+"""A pruning mask: one bool tensor per prunable parameter, keyed by its state-dict name.
+
+``True`` means *kept*. The object validates itself (bool dtype, known names, matching shapes),
+reports sparsity globally and per tensor, and saves bit-packed (1 bit per weight) with an
+atomic write, so masks are small files that load without the code that made them
+(``torch.load(weights_only=True)`` of plain tensors and strings).
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = "lightning-vl/mask"
+VERSION = 1
+
+
+class Mask:
+    def __init__(self, tensors: Mapping[str, torch.Tensor]):
+        if not tensors:
+            raise ValueError("a Mask needs at least one tensor")
+        for name, t in tensors.items():
+            if not isinstance(t, torch.Tensor) or t.dtype != torch.bool:
+                got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+                raise TypeError(f"mask for {name!r} must be a bool tensor, got {got}")
+        self._tensors: dict[str, torch.Tensor] = dict(tensors)
+
+    # construction -----------------------------------------------------------------------------
+    @classmethod
+    def ones_like(cls, params: Mapping[str, torch.Tensor]) -> "Mask":
+        """The dense mask (nothing pruned) for the given parameters."""
+        return cls({k: torch.ones(v.shape, dtype=torch.bool, device=v.device) for k, v in params.items()})
+
+    # mapping access ---------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._tensors[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._tensors
+
+    def __iter__(self):
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def keys(self):
+        return self._tensors.keys()
+
+    def items(self):
+        return self._tensors.items()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mask) or self.keys() != other.keys():
+            return False
+        return all(torch.equal(self[k].cpu(), other[k].cpu()) for k in self)
+
+    def to(self, device: torch.device | str) -> "Mask":
+        return Mask({k: v.to(device) for k, v in self._tensors.items()})
+
+    # statistics -------------------------------------------------------------------------------
+    @property
+    def num_total(self) -> int:
+        return sum(t.numel() for t in self._tensors.values())
+
+    @property
+    def num_kept(self) -> int:
+        return int(sum(int(t.sum()) for t in self._tensors.values()))
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of prunable weights removed."""
+        return 1.0 - self.num_kept / self.num_total
+
+    def layer_sparsity(self) -> dict[str, float]:
+        return {k: 1.0 - int(t.sum()) / t.numel() for k, t in self._tensors.items()}
+
+    def report(self) -> dict:
+        """A JSON-ready summary: global counts and per-tensor sparsity."""
+        return {
+            "sparsity": self.sparsity,
+            "kept": self.num_kept,
+            "total": self.num_total,
+            "tensors": len(self),
+            "per_tensor": self.layer_sparsity(),
+        }
+
+    # checks -----------------------------------------------------------------------------------
+    def validate(self, params: Mapping[str, torch.Tensor], source: str = "mask") -> None:
+        """Raise if a masked name is not a parameter or shapes differ; names the offender."""
+        for name, t in self._tensors.items():
+            if name not in params:
+                close = [p for p in params if p.endswith(name.split(".", 1)[-1])][:3]
+                raise KeyError(
+                    f"{source}: {name!r} is not a parameter of the model"
+                    + (f" (did you mean {close}?)" if close else "")
+                )
+            if tuple(params[name].shape) != tuple(t.shape):
+                raise ValueError(
+                    f"{source}: {name!r} has shape {tuple(t.shape)}, the model's parameter has "
+                    f"{tuple(params[name].shape)}"
+                )
+
+    @torch.no_grad()
+    def apply_(self, params: Mapping[str, torch.Tensor]) -> None:
+        """Zero the pruned weights in place (``w *= m``; no float copy of the mask is kept)."""
+        names = list(self._tensors)
+        torch._foreach_mul_([params[k] for k in names], [self._tensors[k] for k in names])
+
+    # persistence ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Bit-packed representation: 1 bit per weight, plain tensors only."""
+        packed, shapes = {}, {}
+        for k, t in self._tensors.items():
+            packed[k] = torch.from_numpy(np.packbits(t.detach().cpu().numpy().reshape(-1)))
+            shapes[k] = list(t.shape)
+        return {"format": FORMAT, "version": VERSION, "shapes": shapes, "packed": packed}
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping, source: str = "mask") -> "Mask":
+        if not isinstance(state, Mapping) or state.get("format") != FORMAT:
+            raise ValueError(f"{source}: not a lightning-vl mask (expected format {FORMAT!r})")
+        if state.get("version") != VERSION:
+            raise ValueError(f"{source}: mask version {state.get('version')}, expected {VERSION}")
+        tensors = {}
+        for k, shape in state["shapes"].items():
+            n = math.prod(shape)
+            bits = np.unpackbits(state["packed"][k].numpy(), count=n)
+            tensors[k] = torch.from_numpy(bits.astype(bool)).reshape(shape)
+        return cls(tensors)
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_torch_save(self.state_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Mask":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"mask file {path} does not exist")
+        return cls.from_state_dict(torch.load(path, map_location="cpu", weights_only=True), str(path))
+
+
+def named_parameters_by(model: torch.nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Look up parameters by state-dict name, with an error naming the missing ones."""
+    params = dict(model.named_parameters())
+    names = list(names)
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise KeyError(f"not parameters of {type(model).__name__}: {missing[:5]}")
+    return {n: params[n] for n in names}
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: never a half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,87 @@
+"""Loading initial weights into a task module: released UNITER checkpoints and our own files.
+
+Accepted: a plain UNITER state dict (``uniter-base.pt``; fp16 or fp32; pre-training heads such as
+``cls.*`` / ``itm_output.*`` are reported and ignored), a Lightning checkpoint of this project
+(``{"state_dict": ...}``), or a rewind/init file written by the IMP driver. Files are read with
+``weights_only=True`` — never unpickling code. Missing and unexpected keys are reported; a shape
+mismatch is an error naming the file, the key and both shapes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+TYPE_TABLE = "uniter.embeddings.token_type_embeddings.weight"
+
+
+@dataclass
+class LoadReport:
+    path: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        def head(keys):
+            return ", ".join(keys[:6]) + (" …" if len(keys) > 6 else "")
+
+        lines = [f"loaded {len(self.loaded)} tensors from {self.path}"]
+        if self.missing:
+            lines.append(f"  missing (left at init): {len(self.missing)}: {head(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  unexpected (ignored): {len(self.unexpected)}: {head(self.unexpected)}")
+        return "\n".join(lines)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A float32 state dict from any accepted file, with TF-era ``gamma``/``beta`` renamed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickled code, truncated file, not a torch file
+        raise ValueError(f"cannot read checkpoint {path} as plain tensors: {err}") from err
+    if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
+        raw = raw["state_dict"]  # Lightning checkpoint
+    elif isinstance(raw, dict) and isinstance(raw.get("model_state"), dict):
+        raw = raw["model_state"]  # UNITER training checkpoint
+    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise ValueError(f"checkpoint {path} is not a state dict of tensors")
+    out = {}
+    for k, v in raw.items():
+        k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        out[k] = v.float() if v.is_floating_point() else v
+    return out
+
+
+def map_head_keys(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """UNITER keeps head parameters at the top level (``nlvr2_output.weight``); ours live under
+    ``head.``. Map a key when the ``head.``-prefixed name exists in the model."""
+    own = set(model.state_dict())
+    return {(f"head.{k}" if f"head.{k}" in own and k not in own else k): v for k, v in state.items()}
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
+    """Non-strict load that refuses shape mismatches; returns what was loaded/missing/ignored."""
+    own = model.state_dict()
+    report = LoadReport(path=source)
+    for k, v in state.items():
+        if k not in own:
+            report.unexpected.append(k)
+        elif tuple(own[k].shape) != tuple(v.shape):
+            raise ValueError(
+                f"{source}: {k!r} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}"
+            )
+        else:
+            report.loaded.append(k)
+    report.missing = [k for k in own if k not in state]
+    model.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
+    return report

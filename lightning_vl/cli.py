@@ -1,0 +1,101 @@
+"""``lightning-vl``: LightningCLI with YAML configs, plus ``prune`` (IMP / random pruning rounds)
+and ``demo`` (generate the offline demo world).
+
+    lightning-vl fit   --config configs/task/nlvr2.yaml --config configs/demo.yaml
+    lightning-vl prune --config configs/task/nlvr2.yaml --config configs/demo.yaml --imp.method random
+    lightning-vl demo  --out data/demo
+
+Every Trainer flag passes through (``--trainer.max_steps 500``, ``--trainer.strategy ddp``…).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from pathlib import Path
+
+import yaml
+from pytorch_lightning import LightningDataModule
+from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.loggers import CSVLogger
+
+from .imp import ImpConfig, ImpRunner, config_hash
+from .module import VLModule
+
+
+class VLCli(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), "prune": {"model", "datamodule"}}
+
+    def _add_subcommands(self, parser, **kwargs) -> None:
+        """Lightning adds the Trainer-method subcommands; ``prune`` is a method of this class."""
+        self._subcommand_parsers = {}
+        subcommands = parser.add_subcommands()
+        for name in self.subcommands():
+            klass = type(self) if name == "prune" else self.trainer_class
+            description = (getattr(klass, name).__doc__ or "").strip().splitlines()[0]
+            sub_kwargs = {**kwargs.get(name, {}), "description": description}
+            sub_parser = self._prepare_subcommand_parser(klass, name, **sub_kwargs)
+            self._subcommand_parsers[name] = sub_parser
+            subcommands.add_subcommand(name, sub_parser, help=description)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand != "prune":
+            return super()._run_subcommand(subcommand)
+        self.prune(**self._prepare_subcommand_kwargs(subcommand))
+
+    def prune(self, model: VLModule, datamodule: LightningDataModule, imp: ImpConfig = ImpConfig()) -> None:
+        """Find lottery tickets: rounds of fine-tuning and pruning (IMP or random), resumable."""
+        if isinstance(imp, dict):  # jsonargparse may hand the group over as a namespace/dict
+            imp = ImpConfig(**imp)
+        parser = self._parser("prune")
+        config_yaml = parser.dump(self.config["prune"], skip_none=False)
+        config = yaml.safe_load(config_yaml)
+        run_name = imp.name or f"{imp.method}-{config_hash(config)}"
+        run_dir = Path(imp.root) / model.spec.name / run_name
+        runner = ImpRunner(
+            imp,
+            model,
+            datamodule,
+            make_trainer=self._round_trainer,
+            run_dir=run_dir,
+            config=config,
+            config_yaml=config_yaml,
+            seed=int(self.config["prune"].get("seed_everything") or 0),
+        )
+        runner.run()
+
+    def _round_trainer(self, round_dir: Path, callbacks: list):
+        """A fresh Trainer per round from the configured flags: own callbacks copied, a CSV log
+        in the round folder unless another logger was configured."""
+        cfg = dict(self._get(self.config_init, "trainer", default={}))
+        user_callbacks = cfg.pop("callbacks", None) or []
+        if not isinstance(user_callbacks, list):
+            user_callbacks = [user_callbacks]
+        cfg["callbacks"] = copy.deepcopy(user_callbacks) + list(callbacks)
+        if cfg.get("logger") in (None, True):
+            cfg["logger"] = CSVLogger(str(round_dir), name="logs", version="")
+        cfg["default_root_dir"] = str(round_dir)
+        return self.trainer_class(**cfg)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if argv[:1] == ["demo"]:
+        from data_modules.demo import main as demo_main
+
+        return demo_main(argv[1:])
+    VLCli(
+        VLModule,
+        LightningDataModule,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=argv,
+    )
+
+
+if __name__ == "__main__":
+    main()

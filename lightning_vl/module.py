@@ -1,0 +1,184 @@
+"""``VLModule``: the UNITER core plus one task head, trained with UNITER's fine-tuning recipe.
+
+State-dict keys: ``uniter.*`` (UNITER's released names) and ``head.*`` (UNITER's head names under
+``head.``). The optimizer follows UNITER: AdamW with betas (0.9, 0.98), eps 1e-6, weight decay
+0.01 except for parameters whose name contains ``bias``/``LayerNorm.weight``, an optional head
+learning-rate multiplier, and linear warm-up then linear decay over the fit's optimizer steps.
+Gradient clipping is the Trainer's ``gradient_clip_val``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, replace
+from typing import Optional
+
+import pytorch_lightning as pl
+import torch
+
+from .checkpoints import TYPE_TABLE, load_into, map_head_keys, read_state_dict
+from .heads import init_head_weights
+from .tasks import get_task
+from .uniter import UniterConfig, UniterModel, encoder_linear_names
+
+log = logging.getLogger(__name__)
+
+NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight")  # UNITER's substring filter
+
+
+def warmup_linear(step: int, warmup: int, total: int) -> float:
+    """UNITER's schedule as a multiplier; ``step`` counts optimizer updates from 1."""
+    if step < warmup:
+        return step / warmup
+    if total <= warmup:
+        return 1.0
+    return max((total - step) / (total - warmup), 1e-8)
+
+
+class VLModule(pl.LightningModule):
+    """A UNITER task model.
+
+    Args:
+        task: a name from ``lightning_vl.tasks.TASKS``.
+        uniter: the core's sizes (``configs/model/uniter-*.yaml``).
+        head: head variant of the task (NLVR2: ``paired-attn`` or ``paired``); None = the default.
+        init: weights to start from (released UNITER checkpoint or one of ours); None = random init.
+        mask: a mask file (a ticket) to fine-tune with; pruned weights are kept at zero.
+        lr: peak learning rate. head_lr_mult: multiplier for the head's learning rate.
+        warmup_steps: linear warm-up length in optimizer steps (then linear decay to the fit's end).
+    """
+
+    def __init__(
+        self,
+        task: str = "nlvr2",
+        uniter: UniterConfig = UniterConfig(),
+        head: Optional[str] = None,
+        init: Optional[str] = None,
+        mask: Optional[str] = None,
+        lr: float = 3e-5,
+        head_lr_mult: float = 1.0,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-6,
+        warmup_steps: int = 800,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec = get_task(task)
+        head = head or self.spec.default_head
+        if head not in self.spec.heads:
+            raise ValueError(f"task {task!r} has heads {sorted(self.spec.heads)}, not {head!r}")
+        self.uniter = UniterModel(uniter)
+        self.head = self.spec.heads[head](uniter)
+        init_head_weights(self.head, uniter.initializer_range)
+        self._type_rows = uniter.type_vocab_size + len(self.spec.type_rows_from)
+        if init:
+            self.load_initial_weights(init)
+        self.uniter.extend_type_embeddings(self._type_rows, self.spec.type_rows_from)
+        self.train_metrics = self.spec.metrics().clone(prefix="train/")
+        self.val_metrics = self.spec.metrics().clone(prefix="val/")
+        self.test_metrics = self.spec.metrics().clone(prefix="test/")
+
+    @property
+    def monitor(self) -> str:
+        return self.spec.monitor
+
+    def prunable_parameter_names(self, include: tuple[str, ...] = ("encoder",)) -> list[str]:
+        """Parameter names of the prunable set; ``encoder`` = the 6 Linear weights per layer,
+        ``pooler`` and ``img_linear`` opt-in. Heads are never prunable."""
+        names = []
+        cfg = self.uniter.config
+        for part in include:
+            if part == "encoder":
+                names += encoder_linear_names(cfg)
+            elif part == "pooler":
+                names.append("uniter.pooler.dense.weight")
+            elif part == "img_linear":
+                names.append("uniter.img_embeddings.img_linear.weight")
+            else:
+                raise ValueError(f"unknown prunable part {part!r}; expected encoder, pooler, img_linear")
+        return names
+
+    def load_initial_weights(self, path: str) -> None:
+        state = map_head_keys(read_state_dict(path), self)
+        rows = state.get(TYPE_TABLE)
+        if rows is not None and rows.shape[0] == self._type_rows:
+            # already extended (one of our own checkpoints): extend first, then load
+            self.uniter.extend_type_embeddings(self._type_rows, self.spec.type_rows_from)
+        report = load_into(self, state, str(path))
+        log.info(report.summary())
+        self.init_report = report
+
+    # ------------------------------------------------------------------------------------------
+    def forward(self, batch: dict) -> torch.Tensor:
+        seq = self.uniter(
+            batch["input_ids"],
+            batch["position_ids"],
+            batch["img_feat"],
+            batch["img_pos_feat"],
+            batch["attn_masks"],
+            batch["gather_index"],
+            txt_type_ids=batch.get("txt_type_ids"),
+            img_type_ids=batch.get("img_type_ids"),
+        )
+        return self.head(seq, self.uniter.pooler(seq), batch)
+
+    def _step(self, batch: dict, metrics) -> torch.Tensor:
+        logits = self(batch)
+        loss = self.spec.loss(logits, batch)
+        metrics.update(logits.detach(), batch["targets"])
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        loss = self._step(batch, self.train_metrics)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["targets"]))
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(batch["targets"]))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss = self._step(batch, self.val_metrics)
+        self.log("val/loss", loss, sync_dist=True, batch_size=len(batch["targets"]))
+        self.log_dict(self.val_metrics, prog_bar=True, batch_size=len(batch["targets"]))
+
+    def test_step(self, batch, batch_idx):
+        loss = self._step(batch, self.test_metrics)
+        self.log("test/loss", loss, sync_dist=True, batch_size=len(batch["targets"]))
+        self.log_dict(self.test_metrics, batch_size=len(batch["targets"]))
+
+    def predict_step(self, batch, batch_idx):
+        return {"ids": batch.get("ids"), "logits": self(batch)}
+
+    # ------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            key = (name.startswith("head."), any(nd in name for nd in NO_DECAY))
+            groups.setdefault(key, []).append(p)
+        param_groups = [
+            {
+                "params": params,
+                "lr": hp.lr * (hp.head_lr_mult if is_head else 1.0),
+                "weight_decay": 0.0 if no_decay else hp.weight_decay,
+            }
+            for (is_head, no_decay), params in sorted(groups.items())
+        ]
+        optimizer = torch.optim.AdamW(param_groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = min(hp.warmup_steps, total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: warmup_linear(s + 1, warmup, total)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_callbacks(self):
+        """``mask=...`` fine-tunes a ticket: the masked-training callback keeps it sparse."""
+        if not self.hparams.mask:
+            return []
+        from callbacks import Mask, MaskedTraining
+
+        return [MaskedTraining(Mask.load(self.hparams.mask))]
+
+    def core_config(self) -> dict:
+        return asdict(replace(self.uniter.config))

@@ -1,0 +1,187 @@
+"""UNITER: the vision-and-language transformer of Chen et al. (ECCV 2020), in one readable file.
+
+Module and parameter names match the released checkpoints (``uniter.embeddings.*``,
+``uniter.img_embeddings.*``, ``uniter.encoder.layer.N.*``, ``uniter.pooler.*``), so a released
+``uniter-base.pt`` loads without renaming. The encoder and pooler are transformers' own BERT layers
+(post-LN, erf-GELU), which have exactly UNITER's names and maths; what BERT lacks — the image
+embedder and the text+region join by ``gather_index`` — is written here.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import BertConfig
+from transformers.models.bert.modeling_bert import BertEncoder, BertPooler
+
+
+@dataclass
+class UniterConfig:
+    """Sizes of a UNITER core; defaults are UNITER-base (``config/uniter-base.json``)."""
+
+    vocab_size: int = 28996
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    img_dim: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
+                f"{self.num_attention_heads}"
+            )
+
+    @classmethod
+    def from_json(cls, path: str | Path, **overrides) -> "UniterConfig":
+        """Read UNITER's own json config (unknown keys are ignored, ``img_dim`` may be overridden)."""
+        raw = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in {**raw, **overrides}.items() if k in known})
+
+    def to_bert_config(self) -> BertConfig:
+        cfg = {k: v for k, v in asdict(self).items() if k != "img_dim"}
+        return BertConfig(**cfg, attn_implementation="sdpa")
+
+
+class UniterTextEmbeddings(nn.Module):
+    """LN(word + position + token type), then dropout. Only text tokens get positions."""
+
+    def __init__(self, config: UniterConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=0)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, position_ids, token_type_ids=None):
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        emb = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(position_ids)
+            + self.token_type_embeddings(token_type_ids)
+        )
+        return self.dropout(self.LayerNorm(emb))
+
+
+class UniterImageEmbeddings(nn.Module):
+    """LN(LN(W f) + LN(W_pos p7) + type), then dropout; ``type`` comes from the *text* type table."""
+
+    def __init__(self, config: UniterConfig):
+        super().__init__()
+        h, eps = config.hidden_size, config.layer_norm_eps
+        self.img_linear = nn.Linear(config.img_dim, h)
+        self.img_layer_norm = nn.LayerNorm(h, eps=eps)
+        self.pos_layer_norm = nn.LayerNorm(h, eps=eps)
+        self.pos_linear = nn.Linear(7, h)
+        self.mask_embedding = nn.Embedding(2, config.img_dim, padding_idx=0)
+        self.LayerNorm = nn.LayerNorm(h, eps=eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, img_feat, img_pos_feat, type_embeddings, img_masks=None):
+        if img_masks is not None:
+            # UNITER zeroes row 0 on every call, so unmasked regions get nothing added.
+            self.mask_embedding.weight.data[0].zero_()
+            img_feat = img_feat + self.mask_embedding(img_masks.long())
+        transformed_im = self.img_layer_norm(self.img_linear(img_feat))
+        transformed_pos = self.pos_layer_norm(self.pos_linear(img_pos_feat))
+        return self.dropout(self.LayerNorm(transformed_im + transformed_pos + type_embeddings))
+
+
+class UniterModel(nn.Module):
+    """The UNITER core: embeddings, join, encoder and pooler (pooler applied by the heads)."""
+
+    def __init__(self, config: UniterConfig):
+        super().__init__()
+        self.config = replace(config)  # own copy: extend_type_embeddings updates it
+        self.embeddings = UniterTextEmbeddings(config)
+        self.img_embeddings = UniterImageEmbeddings(config)
+        self.encoder = BertEncoder(config.to_bert_config())
+        self.pooler = BertPooler(config.to_bert_config())
+        self.apply(self.init_weights)
+
+    def init_weights(self, module: nn.Module) -> None:
+        """UNITER's init: N(0, 0.02) for Linear/Embedding (padding rows too), zero bias, unit LN."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=self.config.initializer_range)
+        elif isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+
+    def extend_type_embeddings(self, num_types: int, copy_from: list[int]) -> None:
+        """Grow the token-type table as UNITER's ``init_type_embedding`` does.
+
+        Existing rows are kept; new row ``k`` is a copy of row ``copy_from[k - old]``
+        (NLVR2: 3 types, row 2 = row 1; VCR: 4 types, rows 2 and 3 = row 0).
+        """
+        old = self.embeddings.token_type_embeddings
+        if old.num_embeddings >= num_types:
+            return
+        new = nn.Embedding(num_types, self.config.hidden_size).to(old.weight.device)
+        self.init_weights(new)
+        with torch.no_grad():
+            new.weight[: old.num_embeddings] = old.weight
+            for k, src in enumerate(copy_from, start=old.num_embeddings):
+                new.weight[k] = old.weight[src]
+        self.embeddings.token_type_embeddings = new
+        self.config.type_vocab_size = num_types
+
+    def forward(
+        self,
+        input_ids,
+        position_ids,
+        img_feat,
+        img_pos_feat,
+        attn_masks,
+        gather_index,
+        txt_type_ids=None,
+        img_type_ids=None,
+        img_masks=None,
+    ) -> torch.Tensor:
+        """Joint text+image encoding; returns the last layer's sequence (R, Ltot, H)."""
+        txt_emb = self.embeddings(input_ids, position_ids, txt_type_ids)
+        if img_type_ids is None:
+            img_type_ids = torch.ones(img_feat.shape[:2], dtype=torch.long, device=img_feat.device)
+        img_type_emb = self.embeddings.token_type_embeddings(img_type_ids)
+        img_emb = self.img_embeddings(img_feat, img_pos_feat, img_type_emb, img_masks)
+        joint = torch.cat([txt_emb, img_emb], dim=1)
+        index = gather_index.unsqueeze(-1).expand(-1, -1, self.config.hidden_size)
+        embedding_output = torch.gather(joint, 1, index)
+        return self.encoder(embedding_output, self.extended_attention_mask(attn_masks))[0]
+
+    def extended_attention_mask(self, attn_masks: torch.Tensor) -> torch.Tensor:
+        """UNITER's additive key mask: 0 where attended, -10000 on padding, shape (R, 1, 1, L)."""
+        dtype = next(self.parameters()).dtype
+        return (1.0 - attn_masks[:, None, None, :].to(dtype)) * -10000.0
+
+
+def encoder_linear_names(config: UniterConfig, prefix: str = "uniter.") -> list[str]:
+    """The 6 Linear weights of every encoder layer: BERT-Tickets' prunable set (72 at base size)."""
+    parts = (
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    )
+    return [
+        f"{prefix}encoder.layer.{i}.{p}.weight"
+        for i in range(config.num_hidden_layers)
+        for p in parts
+    ]

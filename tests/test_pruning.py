@@ -1,0 +1,150 @@
+"""The pruning algorithm and the Mask object (pure functions, no training)."""
+import math
+
+import pytest
+import torch
+
+from callbacks import Mask, magnitude_prune, mask_overlap, random_prune, shuffle_mask, sparsity_schedule
+from callbacks.pruning import prune_count
+
+
+def weights(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "l0.weight": torch.randn(40, 30, generator=g),
+        "l1.weight": torch.randn(30, 30, generator=g) * 0.1,  # small: IMP should hit it hardest
+        "l2.weight": torch.randn(25, generator=g),
+    }
+
+
+def test_linear_schedule_is_the_papers_axis():
+    assert sparsity_schedule(0.9) == pytest.approx([0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    assert sparsity_schedule(0.75) == pytest.approx([0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75])
+    assert sparsity_schedule(0.0) == [0.0]
+
+
+def test_geometric_schedule_prunes_a_fraction_of_what_remains():
+    levels = sparsity_schedule(0.5, "geometric")
+    assert levels[:4] == pytest.approx([0, 0.1, 0.19, 0.271])
+    assert levels[-1] == 0.5 and all(a < b for a, b in zip(levels, levels[1:]))
+    remaining = [1 - s for s in levels[:-1]]
+    assert all(math.isclose(b / a, 0.9) for a, b in zip(remaining, remaining[1:]))
+
+
+@pytest.mark.parametrize("bad", [dict(target=1.0), dict(target=-0.1), dict(target=0.5, schedule="cubic"),
+                                 dict(target=0.5, rate=0.0)])
+def test_schedule_rejects_bad_input(bad):
+    with pytest.raises(ValueError):
+        sparsity_schedule(**bad)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "geometric"])
+def test_iterated_magnitude_pruning_hits_each_level_exactly_and_nests(schedule):
+    w = weights()
+    mask = Mask.ones_like(w)
+    for level in sparsity_schedule(0.8, schedule)[1:]:
+        new = magnitude_prune(w, mask, level)
+        assert new.num_total - new.num_kept == prune_count(new.num_total, level)
+        assert all(bool((new[k] <= mask[k]).all()) for k in w)  # never revives a weight
+        mask = new
+
+
+def test_magnitude_pruning_is_global_and_removes_the_smallest():
+    w = weights()
+    mask = magnitude_prune(w, Mask.ones_like(w), 0.3)
+    kept = torch.cat([w[k][mask[k]].abs().flatten() for k in w])
+    pruned = torch.cat([w[k][~mask[k]].abs().flatten() for k in w])
+    assert pruned.max() <= kept.min()
+    per_layer = mask.layer_sparsity()
+    assert per_layer["l1.weight"] > 0.5 and per_layer["l0.weight"] < 0.1  # one global threshold
+
+
+def test_magnitude_pruning_handles_ties_exactly():
+    w = {"a": torch.zeros(10, 10)}  # all tied
+    mask = magnitude_prune(w, Mask.ones_like(w), 0.37)
+    assert mask.num_kept == 63
+
+
+def test_magnitude_pruning_prunes_already_pruned_first_even_if_weights_were_not_zeroed():
+    w = weights()
+    first = magnitude_prune(w, Mask.ones_like(w), 0.2)
+    w2 = {k: torch.randn_like(v) for k, v in w.items()}  # magnitudes reshuffled, pruned not zero
+    second = magnitude_prune(w2, first, 0.4)
+    assert all(bool((second[k] <= first[k]).all()) for k in w)
+
+
+@pytest.mark.parametrize("layerwise", [False, True])
+def test_random_pruning_counts_nesting_and_seed(layerwise):
+    w = weights()
+    dense = Mask.ones_like(w)
+    a = random_prune(dense, 0.4, torch.Generator().manual_seed(1), layerwise=layerwise)
+    b = random_prune(dense, 0.4, torch.Generator().manual_seed(1), layerwise=layerwise)
+    c = random_prune(dense, 0.4, torch.Generator().manual_seed(2), layerwise=layerwise)
+    assert a == b and a != c
+    assert a.num_total - a.num_kept == prune_count(a.num_total, 0.4)
+    if layerwise:
+        for k, s in a.layer_sparsity().items():
+            assert s == pytest.approx(prune_count(w[k].numel(), 0.4) / w[k].numel())
+    deeper = random_prune(a, 0.6, torch.Generator().manual_seed(3), layerwise=layerwise)
+    assert all(bool((deeper[k] <= a[k]).all()) for k in w)
+
+
+def test_shuffle_mask_keeps_per_tensor_counts():
+    w = weights()
+    imp = magnitude_prune(w, Mask.ones_like(w), 0.5)
+    shuffled = shuffle_mask(imp, torch.Generator().manual_seed(0), layerwise=True)
+    assert shuffled.layer_sparsity() == pytest.approx(imp.layer_sparsity())
+    assert shuffled != imp
+    glob = shuffle_mask(imp, torch.Generator().manual_seed(0), layerwise=False)
+    assert glob.num_kept == imp.num_kept
+
+
+def test_overlap_metrics_and_chance_level():
+    big = {"w": torch.zeros(200_000)}
+    dense = Mask.ones_like(big)
+    a = random_prune(dense, 0.7, torch.Generator().manual_seed(0))
+    b = random_prune(dense, 0.7, torch.Generator().manual_seed(1))
+    o = mask_overlap(a, b)
+    assert o["iou_chance"] == pytest.approx(0.3 / 1.7)  # the paper's 0.176 at 70% sparsity
+    assert o["iou"] == pytest.approx(o["iou_chance"], abs=0.01)
+    assert mask_overlap(a, a) == pytest.approx({"iou": 1.0, "overlap": 1.0, "hamming": 0.0, "iou_chance": 0.3 / 1.7})
+
+
+def test_mask_rejects_non_bool_and_validates_against_params():
+    with pytest.raises(TypeError, match="bool"):
+        Mask({"w": torch.ones(3)})
+    m = Mask({"enc.w": torch.ones(3, 3, dtype=torch.bool)})
+    with pytest.raises(KeyError, match="enc.w"):
+        m.validate({"other": torch.zeros(3, 3)})
+    with pytest.raises(ValueError, match=r"\(3, 3\).*\(4, 3\)"):
+        m.validate({"enc.w": torch.zeros(4, 3)})
+
+
+def test_mask_save_load_roundtrip_is_bit_packed(tmp_path):
+    w = {"a": torch.randn(1000, 33), "b": torch.randn(7)}
+    mask = random_prune(Mask.ones_like(w), 0.55, torch.Generator().manual_seed(0))
+    path = tmp_path / "mask.pt"
+    mask.save(path)
+    assert Mask.load(path) == mask
+    assert path.stat().st_size < 33_000 / 8 * 1000 / 1000 * 1.3 + 2000  # ~1 bit per weight
+    assert not list(tmp_path.glob(".*tmp"))  # atomic write leaves nothing behind
+    report = mask.report()
+    assert report["kept"] == mask.num_kept and set(report["per_tensor"]) == {"a", "b"}
+
+
+def test_mask_load_rejects_foreign_files(tmp_path):
+    torch.save({"a": torch.ones(3)}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="x.pt"):
+        Mask.load(tmp_path / "x.pt")
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        Mask.load(tmp_path / "nope.pt")
+
+
+def test_apply_zeroes_in_place_without_copies():
+    w = weights()
+    mask = magnitude_prune(w, Mask.ones_like(w), 0.5)
+    ptrs = {k: v.data_ptr() for k, v in w.items()}
+    mask.apply_(w)
+    for k in w:
+        assert w[k].data_ptr() == ptrs[k]
+        assert bool((w[k][~mask[k]] == 0).all()) and bool((w[k][mask[k]] != 0).all())
