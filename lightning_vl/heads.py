@@ -30,6 +30,8 @@ class AttentionPool(nn.Module):
 class Nlvr2PairedHead(nn.Module):
     """NLVR2 ``paired``: concatenate the pooled [CLS] of the (left, right) rows → 2 logits."""
 
+    uses_pooler = True
+
     def __init__(self, config: UniterConfig):
         super().__init__()
         self.nlvr2_output = nn.Linear(2 * config.hidden_size, 2)
@@ -42,6 +44,8 @@ class Nlvr2PairedHead(nn.Module):
 class Nlvr2PairedAttnHead(nn.Module):
     """NLVR2 ``paired-attn`` (UNITER's released default): bi-directional attention between the two
     rows of a pair, a shared fc, attention pooling of each side, then Linear(2H→2)."""
+
+    uses_pooler = False  # reads whole sequences; the core's pooler gets no gradient
 
     def __init__(self, config: UniterConfig):
         super().__init__()

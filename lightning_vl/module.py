@@ -70,6 +70,10 @@ class VLModule(pl.LightningModule):
         self.uniter = UniterModel(uniter)
         self.head = self.spec.heads[head](uniter)
         init_head_weights(self.head, uniter.initializer_range)
+        # parameters fine-tuning never uses are frozen, so DDP needs no unused-parameter search
+        self.uniter.img_embeddings.mask_embedding.requires_grad_(False)  # only MRM masks regions
+        if not self.head.uses_pooler:
+            self.uniter.pooler.requires_grad_(False)
         self._type_rows = uniter.type_vocab_size + len(self.spec.type_rows_from)
         if init:
             self.load_initial_weights(init)
@@ -120,7 +124,8 @@ class VLModule(pl.LightningModule):
             txt_type_ids=batch.get("txt_type_ids"),
             img_type_ids=batch.get("img_type_ids"),
         )
-        return self.head(seq, self.uniter.pooler(seq), batch)
+        pooled = self.uniter.pooler(seq) if self.head.uses_pooler else None
+        return self.head(seq, pooled, batch)
 
     def _step(self, batch: dict, metrics) -> torch.Tensor:
         logits = self(batch)
@@ -166,9 +171,8 @@ class VLModule(pl.LightningModule):
         ]
         optimizer = torch.optim.AdamW(param_groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
         total = int(self.trainer.estimated_stepping_batches)
-        warmup = min(hp.warmup_steps, total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: warmup_linear(s + 1, warmup, total)
+            optimizer, lambda s: warmup_linear(s + 1, hp.warmup_steps, total)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -1,0 +1,132 @@
+"""``make bench``: what masking costs per training step at UNITER-base size on this machine.
+
+Three variants train the same NLVR2 paired-attn model on the same synthetic batch:
+``dense`` (no mask), ``masked`` (our way: bool masks, ``w *= m`` after each optimizer step) and
+``torch-prune`` (``torch.nn.utils.prune.custom_from_mask``: a forward pre-hook multiplying every
+pruned weight by a float mask). Steps are interleaved so drift of the machine hits all three
+alike; the median step time of each is reported, with the ratios to dense, as a table and as
+``bench/results.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.utils.prune as tprune
+
+from callbacks import Mask, random_prune
+
+from .module import VLModule
+from .uniter import UniterConfig
+
+
+def synthetic_batch(pairs: int, txt_len: int, n_boxes: int, cfg: UniterConfig, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    rows = 2 * pairs
+    ltot = txt_len + n_boxes
+    gather = torch.arange(ltot).repeat(rows, 1)
+    return {
+        "input_ids": torch.randint(1, cfg.vocab_size, (rows, txt_len), generator=g),
+        "position_ids": torch.arange(txt_len)[None],
+        "img_feat": torch.randn(rows, n_boxes, cfg.img_dim, generator=g),
+        "img_pos_feat": torch.rand(rows, n_boxes, 7, generator=g),
+        "img_type_ids": torch.tensor([1, 2]).repeat(pairs)[:, None].expand(rows, n_boxes).contiguous(),
+        "attn_masks": torch.ones(rows, ltot, dtype=torch.long),
+        "gather_index": gather,
+        "targets": torch.randint(0, 2, (pairs,), generator=g),
+    }
+
+
+class Variant:
+    def __init__(self, name: str, model: VLModule, mask: Mask | None, torch_prune: bool):
+        self.name, self.model, self.mask = name, model, mask
+        self.params = {n: model.get_parameter(n) for n in mask.keys()} if mask else {}
+        if torch_prune:
+            for n in mask.keys():
+                module_name, attr = n.rsplit(".", 1)
+                tprune.custom_from_mask(model.get_submodule(module_name), attr, mask[n])
+            self.mask = None  # the hook does the masking
+        elif mask is not None:
+            mask.apply_(self.params)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-6)
+        self.times: list[float] = []
+        self.mask_times: list[float] = []
+
+    def step(self, batch: dict) -> None:
+        start = time.perf_counter()
+        loss = self.model.spec.loss(self.model(batch), batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 2.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.mask is not None:
+            t = time.perf_counter()
+            self.mask.apply_(self.params)
+            self.mask_times.append(time.perf_counter() - t)
+        self.times.append(time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", choices=["base", "tiny"], default="base")
+    ap.add_argument("--pairs", type=int, default=4, help="NLVR2 pairs per batch (2 rows each)")
+    ap.add_argument("--txt-len", type=int, default=30)
+    ap.add_argument("--boxes", type=int, default=70)
+    ap.add_argument("--sparsity", type=float, default=0.7)
+    ap.add_argument("--steps", type=int, default=6, help="measured steps per variant")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--out", default="bench/results.json")
+    args = ap.parse_args(argv)
+
+    torch.manual_seed(0)
+    cfg = UniterConfig() if args.size == "base" else UniterConfig(
+        vocab_size=512, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+        intermediate_size=512, img_dim=128)
+    base = VLModule(uniter=cfg)
+    base.train()
+    names = base.prunable_parameter_names()
+    dense_mask = Mask.ones_like({n: base.get_parameter(n).detach() for n in names})
+    mask = random_prune(dense_mask, args.sparsity, torch.Generator().manual_seed(0))
+    variants = [
+        Variant("dense", copy.deepcopy(base), None, False),
+        Variant("masked", copy.deepcopy(base), mask, False),
+        Variant("torch-prune", copy.deepcopy(base), mask, True),
+    ]
+    batch = synthetic_batch(args.pairs, args.txt_len, args.boxes, cfg)
+    print(f"UNITER-{args.size}: {sum(p.numel() for p in base.parameters()):,} params, "
+          f"{mask.num_total:,} prunable at {args.sparsity:.0%} sparsity; batch {2 * args.pairs} rows × "
+          f"{args.txt_len + args.boxes} tokens; {torch.get_num_threads()} threads", flush=True)
+    for i in range(args.warmup + args.steps):
+        order = variants if i % 2 == 0 else variants[::-1]
+        for v in order:
+            v.step(batch)
+        print(f"  step {i + 1}/{args.warmup + args.steps}: "
+              + "  ".join(f"{v.name} {v.times[-1]:.3f}s" for v in variants), flush=True)
+    for v in variants:  # drop warm-up
+        v.times = v.times[args.warmup:]
+    dense = statistics.median(variants[0].times)
+    result = {"config": vars(args), "threads": torch.get_num_threads(), "variants": {}}
+    print(f"\n{'variant':<12} {'median step':>12} {'ratio':>8}")
+    for v in variants:
+        med = statistics.median(v.times)
+        entry = {"median_s": med, "ratio_to_dense": med / dense, "times_s": v.times}
+        if v.mask_times:
+            entry["mask_apply_median_s"] = statistics.median(v.mask_times)
+        result["variants"][v.name] = entry
+        print(f"{v.name:<12} {med:>11.3f}s {med / dense:>8.3f}")
+    if variants[1].mask_times:
+        print(f"mask application alone: {statistics.median(variants[1].mask_times) * 1e3:.1f} ms per step")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"written {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

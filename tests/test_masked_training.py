@@ -1,0 +1,133 @@
+"""The masked-training callback: pruned weights stay exactly zero, θ_i is captured exactly, the
+mask survives Lightning checkpoints, and the optimizer recipe is UNITER's."""
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from callbacks import Mask, MaskedTraining, random_prune
+from lightning_vl.module import VLModule, warmup_linear
+
+from .synthetic import TINY, RandomPairsDataModule, tiny_trainer
+
+
+def make_model(**kw):
+    pl.seed_everything(0, verbose=False)
+    return VLModule(**{"uniter": TINY, "lr": 1e-3, "warmup_steps": 2, **kw})
+
+
+def half_mask(model, seed=0):
+    names = model.prunable_parameter_names()
+    dense = Mask.ones_like({n: model.get_parameter(n).detach() for n in names})
+    return random_prune(dense, 0.5, torch.Generator().manual_seed(seed))
+
+
+class RecordZeros(pl.Callback):
+    """Checks after every optimizer step (and before the masking callback re-applies, it runs
+    after it in the callback list) that pruned weights are exactly zero."""
+
+    def __init__(self, mask):
+        self.mask, self.checked = mask, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        for n in self.mask.keys():
+            w = pl_module.get_parameter(n).detach()
+            assert bool((w[~self.mask[n]] == 0).all()), f"{n} regrew at step {trainer.global_step}"
+        self.checked += 1
+
+
+def test_pruned_weights_stay_exactly_zero_through_training():
+    model = make_model()
+    mask = half_mask(model)
+    before = {n: model.get_parameter(n).detach().clone() for n in mask.keys()}
+    recorder = RecordZeros(mask)
+    trainer = tiny_trainer(12, callbacks=[MaskedTraining(mask), recorder])
+    trainer.fit(model, datamodule=RandomPairsDataModule())
+    assert recorder.checked == 12
+    changed = 0
+    for n in mask.keys():
+        w = model.get_parameter(n).detach()
+        assert bool((w[~mask[n]] == 0).all())
+        changed += int((w[mask[n]] != before[n][mask[n]]).sum())
+    assert changed > 0.9 * mask.num_kept  # the kept weights did train
+
+
+def test_without_masking_the_same_weights_regrow():
+    """Guards the test above: zeroing once is not enough, training revives pruned weights."""
+    model = make_model()
+    mask = half_mask(model)
+    mask.apply_({n: model.get_parameter(n) for n in mask.keys()})
+    tiny_trainer(3).fit(model, datamodule=RandomPairsDataModule())
+    n = next(iter(mask.keys()))
+    assert bool((model.get_parameter(n).detach()[~mask[n]] != 0).any())
+
+
+@pytest.mark.parametrize("rewind_step", [0, 5])
+def test_rewind_captures_exactly_the_weights_after_i_steps(tmp_path, rewind_step):
+    model = make_model(warmup_steps=100)  # lr(step) then does not depend on the fit's length
+    dense = Mask.ones_like({n: model.get_parameter(n).detach() for n in model.prunable_parameter_names()})
+    cb = MaskedTraining(dense, rewind_step=rewind_step, rewind_path=tmp_path / "rewind.pt")
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    tiny_trainer(rewind_step + 3, callbacks=[cb]).fit(model, datamodule=RandomPairsDataModule())
+    rewind = torch.load(tmp_path / "rewind.pt", weights_only=True)
+    if rewind_step == 0:
+        expected = initial
+    else:  # the same seeded run stopped after i steps
+        reference = make_model(warmup_steps=100)
+        tiny_trainer(rewind_step).fit(reference, datamodule=RandomPairsDataModule())
+        expected = reference.state_dict()
+    assert rewind.keys() == expected.keys()
+    for k in expected:
+        assert torch.equal(rewind[k], expected[k]), k
+    assert not torch.equal(rewind["head.nlvr2_output.weight"], model.state_dict()["head.nlvr2_output.weight"])
+
+
+def test_rewind_step_never_reached_is_an_error(tmp_path):
+    model = make_model()
+    dense = Mask.ones_like({n: model.get_parameter(n).detach() for n in model.prunable_parameter_names()})
+    cb = MaskedTraining(dense, rewind_step=50, rewind_path=tmp_path / "rewind.pt")
+    with pytest.raises(RuntimeError, match="rewind step 50 was never reached"):
+        tiny_trainer(4, callbacks=[cb]).fit(model, datamodule=RandomPairsDataModule())
+
+
+def test_mask_travels_in_lightning_checkpoints(tmp_path):
+    model = make_model()
+    mask = half_mask(model, seed=3)
+    trainer = tiny_trainer(2, callbacks=[MaskedTraining(mask)])
+    trainer.fit(model, datamodule=RandomPairsDataModule())
+    trainer.save_checkpoint(tmp_path / "x.ckpt")
+    ckpt = torch.load(tmp_path / "x.ckpt", weights_only=False)
+    state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("MaskedTraining"))
+    restored = MaskedTraining(half_mask(model, seed=9))
+    restored.load_state_dict(state)
+    assert restored.mask == mask
+    # checkpoint weights keep plain UNITER names: no *_orig / *_mask keys
+    assert not [k for k in ckpt["state_dict"] if k.endswith(("_orig", "_mask"))]
+
+
+def test_module_mask_argument_fine_tunes_a_ticket(tmp_path):
+    model = make_model()
+    mask = half_mask(model, seed=4)
+    mask.save(tmp_path / "ticket.pt")
+    ticket = make_model(mask=str(tmp_path / "ticket.pt"))
+    tiny_trainer(3).fit(ticket, datamodule=RandomPairsDataModule())
+    for n in mask.keys():
+        assert bool((ticket.get_parameter(n).detach()[~mask[n]] == 0).all())
+
+
+def test_optimizer_groups_and_schedule_follow_uniter():
+    model = make_model(head_lr_mult=10.0)
+    trainer = tiny_trainer(2)
+    trainer.fit(model, datamodule=RandomPairsDataModule())
+    opt = trainer.optimizers[0]
+    by_name = {id(p): n for n, p in model.named_parameters()}
+    for g in opt.param_groups:
+        names = [by_name[id(p)] for p in g["params"]]
+        assert all(n.startswith("head.") for n in names) or not any(n.startswith("head.") for n in names)
+        if names[0].startswith("head."):
+            assert g["initial_lr"] == pytest.approx(1e-2)
+        if any("bias" in n or "LayerNorm.weight" in n for n in names):
+            assert g["weight_decay"] == 0.0
+        else:
+            assert g["weight_decay"] == 0.01
+    assert opt.defaults["eps"] == 1e-6 and opt.defaults["betas"] == (0.9, 0.98)
+    assert [warmup_linear(s, 4, 10) for s in (1, 2, 4, 7, 10)] == pytest.approx([0.25, 0.5, 1.0, 0.5, 1e-8])
