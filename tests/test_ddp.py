@@ -59,3 +59,25 @@ def test_ddp_ranks_train_the_same_broadcast_mask(tmp_path):
     assert mask0 == mask1 == own[0]  # everyone trains rank 0's mask
     assert results[0][1] == results[1][1] == "True"  # pruned weights zero on every rank
     assert results[0][2] == results[1][2]  # and the ranks' weights agree after training
+
+
+def test_imp_rounds_under_ddp_write_one_set_of_files(tmp_path):
+    """Two random-pruning rounds on 2 forked ranks: the driver runs once, the ranks agree, the
+    weights that come back honour the mask (the driver checks) and files are written once."""
+    from lightning_vl.imp import ImpConfig, ImpRunner
+
+    pl.seed_everything(0, verbose=False)
+    model = VLModule(uniter=TINY, lr=1e-3, warmup_steps=1)
+    cfg = ImpConfig(method="random", target_sparsity=0.1, wandb="disabled")
+
+    def make_trainer(round_dir, callbacks):
+        return tiny_trainer(3, devices=2, strategy="ddp_fork", callbacks=callbacks, deterministic=False)
+
+    runner = ImpRunner(cfg, model, RandomPairsDataModule(), make_trainer, tmp_path / "run", seed=1)
+    results = runner.run()
+    assert [r["round"] for r in results] == [0, 1]
+    mask = Mask.load(runner.round_dir(1) / "mask.pt")
+    for n in mask.keys():
+        assert bool((model.get_parameter(n).detach()[~mask[n]] == 0).all())
+    assert sorted(p.name for p in runner.run_dir.iterdir()) == [
+        "init.pt", "round_00", "round_01", "summary.csv", "summary.json"]
