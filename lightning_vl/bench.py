@@ -53,9 +53,25 @@ class Variant:
             self.mask = None  # the hook does the masking
         elif mask is not None:
             mask.apply_(self.params)
+        self.extra_bytes = self._extra_bytes(torch_prune)
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-6)
         self.times: list[float] = []
         self.mask_times: list[float] = []
+
+    def _extra_bytes(self, torch_prune: bool) -> int:
+        """Memory the masking adds beside the dense parameters."""
+        if self.mask is not None:
+            return sum(t.numel() * t.element_size() for _, t in self.mask.items())
+        if not torch_prune:
+            return 0
+        extra = 0
+        for module in self.model.modules():
+            for name, buf in module.named_buffers(recurse=False):
+                if name.endswith("_mask"):
+                    extra += buf.numel() * buf.element_size()
+                    # the hook keeps the masked weight as a plain attribute beside weight_orig
+                    extra += getattr(module, name[: -len("_mask")]).numel() * buf.element_size()
+        return extra
 
     def step(self, batch: dict) -> None:
         start = time.perf_counter()
@@ -111,14 +127,15 @@ def main(argv: list[str] | None = None) -> dict:
         v.times = v.times[args.warmup:]
     dense = statistics.median(variants[0].times)
     result = {"config": vars(args), "threads": torch.get_num_threads(), "variants": {}}
-    print(f"\n{'variant':<12} {'median step':>12} {'ratio':>8}")
+    print(f"\n{'variant':<12} {'median step':>12} {'ratio':>8} {'extra memory':>14}")
     for v in variants:
         med = statistics.median(v.times)
-        entry = {"median_s": med, "ratio_to_dense": med / dense, "times_s": v.times}
+        entry = {"median_s": med, "ratio_to_dense": med / dense, "times_s": v.times,
+                 "extra_memory_mb": v.extra_bytes / 2**20}
         if v.mask_times:
             entry["mask_apply_median_s"] = statistics.median(v.mask_times)
         result["variants"][v.name] = entry
-        print(f"{v.name:<12} {med:>11.3f}s {med / dense:>8.3f}")
+        print(f"{v.name:<12} {med:>11.3f}s {med / dense:>8.3f} {v.extra_bytes / 2**20:>11.0f} MB")
     if variants[1].mask_times:
         print(f"mask application alone: {statistics.median(variants[1].mask_times) * 1e3:.1f} ms per step")
     out = Path(args.out)
