@@ -1,10 +1,16 @@
 """Loading initial weights into a task module: released UNITER checkpoints and our own files.
 
-Accepted: a plain UNITER state dict (``uniter-base.pt``; fp16 or fp32; pre-training heads such as
-``cls.*`` / ``itm_output.*`` are reported and ignored), a Lightning checkpoint of this project
-(``{"state_dict": ...}``), or a rewind/init file written by the IMP driver. Files are read with
-``weights_only=True`` — never unpickling code. Missing and unexpected keys are reported; a shape
-mismatch is an error naming the file, the key and both shapes.
+``init`` accepts:
+
+* a plain UNITER state dict (``uniter-base.pt``; fp16 or fp32; pre-training heads such as
+  ``cls.*`` / ``itm_output.*`` are reported and ignored) — θ_0 of the study;
+* a Lightning checkpoint of this project (``{"state_dict": ...}``) or an IMP ``init.pt``/``rewind.pt``;
+* a HuggingFace BERT directory (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``):
+  BERT's weights in the UNITER core, image embeddings left at their fresh init — θ'_0;
+* ``shuffled:<any of the above>``: every core tensor's values randomly permuted (seeded) — θ''_0.
+
+Files are read with ``weights_only=True`` (or safetensors) — never unpickling code. Missing and
+unexpected keys are reported; a shape mismatch is an error naming the file, the key and both shapes.
 """
 from __future__ import annotations
 
@@ -38,6 +44,57 @@ class LoadReport:
         if self.unexpected:
             lines.append(f"  unexpected (ignored): {len(self.unexpected)}: {head(self.unexpected)}")
         return "\n".join(lines)
+
+
+SHUFFLED = "shuffled:"
+
+
+def read_init(spec: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The state dict an ``init`` value names (see the module docstring)."""
+    if spec.startswith(SHUFFLED):
+        return shuffle_core(read_init(spec[len(SHUFFLED):], seed), seed)
+    path = Path(spec)
+    if path.is_dir():
+        return read_bert_directory(path)
+    return read_state_dict(path)
+
+
+def shuffle_core(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """Permute the values inside every ``uniter.*`` tensor: same value distribution per layer,
+    structure destroyed (the study's θ''_0 control)."""
+    g = torch.Generator().manual_seed(seed)
+    out = dict(state)
+    for k, v in state.items():
+        if k.startswith("uniter.") and v.is_floating_point():
+            flat = v.reshape(-1)
+            out[k] = flat[torch.randperm(flat.numel(), generator=g)].reshape(v.shape)
+    return out
+
+
+def read_bert_directory(path: Path) -> dict[str, torch.Tensor]:
+    """BERT weights (HuggingFace layout) renamed ``bert.*`` → ``uniter.*`` as UNITER's
+    ``convert_ckpt.py`` does; ``cls.*`` and the position-id buffer are left for the report."""
+    if (path / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        raw = load_file(str(path / "model.safetensors"))
+    elif (path / "pytorch_model.bin").is_file():
+        raw = read_state_dict(path / "pytorch_model.bin")
+    else:
+        raise FileNotFoundError(
+            f"BERT directory {path} has neither model.safetensors nor pytorch_model.bin"
+        )
+    core = ("embeddings.", "encoder.", "pooler.")
+    out = {}
+    for k, v in raw.items():
+        if k.startswith("bert."):
+            k = "uniter." + k[len("bert."):]
+        elif k.startswith(core):
+            k = "uniter." + k
+        out[k] = v.float() if v.is_floating_point() else v
+    if not any(k.startswith("uniter.encoder.") for k in out):
+        raise ValueError(f"{path} holds no BERT encoder weights (expected keys like bert.encoder.layer.0...)")
+    return out
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

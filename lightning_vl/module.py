@@ -8,19 +8,16 @@ Gradient clipping is the Trainer's ``gradient_clip_val``.
 """
 from __future__ import annotations
 
-import logging
-from dataclasses import asdict, replace
 from typing import Optional
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 
-from .checkpoints import TYPE_TABLE, load_into, map_head_keys, read_state_dict
+from .checkpoints import TYPE_TABLE, load_into, map_head_keys, read_init
 from .heads import init_head_weights
 from .tasks import get_task
 from .uniter import UniterConfig, UniterModel, encoder_linear_names
-
-log = logging.getLogger(__name__)
 
 NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight")  # UNITER's substring filter
 
@@ -41,7 +38,9 @@ class VLModule(pl.LightningModule):
         task: a name from ``lightning_vl.tasks.TASKS``.
         uniter: the core's sizes (``configs/model/uniter-*.yaml``).
         head: head variant of the task (NLVR2: ``paired-attn`` or ``paired``); None = the default.
-        init: weights to start from (released UNITER checkpoint or one of ours); None = random init.
+        init: weights to start from: a released UNITER checkpoint, one of ours, a HuggingFace BERT
+            directory, or ``shuffled:<any of these>`` (see ``checkpoints``); None = random init.
+        init_seed: seed of the permutation for ``shuffled:`` inits.
         mask: a mask file (a ticket) to fine-tune with; pruned weights are kept at zero.
         lr: peak learning rate. head_lr_mult: multiplier for the head's learning rate.
         warmup_steps: linear warm-up length in optimizer steps (then linear decay to the fit's end).
@@ -53,6 +52,7 @@ class VLModule(pl.LightningModule):
         uniter: UniterConfig = UniterConfig(),
         head: Optional[str] = None,
         init: Optional[str] = None,
+        init_seed: int = 0,
         mask: Optional[str] = None,
         lr: float = 3e-5,
         head_lr_mult: float = 1.0,
@@ -103,13 +103,13 @@ class VLModule(pl.LightningModule):
         return names
 
     def load_initial_weights(self, path: str) -> None:
-        state = map_head_keys(read_state_dict(path), self)
+        state = map_head_keys(read_init(path, seed=self.hparams.init_seed), self)
         rows = state.get(TYPE_TABLE)
         if rows is not None and rows.shape[0] == self._type_rows:
             # already extended (one of our own checkpoints): extend first, then load
             self.uniter.extend_type_embeddings(self._type_rows, self.spec.type_rows_from)
         report = load_into(self, state, str(path))
-        log.info(report.summary())
+        rank_zero_info(report.summary())
         self.init_report = report
 
     # ------------------------------------------------------------------------------------------
@@ -183,6 +183,3 @@ class VLModule(pl.LightningModule):
         from callbacks import Mask, MaskedTraining
 
         return [MaskedTraining(Mask.load(self.hparams.mask))]
-
-    def core_config(self) -> dict:
-        return asdict(replace(self.uniter.config))
