@@ -10,6 +10,7 @@ Every Trainer flag passes through (``--trainer.max_steps 500``, ``--trainer.stra
 from __future__ import annotations
 
 import copy
+import json
 import os
 import sys
 from pathlib import Path
@@ -80,20 +81,53 @@ class VLCli(LightningCLI):
         return self.trainer_class(**cfg)
 
 
+def make_demo(argv: list[str]) -> Path:
+    """``lightning-vl demo``: the demo world plus a seeded tiny UNITER saved in UNITER's released
+    checkpoint format (so the demo's ``init:`` walks the same path as ``uniter-base.pt``).
+    ``.complete`` is written last; the Makefile regenerates anything without it."""
+    import argparse
+
+    import torch
+
+    from data_modules.demo import generate_demo
+
+    from .uniter import UniterConfig, UniterModel
+
+    ap = argparse.ArgumentParser(prog="lightning-vl demo", description="Generate the offline demo world and model.")
+    ap.add_argument("--out", default="data/demo")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-train", type=int, default=6000)
+    ap.add_argument("--n-dev", type=int, default=1000)
+    ap.add_argument("--n-test", type=int, default=1000)
+    ap.add_argument("--model-config", default="configs/model/uniter-tiny.yaml",
+                    help="YAML with model.uniter sizes of the demo model")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    (out / ".complete").unlink(missing_ok=True)
+    sizes = yaml.safe_load(Path(args.model_config).read_text())["model"]["uniter"]
+    config = UniterConfig(**sizes)
+    paths = generate_demo(out, seed=args.seed, feat_dim=config.img_dim,
+                          n_train=args.n_train, n_dev=args.n_dev, n_test=args.n_test)
+    torch.manual_seed(args.seed)
+    core = UniterModel(config)
+    torch.save({f"uniter.{k}": v for k, v in core.state_dict().items()}, out / "uniter-tiny.pt")
+    (out / ".complete").write_text(json.dumps({**paths, "model": str(out / "uniter-tiny.pt")}, indent=1))
+    print(f"demo world and model written to {out}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if argv[:1] == ["demo"]:
-        from data_modules.demo import main as demo_main
-
-        return demo_main(argv[1:])
+    if args[:1] == ["demo"]:
+        return make_demo(args[1:])
     VLCli(
         VLModule,
         LightningDataModule,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
-        args=argv,
+        args=argv,  # None: Lightning reads sys.argv itself
     )
 
 

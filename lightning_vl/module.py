@@ -112,6 +112,16 @@ class VLModule(pl.LightningModule):
         rank_zero_info(report.summary())
         self.init_report = report
 
+    def setup(self, stage: str) -> None:
+        """Refuse a tokenizer whose ids the word-embedding table cannot hold."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        if tokenizer is not None and len(tokenizer) > self.uniter.config.vocab_size:
+            raise ValueError(
+                f"tokenizer {getattr(datamodule, 'tokenizer_path', '')} has {len(tokenizer)} tokens, more than "
+                f"the model's vocab_size {self.uniter.config.vocab_size}"
+            )
+
     # ------------------------------------------------------------------------------------------
     def forward(self, batch: dict) -> torch.Tensor:
         seq = self.uniter(

@@ -1,259 +1,316 @@
-"""An independent, deliberately plain re-implementation of UNITER's forward pass, for tests only.
+"""Independent, deliberately plain reference of UNITER's forward pass — used by tests only.
 
-Written from the specification (shared/reference/uniter-reference.md §1, §2.3) with explicit
-tensor maths — no transformers, no project code — so that comparing it with ``lightning_vl``
-catches mistakes in either. Eval mode only (no dropout).
+Written from /work/shared/reference/uniter-reference.md (§1 backbone, §1.8 keys, §2.3 NLVR2 heads,
+§3 pre-training head keys) with explicit matmuls and softmaxes: no transformers, no project code.
+Everything here is eval mode (dropout is the identity). Section numbers refer to that spec.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+from torch import Tensor
+
+LN_EPS = 1e-12  # every UNITER LayerNorm (§1.2-§1.5)
 
 
-def _ln(x, sd, prefix, eps=1e-12):
-    mean = x.mean(-1, keepdim=True)
-    var = ((x - mean) ** 2).mean(-1, keepdim=True)  # biased variance, eps inside the sqrt (§7)
-    return (x - mean) / torch.sqrt(var + eps) * sd[f"{prefix}.weight"] + sd[f"{prefix}.bias"]
+# --- primitives ---------------------------------------------------------------------------------
+
+def _linear(sd: dict, name: str, x: Tensor) -> Tensor:
+    """torch Linear: weight stored (out, in) (§1.8)."""
+    return torch.matmul(x, sd[name + ".weight"].transpose(0, 1)) + sd[name + ".bias"]
 
 
-def _lin(x, sd, prefix):
-    return x @ sd[f"{prefix}.weight"].t() + sd[f"{prefix}.bias"]
+def _layer_norm(sd: dict, name: str, x: Tensor) -> Tensor:
+    """LN with biased variance and eps inside the sqrt (= apex FusedLayerNorm, §7)."""
+    mu = x.mean(dim=-1, keepdim=True)
+    var = (x - mu).pow(2).mean(dim=-1, keepdim=True)
+    return (x - mu) / torch.sqrt(var + LN_EPS) * sd[name + ".weight"] + sd[name + ".bias"]
 
 
-def _gelu(x):
-    return x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))  # erf form (§1.5)
+def _gelu_erf(x: Tensor) -> Tensor:
+    """GELU(x) = x * 0.5 * (1 + erf(x / sqrt 2)) (§1.5)."""
+    return x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
-def reference_uniter_forward(sd, batch, num_heads, prefix="uniter."):
-    """Last-layer sequence (R, Ltot, H) — §1.2-§1.5."""
+def _softmax(scores: Tensor) -> Tensor:
+    """Explicit, max-shifted softmax over the last dim."""
+    e = torch.exp(scores - scores.max(dim=-1, keepdim=True).values)
+    return e / e.sum(dim=-1, keepdim=True)
+
+
+def _split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """(B, L, H) -> (B, heads, L, H/heads): head k owns columns [k*d, (k+1)*d)."""
+    b, n, h = x.shape
+    return x.reshape(b, n, num_heads, h // num_heads).permute(0, 2, 1, 3)
+
+
+def _merge_heads(x: Tensor) -> Tensor:
+    b, nh, n, d = x.shape
+    return x.permute(0, 2, 1, 3).reshape(b, n, nh * d)
+
+
+# --- backbone (§1.2-§1.6) -----------------------------------------------------------------------
+
+def reference_uniter_forward(sd: dict, batch: dict, num_heads: int, prefix: str = "uniter.") -> Tensor:
+    """Last encoder layer output (R, Ltot, H) of UniterModel in joint mode, eval mode."""
     p = prefix
-    ids, pos = batch["input_ids"], batch["position_ids"]
+    ids = batch["input_ids"]
+    rows, lt_max = ids.shape
     txt_types = batch.get("txt_type_ids")
-    if txt_types is None:
-        txt_types = torch.zeros_like(ids)
-    types = sd[f"{p}embeddings.token_type_embeddings.weight"]
-    # §1.2 text: LN(word + position + type)
-    txt = sd[f"{p}embeddings.word_embeddings.weight"][ids]
-    txt = txt + sd[f"{p}embeddings.position_embeddings.weight"][pos.expand_as(ids)]
-    txt = _ln(txt + types[txt_types], sd, f"{p}embeddings.LayerNorm")
-    # §1.3 image: LN(LN(W f) + LN(W_pos p7) + type[img_type]) with the TEXT type table
+    txt_types = torch.zeros_like(ids) if txt_types is None else txt_types
+    type_table = sd[p + "embeddings.token_type_embeddings.weight"]
+
+    # §1.2 text: LN(word[ids] + pos[position_ids] + type[txt_type_ids])
+    word = sd[p + "embeddings.word_embeddings.weight"][ids]
+    pos = sd[p + "embeddings.position_embeddings.weight"][batch["position_ids"]]  # (1, Lt, H) broadcasts
+    txt = _layer_norm(sd, p + "embeddings.LayerNorm", word + pos + type_table[txt_types])
+
+    # §1.3 image: LN(LN_img(W f) + LN_pos(W_pos p7) + TEXT type table[img_type_ids]); no 1-D position
     feat, pos7 = batch["img_feat"], batch["img_pos_feat"]
     img_types = batch.get("img_type_ids")
-    if img_types is None:
-        img_types = torch.ones(feat.shape[:2], dtype=torch.long)
-    f = _ln(_lin(feat, sd, f"{p}img_embeddings.img_linear"), sd, f"{p}img_embeddings.img_layer_norm")
-    q = _ln(_lin(pos7, sd, f"{p}img_embeddings.pos_linear"), sd, f"{p}img_embeddings.pos_layer_norm")
-    img = _ln(f + q + types[img_types], sd, f"{p}img_embeddings.LayerNorm")
-    # §1.4 join: per row, pick positions of cat([text, image]) named by gather_index
+    img_types = torch.ones(feat.shape[:2], dtype=torch.long) if img_types is None else img_types
+    ie = p + "img_embeddings."
+    f = _layer_norm(sd, ie + "img_layer_norm", _linear(sd, ie + "img_linear", feat))
+    q = _layer_norm(sd, ie + "pos_layer_norm", _linear(sd, ie + "pos_linear", pos7))
+    img = _layer_norm(sd, ie + "LayerNorm", f + q + type_table[img_types])
+
+    # §1.4 join: gather cat([T, I]) along positions with gather_index expanded over H
     joint = torch.cat([txt, img], dim=1)
-    gather = batch["gather_index"]
-    x = torch.stack([joint[r, gather[r]] for r in range(joint.shape[0])])
-    bias = (1.0 - batch["attn_masks"].float())[:, None, None, :] * -10000.0
-    # §1.5 post-LN BERT layers
-    n_layers = len({k.split(".")[3] for k in sd if k.startswith(f"{p}encoder.layer.")})
-    rows, length, hidden = x.shape
-    d = hidden // num_heads
-    for i in range(n_layers):
-        lp = f"{p}encoder.layer.{i}"
+    idx = batch["gather_index"].unsqueeze(-1).expand(-1, -1, joint.shape[-1])
+    x = torch.gather(joint, 1, idx)
+    ext_mask = (1.0 - batch["attn_masks"].to(x.dtype))[:, None, None, :] * -10000.0  # keys only
 
-        def heads(t):
-            return t.view(rows, length, num_heads, d).permute(0, 2, 1, 3)
-
-        qh = heads(_lin(x, sd, f"{lp}.attention.self.query"))
-        kh = heads(_lin(x, sd, f"{lp}.attention.self.key"))
-        vh = heads(_lin(x, sd, f"{lp}.attention.self.value"))
-        scores = qh @ kh.transpose(-1, -2) / math.sqrt(d) + bias
-        probs = torch.exp(scores - scores.max(-1, keepdim=True).values)
-        probs = probs / probs.sum(-1, keepdim=True)
-        ctx = (probs @ vh).permute(0, 2, 1, 3).reshape(rows, length, hidden)
-        attn = _ln(_lin(ctx, sd, f"{lp}.attention.output.dense") + x, sd, f"{lp}.attention.output.LayerNorm")
-        inter = _gelu(_lin(attn, sd, f"{lp}.intermediate.dense"))
-        x = _ln(_lin(inter, sd, f"{lp}.output.dense") + attn, sd, f"{lp}.output.LayerNorm")
+    # §1.5 post-LN BERT layers; the count is inferred from the keys
+    layer_ids = {int(k[len(p + "encoder.layer."):].split(".")[0]) for k in sd if k.startswith(p + "encoder.layer.")}
+    assert layer_ids == set(range(len(layer_ids))), layer_ids
+    d = x.shape[-1] // num_heads
+    for n in range(len(layer_ids)):
+        lp = f"{p}encoder.layer.{n}."
+        qh = _split_heads(_linear(sd, lp + "attention.self.query", x), num_heads)
+        kh = _split_heads(_linear(sd, lp + "attention.self.key", x), num_heads)
+        vh = _split_heads(_linear(sd, lp + "attention.self.value", x), num_heads)
+        scores = torch.matmul(qh, kh.transpose(-1, -2)) / math.sqrt(d) + ext_mask
+        ctx = _merge_heads(torch.matmul(_softmax(scores), vh))
+        attn_out = _layer_norm(sd, lp + "attention.output.LayerNorm",
+                               _linear(sd, lp + "attention.output.dense", ctx) + x)
+        inter = _gelu_erf(_linear(sd, lp + "intermediate.dense", attn_out))
+        x = _layer_norm(sd, lp + "output.LayerNorm", _linear(sd, lp + "output.dense", inter) + attn_out)
     return x
 
 
-def reference_pooler(sd, seq, prefix="uniter."):
-    """§1.6: tanh(W h[CLS] + b)."""
-    return torch.tanh(_lin(seq[:, 0], sd, f"{prefix}pooler.dense"))
+def reference_pooler(sd: dict, seq: Tensor, prefix: str = "uniter.") -> Tensor:
+    """§1.6: tanh(pooler.dense(h[:, 0]))."""
+    return torch.tanh(_linear(sd, prefix + "pooler.dense", seq[:, 0]))
 
 
-def reference_nlvr2_paired(sd, pooled, head_prefix=""):
-    """§2.3 paired: the pair's two pooled vectors side by side → Linear(2H→2)."""
-    return _lin(pooled.reshape(pooled.shape[0] // 2, -1), sd, f"{head_prefix}nlvr2_output")
+# --- NLVR2 heads (§2.3) ------------------------------------------------------------------------
+
+def reference_nlvr2_paired(sd: dict, pooled: Tensor, head_prefix: str = "") -> Tensor:
+    """§2.3 paired: pooled (2B, H) -> view(B, 2H) -> nlvr2_output Linear(2H->2)."""
+    b2, h = pooled.shape
+    return _linear(sd, head_prefix + "nlvr2_output", pooled.reshape(b2 // 2, 2 * h))
 
 
-def _mha(sd, prefix, query, key, key_pad, num_heads):
-    """Packed-projection multi-head attention with -inf on padded keys (UNITER's copy of the
-    pre-2019 torch MultiheadAttention)."""
-    b, lq, h = query.shape
-    d = h // num_heads
-    w, bias = sd[f"{prefix}.in_proj_weight"], sd[f"{prefix}.in_proj_bias"]
-    q = query @ w[:h].t() + bias[:h]
-    k = key @ w[h:2 * h].t() + bias[h:2 * h]
-    v = key @ w[2 * h:].t() + bias[2 * h:]
-    q = q.view(b, -1, num_heads, d).transpose(1, 2) / math.sqrt(d)
-    k = k.view(b, -1, num_heads, d).transpose(1, 2)
-    v = v.view(b, -1, num_heads, d).transpose(1, 2)
-    scores = (q @ k.transpose(-1, -2)).masked_fill(key_pad[:, None, None, :], float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    ctx = (probs @ v).transpose(1, 2).reshape(b, lq, h)
-    return _lin(ctx, sd, f"{prefix}.out_proj")
+def _packed_mha(sd: dict, name: str, query: Tensor, kv: Tensor, key_pad: Tensor, num_heads: int) -> Tensor:
+    """UNITER's copy of the pre-2019 nn.MultiheadAttention (§2.3): packed in_proj split q|k|v,
+    q scaled by 1/sqrt(head_dim) after its bias, -inf on padded keys, softmax, out_proj."""
+    h = query.shape[-1]
+    w, b = sd[name + ".in_proj_weight"], sd[name + ".in_proj_bias"]
+    q = torch.matmul(query, w[0:h].transpose(0, 1)) + b[0:h]
+    k = torch.matmul(kv, w[h:2 * h].transpose(0, 1)) + b[h:2 * h]
+    v = torch.matmul(kv, w[2 * h:3 * h].transpose(0, 1)) + b[2 * h:3 * h]
+    q = q * (h // num_heads) ** -0.5
+    scores = torch.matmul(_split_heads(q, num_heads), _split_heads(k, num_heads).transpose(-1, -2))
+    scores = scores.masked_fill(key_pad[:, None, None, :], float("-inf"))
+    ctx = _merge_heads(torch.matmul(_softmax(scores), _split_heads(v, num_heads)))
+    return _linear(sd, name + ".out_proj", ctx)
 
 
-def reference_nlvr2_paired_attn(sd, seq, attn_masks, num_heads, head_prefix=""):
-    """§2.3 paired-attn: bi-directional attention between the pair's rows, shared fc,
-    attention pooling, Linear(2H→2)."""
+def _attn_pool(sd: dict, name: str, x: Tensor, pad: Tensor) -> Tensor:
+    """§2.3 AttentionPool: score = ReLU(Linear(H->1)(x)) + pad * -1e4, softmax over positions."""
+    score = torch.relu(_linear(sd, name + ".fc.0", x)).squeeze(-1) + pad.to(x.dtype) * -1e4
+    return torch.matmul(_softmax(score).unsqueeze(1), x).squeeze(1)
+
+
+def reference_nlvr2_paired_attn(sd: dict, seq: Tensor, attn_masks: Tensor, num_heads: int,
+                                head_prefix: str = "") -> Tensor:
+    """§2.3 paired-attn: rows 2k (left) / 2k+1 (right); bi-directional attention, shared fc,
+    attention pooling, nlvr2_output on cat([left_pooled, right_pooled]) -> (B, 2)."""
     hp = head_prefix
-    left, right = seq[0::2], seq[1::2]
-    pad = attn_masks == 0
-    left_pad, right_pad = pad[0::2], pad[1::2]
-    l2r = _mha(sd, f"{hp}attn1", left, right, right_pad, num_heads)
-    r2l = _mha(sd, f"{hp}attn2", right, left, left_pad, num_heads)
-    left = torch.relu(_lin(torch.cat([l2r, left], -1), sd, f"{hp}fc.0"))
-    right = torch.relu(_lin(torch.cat([r2l, right], -1), sd, f"{hp}fc.0"))
-
-    def pool(x, pad_mask):
-        score = torch.relu(_lin(x, sd, f"{hp}attn_pool.fc.0")).squeeze(-1) + pad_mask.float() * -1e4
-        weights = torch.softmax(score, dim=1)
-        return (weights.unsqueeze(-1) * x).sum(1)
-
-    return _lin(torch.cat([pool(left, left_pad), pool(right, right_pad)], -1), sd, f"{hp}nlvr2_output")
+    b2, n, h = seq.shape
+    left, right = seq.reshape(b2 // 2, 2 * n, h).chunk(2, dim=1)
+    left_pad, right_pad = (attn_masks == 0).reshape(b2 // 2, 2 * n).chunk(2, dim=1)
+    l2r = _packed_mha(sd, hp + "attn1", left, right, right_pad, num_heads)
+    r2l = _packed_mha(sd, hp + "attn2", right, left, left_pad, num_heads)
+    left = torch.relu(_linear(sd, hp + "fc.0", torch.cat([l2r, left], dim=-1)))
+    right = torch.relu(_linear(sd, hp + "fc.0", torch.cat([r2l, right], dim=-1)))
+    pooled = torch.cat([_attn_pool(sd, hp + "attn_pool", left, left_pad),
+                        _attn_pool(sd, hp + "attn_pool", right, right_pad)], dim=-1)
+    return _linear(sd, hp + "nlvr2_output", pooled)
 
 
-# --- fixtures: state dicts with UNITER's names and shapes, batches with UNITER's layout ---------
+# --- fixtures -----------------------------------------------------------------------------------
 
-def make_uniter_state_dict(hidden=768, layers=12, heads=12, intermediate=3072, vocab=28996,
-                           img_dim=2048, type_vocab=2, nlvr2_head=None, seed=0, max_pos=512):
-    """Random weights under UNITER's exact key names and shapes (§1.8)."""
-    del heads  # shapes do not depend on the head count
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-
-    def w(*shape, scale=0.05):
-        return torch.randn(*shape, generator=g) * scale
-
-    def ln(name, size):
-        sd[f"{name}.weight"] = 1.0 + w(size, scale=0.1)
-        sd[f"{name}.bias"] = w(size, scale=0.1)
-
-    def lin(name, out, inp):
-        sd[f"{name}.weight"] = w(out, inp)
-        sd[f"{name}.bias"] = w(out, scale=0.02)
-
-    u = "uniter."
-    sd[f"{u}embeddings.word_embeddings.weight"] = w(vocab, hidden)
-    sd[f"{u}embeddings.position_embeddings.weight"] = w(max_pos, hidden)
-    sd[f"{u}embeddings.token_type_embeddings.weight"] = w(type_vocab, hidden)
-    ln(f"{u}embeddings.LayerNorm", hidden)
-    lin(f"{u}img_embeddings.img_linear", hidden, img_dim)
-    ln(f"{u}img_embeddings.img_layer_norm", hidden)
-    ln(f"{u}img_embeddings.pos_layer_norm", hidden)
-    lin(f"{u}img_embeddings.pos_linear", hidden, 7)
-    sd[f"{u}img_embeddings.mask_embedding.weight"] = w(2, img_dim)
-    ln(f"{u}img_embeddings.LayerNorm", hidden)
-    for i in range(layers):
-        lp = f"{u}encoder.layer.{i}"
-        for part in ("query", "key", "value"):
-            lin(f"{lp}.attention.self.{part}", hidden, hidden)
-        lin(f"{lp}.attention.output.dense", hidden, hidden)
-        ln(f"{lp}.attention.output.LayerNorm", hidden)
-        lin(f"{lp}.intermediate.dense", intermediate, hidden)
-        lin(f"{lp}.output.dense", hidden, intermediate)
-        ln(f"{lp}.output.LayerNorm", hidden)
-    lin(f"{u}pooler.dense", hidden, hidden)
-    if nlvr2_head == "paired":
-        lin("nlvr2_output", 2, 2 * hidden)
-    elif nlvr2_head == "paired-attn":
+def uniter_state_dict_shapes(hidden=768, layers=12, intermediate=3072, vocab=28996, img_dim=2048,
+                             type_vocab=2, nlvr2_head=None, max_pos=512) -> dict:
+    """Key -> shape of UniterModel under prefix `uniter.` (§1.8), plus an NLVR2 head (§1.8 table)."""
+    H, u = hidden, "uniter."
+    s = {u + "embeddings.word_embeddings.weight": (vocab, H),
+         u + "embeddings.position_embeddings.weight": (max_pos, H),
+         u + "embeddings.token_type_embeddings.weight": (type_vocab, H),
+         u + "embeddings.LayerNorm.weight": (H,), u + "embeddings.LayerNorm.bias": (H,),
+         u + "img_embeddings.img_linear.weight": (H, img_dim), u + "img_embeddings.img_linear.bias": (H,),
+         u + "img_embeddings.img_layer_norm.weight": (H,), u + "img_embeddings.img_layer_norm.bias": (H,),
+         u + "img_embeddings.pos_layer_norm.weight": (H,), u + "img_embeddings.pos_layer_norm.bias": (H,),
+         u + "img_embeddings.pos_linear.weight": (H, 7), u + "img_embeddings.pos_linear.bias": (H,),
+         u + "img_embeddings.mask_embedding.weight": (2, img_dim),
+         u + "img_embeddings.LayerNorm.weight": (H,), u + "img_embeddings.LayerNorm.bias": (H,)}
+    for n in range(layers):
+        lp = f"{u}encoder.layer.{n}."
+        for lin, (o, i) in [("attention.self.query", (H, H)), ("attention.self.key", (H, H)),
+                            ("attention.self.value", (H, H)), ("attention.output.dense", (H, H)),
+                            ("intermediate.dense", (intermediate, H)), ("output.dense", (H, intermediate))]:
+            s[lp + lin + ".weight"], s[lp + lin + ".bias"] = (o, i), (o,)
+        for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
+            s[lp + ln + ".weight"], s[lp + ln + ".bias"] = (H,), (H,)
+    s[u + "pooler.dense.weight"], s[u + "pooler.dense.bias"] = (H, H), (H,)
+    if nlvr2_head == "paired-attn":
         for a in ("attn1", "attn2"):
-            sd[f"{a}.in_proj_weight"] = w(3 * hidden, hidden)
-            sd[f"{a}.in_proj_bias"] = w(3 * hidden, scale=0.02)
-            lin(f"{a}.out_proj", hidden, hidden)
-        lin("fc.0", hidden, 2 * hidden)
-        lin("attn_pool.fc.0", 1, hidden)
-        sd["attn_pool.fc.0.bias"] = torch.full((1,), 0.1)  # keep ReLU scores mostly positive
-        lin("nlvr2_output", 2, 2 * hidden)
-    return sd
+            s[a + ".in_proj_weight"], s[a + ".in_proj_bias"] = (3 * H, H), (3 * H,)
+            s[a + ".out_proj.weight"], s[a + ".out_proj.bias"] = (H, H), (H,)
+        s["fc.0.weight"], s["fc.0.bias"] = (H, 2 * H), (H,)
+        s["attn_pool.fc.0.weight"], s["attn_pool.fc.0.bias"] = (1, H), (1,)
+    if nlvr2_head in ("paired", "paired-attn"):
+        s["nlvr2_output.weight"], s["nlvr2_output.bias"] = (2, 2 * H), (2,)
+    elif nlvr2_head is not None:
+        raise ValueError(f"unknown nlvr2_head {nlvr2_head!r}")
+    return s
 
 
-def released_checkpoint_extras(sd, img_label_dim=1601):
-    """Add the pre-training heads a released ``uniter-base.pt`` also holds (§3)."""
-    g = torch.Generator().manual_seed(123)
-    words = sd["uniter.embeddings.word_embeddings.weight"]
-    vocab, hidden = words.shape
+def _random_fill(shapes: dict, g: torch.Generator) -> dict:
+    """Non-trivial values: matrices N(0, max(0.05, fan_in^-1/2)) so pre-activations are O(1) even at
+    tiny sizes (embedding tables N(0, 0.05)), vectors (biases) N(0, 0.05), LayerNorm weights 1 + N(0, 0.1)."""
+    out = {}
+    for k, shape in shapes.items():
+        noise = torch.randn(shape, generator=g, dtype=torch.float32)
+        if len(shape) == 2:
+            is_table = "embedding" in k
+            out[k] = noise * (0.05 if is_table else max(0.05, shape[1] ** -0.5))
+        elif k.endswith(".weight"):  # 1-D weight = LayerNorm gain
+            out[k] = 1.0 + 0.1 * noise
+        else:
+            out[k] = 0.05 * noise
+    return out
+
+
+def make_uniter_state_dict(hidden=768, layers=12, heads=12, intermediate=3072, vocab=28996, img_dim=2048,
+                           type_vocab=2, nlvr2_head=None, seed=0, max_pos=512) -> dict:
+    """Random float32 state dict with UNITER's exact key names and shapes (§1.8). `heads` does not
+    change any shape; it is accepted (and checked) so callers can pass the whole config."""
+    assert hidden % heads == 0, (hidden, heads)
+    shapes = uniter_state_dict_shapes(hidden, layers, intermediate, vocab, img_dim, type_vocab, nlvr2_head, max_pos)
+    return _random_fill(shapes, torch.Generator().manual_seed(seed))
+
+
+def released_checkpoint_extras(sd: dict, img_label_dim: int = 1601, seed: int = 123) -> dict:
+    """sd plus the UniterForPretraining heads a released uniter-base.pt also holds (§1.9, §3 table):
+    cls.predictions.* (decoder tied to word embeddings), feat_regress.* (weight tied to img_linear),
+    region_classifier.*, itm_output.* — 20 extra tensors; tied entries are stored as equal copies."""
+    vocab, H = sd["uniter.embeddings.word_embeddings.weight"].shape
     img_dim = sd["uniter.img_embeddings.img_linear.weight"].shape[1]
-    extra = {
-        "cls.predictions.bias": torch.zeros(vocab),
-        "cls.predictions.transform.dense.weight": torch.randn(hidden, hidden, generator=g),
-        "cls.predictions.transform.dense.bias": torch.zeros(hidden),
-        "cls.predictions.transform.LayerNorm.weight": torch.ones(hidden),
-        "cls.predictions.transform.LayerNorm.bias": torch.zeros(hidden),
-        "cls.predictions.decoder.weight": words.clone(),  # tied, stored as a copy
-        "feat_regress.net.0.weight": torch.randn(hidden, hidden, generator=g),
-        "feat_regress.net.0.bias": torch.zeros(hidden),
-        "feat_regress.net.2.weight": torch.ones(hidden),
-        "feat_regress.net.2.bias": torch.zeros(hidden),
-        "feat_regress.weight": sd["uniter.img_embeddings.img_linear.weight"].clone(),
-        "feat_regress.bias": torch.zeros(img_dim),
-        "region_classifier.net.0.weight": torch.randn(hidden, hidden, generator=g),
-        "region_classifier.net.0.bias": torch.zeros(hidden),
-        "region_classifier.net.2.weight": torch.ones(hidden),
-        "region_classifier.net.2.bias": torch.zeros(hidden),
-        "region_classifier.net.3.weight": torch.randn(img_label_dim, hidden, generator=g),
-        "region_classifier.net.3.bias": torch.zeros(img_label_dim),
-        "itm_output.weight": torch.randn(2, hidden, generator=g),
-        "itm_output.bias": torch.zeros(2),
-    }
-    return {**sd, **extra}
+    shapes = {"cls.predictions.bias": (vocab,),
+              "cls.predictions.transform.dense.weight": (H, H), "cls.predictions.transform.dense.bias": (H,),
+              "cls.predictions.transform.LayerNorm.weight": (H,), "cls.predictions.transform.LayerNorm.bias": (H,),
+              "feat_regress.net.0.weight": (H, H), "feat_regress.net.0.bias": (H,),
+              "feat_regress.net.2.weight": (H,), "feat_regress.net.2.bias": (H,),
+              "feat_regress.bias": (img_dim,),
+              "region_classifier.net.0.weight": (H, H), "region_classifier.net.0.bias": (H,),
+              "region_classifier.net.2.weight": (H,), "region_classifier.net.2.bias": (H,),
+              "region_classifier.net.3.weight": (img_label_dim, H), "region_classifier.net.3.bias": (img_label_dim,),
+              "itm_output.weight": (2, H), "itm_output.bias": (2,)}
+    out = dict(sd)
+    out.update(_random_fill(shapes, torch.Generator().manual_seed(seed)))
+    out["cls.predictions.decoder.weight"] = sd["uniter.embeddings.word_embeddings.weight"].clone()
+    out["feat_regress.weight"] = sd["uniter.img_embeddings.img_linear.weight"].clone()
+    return out
 
 
-def gather_index_loops(txt_lens, num_bbs, max_txt, out_size):
-    """§1.4 with plain loops: identity, then row i's regions moved right after its text."""
-    gather = torch.arange(out_size).repeat(len(txt_lens), 1)
-    for i, (tl, nb) in enumerate(zip(txt_lens, num_bbs)):
+def build_gather_index(txt_lens: list, num_bbs: list, lt_max: int, ltot: int) -> Tensor:
+    """§1.4 get_gather_index, plain loops: identity per row, then [tl, tl+nb) <- [Lt_max, Lt_max+nb)."""
+    rows = []
+    for tl, nb in zip(txt_lens, num_bbs):
+        row = list(range(ltot))
         for j in range(nb):
-            gather[i, tl + j] = max_txt + j
-    return gather
+            row[tl + j] = lt_max + j
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.long)
 
 
-def make_batch(rows, vocab=99, img_dim=24, seed=0, max_txt=9, max_boxes=7):
-    """A padded batch with varying text lengths and region counts (§5.4)."""
+def make_batch(R: int, vocab=99, img_dim=24, seed=0, max_txt=9, max_boxes=7, nlvr2_img_types=False) -> dict:
+    """Padded batch in the collate layout of §5.4 with varying text lengths (incl. [CLS]/[SEP], >= 3)
+    and box counts (>= 1). 7-d positions [x1,y1,x2,y2,w,h,w*h] normalised to [0, 1] (§1.3).
+    img_type_ids: ones, or with nlvr2_img_types 1 / 2 for even / odd rows and 0 on padding (§2.3)."""
     g = torch.Generator().manual_seed(seed)
-    txt_lens = torch.randint(3, max_txt + 1, (rows,), generator=g).tolist()
-    num_bbs = torch.randint(1, max_boxes + 1, (rows,), generator=g).tolist()
-    lt, nb = max(txt_lens), max(num_bbs)
-    out = max(t + b for t, b in zip(txt_lens, num_bbs))
-    ids = torch.zeros(rows, lt, dtype=torch.long)
-    feat = torch.zeros(rows, nb, img_dim)
-    pos = torch.zeros(rows, nb, 7)
-    attn = torch.zeros(rows, out, dtype=torch.long)
-    for i, (t, b) in enumerate(zip(txt_lens, num_bbs)):
-        ids[i, :t] = torch.randint(1, vocab, (t,), generator=g)
-        feat[i, :b] = torch.randn(b, img_dim, generator=g)
-        box = torch.rand(b, 4, generator=g).sort(-1).values[:, [0, 2, 1, 3]]  # x1<x2, y1<y2
-        wh = box[:, 2:] - box[:, :2]
-        pos[i, :b] = torch.cat([box, wh, wh[:, :1] * wh[:, 1:]], -1)
-        attn[i, : t + b] = 1
-    return {
-        "input_ids": ids,
-        "position_ids": torch.arange(lt)[None],
-        "img_feat": feat,
-        "img_pos_feat": pos,
-        "img_type_ids": torch.ones(rows, nb, dtype=torch.long),
-        "attn_masks": attn,
-        "gather_index": gather_index_loops(txt_lens, num_bbs, lt, out),
-        "txt_lens": txt_lens,
-        "num_bbs": num_bbs,
-    }
+    txt_lens = [int(torch.randint(3, max_txt + 1, (1,), generator=g)) for _ in range(R)]
+    num_bbs = [int(torch.randint(1, max_boxes + 1, (1,), generator=g)) for _ in range(R)]
+    lt_max, nb_max = max(txt_lens), max(num_bbs)
+    ltot = max(t + b for t, b in zip(txt_lens, num_bbs))
+    input_ids = torch.zeros(R, lt_max, dtype=torch.long)
+    img_feat = torch.zeros(R, nb_max, img_dim)
+    img_pos_feat = torch.zeros(R, nb_max, 7)
+    img_type_ids = torch.ones(R, nb_max, dtype=torch.long)
+    attn_masks = torch.zeros(R, ltot, dtype=torch.long)
+    for i, (tl, nb) in enumerate(zip(txt_lens, num_bbs)):
+        input_ids[i, :tl] = torch.randint(1, vocab, (tl,), generator=g)
+        img_feat[i, :nb] = torch.randn(nb, img_dim, generator=g).abs()  # BUTD features are >= 0
+        xs = torch.rand(nb, 2, generator=g).sort(dim=1).values
+        ys = torch.rand(nb, 2, generator=g).sort(dim=1).values
+        w, h = xs[:, 1] - xs[:, 0], ys[:, 1] - ys[:, 0]
+        img_pos_feat[i, :nb] = torch.stack([xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1], w, h, w * h], dim=1)
+        if nlvr2_img_types:
+            img_type_ids[i] = 0
+            img_type_ids[i, :nb] = 1 + i % 2
+        attn_masks[i, :tl + nb] = 1
+    return {"input_ids": input_ids, "position_ids": torch.arange(lt_max).unsqueeze(0),
+            "img_feat": img_feat, "img_pos_feat": img_pos_feat, "img_type_ids": img_type_ids,
+            "attn_masks": attn_masks, "gather_index": build_gather_index(txt_lens, num_bbs, lt_max, ltot),
+            "txt_lens": txt_lens, "num_bbs": num_bbs}
+
+
+def _numel(shapes: dict, start: str = "") -> int:
+    return sum(math.prod(s) for k, s in shapes.items() if k.startswith(start))
 
 
 if __name__ == "__main__":
-    expected = torch.tensor([
-        [0, 1, 2, 3, 4, 8, 9, 10, 8, 9, 10, 11, 12, 13],
-        list(range(8)) + list(range(8, 14)),
-        [0, 1, 2, 3, 8, 9, 6, 7, 8, 9, 10, 11, 12, 13],
-    ])
-    assert torch.equal(gather_index_loops([5, 8, 4], [3, 6, 2], 8, 14), expected)
+    # §1.4 verified example
+    gi = build_gather_index([5, 8, 4], [3, 6, 2], lt_max=8, ltot=14)
+    assert gi.tolist() == [[0, 1, 2, 3, 4, 8, 9, 10, 8, 9, 10, 11, 12, 13], list(range(14)),
+                           [0, 1, 2, 3, 8, 9, 6, 7, 8, 9, 10, 11, 12, 13]], gi
+    # §1.8 counts, base and large (shapes only), then a materialised base dict
+    base = uniter_state_dict_shapes()
+    assert (len(base), _numel(base)) == (210, 109_898_752)
+    assert _numel(base, "uniter.embeddings.") == 22_665_216 and _numel(base, "uniter.img_embeddings.") == 1_588_480
+    assert _numel(base, "uniter.encoder.") == 85_054_464 and _numel(base, "uniter.pooler.") == 590_592
+    enc_w = {k: s for k, s in base.items() if k.startswith("uniter.encoder.") and len(s) == 2}
+    assert (len(enc_w), _numel(enc_w)) == (72, 84_934_656)
+    large = uniter_state_dict_shapes(1024, 24, 4096)
+    assert (len(large), _numel(large)) == (402, 335_695_872)
+    assert _numel({k: s for k, s in large.items() if k.startswith("uniter.encoder.") and len(s) == 2}) == 301_989_888
     sd = make_uniter_state_dict()
     assert len(sd) == 210 and sum(v.numel() for v in sd.values()) == 109_898_752
-    print("ok")
+    assert {k: tuple(v.shape) for k, v in sd.items()} == base
+    full = released_checkpoint_extras(sd)
+    assert len(full) == 230 and torch.equal(full["cls.predictions.decoder.weight"], sd[
+        "uniter.embeddings.word_embeddings.weight"])
+    pa = uniter_state_dict_shapes(nlvr2_head="paired-attn", type_vocab=3)
+    assert pa["attn1.in_proj_weight"] == (2304, 768) and pa["fc.0.weight"] == (768, 1536)
+    # a tiny end-to-end run of every function
+    tiny = make_uniter_state_dict(32, 3, 4, 64, 99, 24, type_vocab=3, nlvr2_head="paired-attn", seed=1)
+    batch = make_batch(6, seed=3, nlvr2_img_types=True)
+    seq = reference_uniter_forward(tiny, batch, num_heads=4)
+    assert seq.shape == (6, batch["attn_masks"].shape[1], 32) and torch.isfinite(seq).all()
+    logits = reference_nlvr2_paired_attn(tiny, seq, batch["attn_masks"], num_heads=4)
+    assert logits.shape == (3, 2) and torch.isfinite(logits).all()
+    assert reference_nlvr2_paired(tiny, reference_pooler(tiny, seq)).shape == (3, 2)
+    print("ok: gather_index example; base 210 tensors / 109,898,752 params; large 402 / 335,695,872")
