@@ -107,7 +107,7 @@ def make_demo(argv: list[str]) -> Path:
     sizes = yaml.safe_load(Path(args.model_config).read_text())["model"]["uniter"]
     config = UniterConfig(**sizes)
     paths = generate_demo(out, seed=args.seed, feat_dim=config.img_dim,
-                          n_train=args.n_train, n_dev=args.n_dev, n_test=args.n_test)
+                          n_train=args.n_train, n_dev=args.n_dev, n_test=args.n_test, mark_complete=False)
     torch.manual_seed(args.seed)
     core = UniterModel(config)
     torch.save({f"uniter.{k}": v for k, v in core.state_dict().items()}, out / "uniter-tiny.pt")

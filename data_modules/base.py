@@ -1,0 +1,133 @@
+"""What every task's DataModule shares: the region-feature store, the tokenizer, the loaders.
+
+A task subclass names its split files and reads one into a ``torch.utils.data.Dataset`` that has
+a ``collate`` method; everything else — lazy HDF5 per worker, dimension and vocabulary checks,
+seeded shuffling, worker settings — lives here once.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Dataset
+
+from .features import RegionFeatureStore
+from .tokenization import load_tokenizer
+
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+
+class VLDataModule(pl.LightningDataModule):
+    """Arguments shared by all tasks.
+
+    Args:
+        features: the HDF5 region-feature store (see ``data_modules.features``).
+        tokenizer: a local directory with the WordPiece ``vocab.txt`` (bert-base-cased for UNITER).
+        img_dim: feature dimension the model expects; checked against the store.
+        batch_size: training examples per batch (per device); ``eval_batch_size`` for val/test
+            (default: ``batch_size``).
+        num_workers: DataLoader worker processes (each opens the store itself).
+        max_txt_len: word-pieces kept per text, without [CLS]/[SEP] (UNITER: 60).
+        max_boxes: regions kept per image (None = all stored).
+        do_lower_case: lower-case text before WordPiece (False for bert-base-cased).
+        pin_memory: pin batches for faster host-to-GPU copies.
+    """
+
+    num_classes: int
+
+    def __init__(
+        self,
+        features: str,
+        tokenizer: str,
+        img_dim: int = 2048,
+        batch_size: int = 32,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        max_txt_len: int = 60,
+        max_boxes: Optional[int] = None,
+        do_lower_case: bool = False,
+        pin_memory: bool = False,
+    ):
+        super().__init__()
+        if batch_size <= 0 or (eval_batch_size is not None and eval_batch_size <= 0):
+            raise ValueError(f"batch sizes must be positive, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
+        if num_workers < 0 or max_txt_len <= 0:
+            raise ValueError(f"need num_workers >= 0 and max_txt_len > 0, got {num_workers} and {max_txt_len}")
+        self.features = features
+        self.tokenizer_path = tokenizer
+        self.img_dim = img_dim
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.max_txt_len = max_txt_len
+        self.max_boxes = max_boxes
+        self.do_lower_case = do_lower_case
+        self.pin_memory = pin_memory
+        self.datasets: dict[str, Dataset] = {}
+        self._store: RegionFeatureStore | None = None
+        self._tokenizer = None
+
+    @property
+    def store(self) -> RegionFeatureStore:
+        """The region-feature store, opened (and its dimension checked) on first use."""
+        if self._store is None:
+            store = RegionFeatureStore(self.features, max_boxes=self.max_boxes)
+            store.check_dim(self.img_dim)
+            self._store = store
+        return self._store
+
+    @property
+    def tokenizer(self):
+        """The WordPiece tokenizer, loaded (and its size checked) on first use."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.tokenizer_path, self.do_lower_case)
+        return self._tokenizer
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        return self.tokenizer.uniter_special_ids
+
+    def split_files(self) -> dict[str, Optional[str]]:
+        """``{"train": path, "val": path, "test": path or None}``."""
+        raise NotImplementedError(f"{type(self).__name__} must name its split files")
+
+    def build_dataset(self, split: str, path: str) -> Dataset:
+        """Read one split; every image it needs must already be checked to be in the store."""
+        raise NotImplementedError(f"{type(self).__name__} must read its split files")
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        """Read (once) the splits the stage needs; missing images fail here, not mid-training."""
+        for split in STAGE_SPLITS.get(stage, ("train", "val", "test")):
+            path = self.split_files().get(split)
+            if path and split not in self.datasets:
+                self.datasets[split] = self.build_dataset(split, path)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if split not in self.datasets:
+            configured = self.split_files().get(split)
+            hint = "call setup() first" if configured else f"no {split} file configured"
+            raise RuntimeError(f"{type(self).__name__}: the {split} split is not loaded ({hint})")
+        dataset = self.datasets[split]
+        # shuffle=True draws from torch's global generator, which seed_everything seeds.
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+            collate_fn=dataset.collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", False)

@@ -1,0 +1,184 @@
+"""NLVR2: is a statement true of a pair of images? Reads NLVR2's public JSON-lines files.
+
+Each example becomes two rows, UNITER's ``paired`` layout: row 2k = ``[CLS] sentence [SEP]`` +
+the left image's regions (image type 1), row 2k+1 = the same text + the right image's regions
+(image type 2). Image keys come from the identifier: ``dev-850-0-0`` → ``dev-850-0-img0`` and
+``dev-850-0-img1`` (``image_key`` changes the pattern, e.g. ``nlvr2_{stem}-img{side}.npz`` for
+stores converted from UNITER's img_db).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch.utils.data import Dataset
+
+from .base import VLDataModule
+from .batching import collate_rows
+from .features import MissingImageError, RegionFeatureStore
+from .tokenization import encode_uniter_batch
+
+LABELS = {"True": 1, "False": 0}
+REQUIRED_FIELDS = ("identifier", "sentence", "label")
+
+
+@dataclass(frozen=True)
+class Nlvr2Record:
+    identifier: str
+    sentence: str
+    label: int
+    line: int
+
+
+@dataclass(frozen=True)
+class Nlvr2Example:
+    identifier: str
+    input_ids: tuple[int, ...]
+    images: tuple[str, str]
+    label: int
+
+
+def image_keys(identifier: str, image_key: str = "{stem}-img{side}") -> tuple[str, str]:
+    """Store keys of the left and right image: the identifier without its sentence number."""
+    stem = identifier.rsplit("-", 1)[0]
+    return image_key.format(stem=stem, side=0), image_key.format(stem=stem, side=1)
+
+
+def read_nlvr2_records(path: str | Path) -> list[Nlvr2Record]:
+    """Parse a JSON-lines file; a malformed line is an error naming file, line and expectation."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"NLVR2 annotation file {path} does not exist")
+    records = []
+    seen: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); "
+                                 "expected one NLVR2 JSON object per line") from None
+            if not isinstance(rec, dict):
+                raise ValueError(f"{where}: a JSON {type(rec).__name__}, expected an object with "
+                                 f"{', '.join(REQUIRED_FIELDS)}")
+            ident = rec.get("identifier")
+            label_of = f" (identifier {ident!r})" if isinstance(ident, str) else ""
+            for field in REQUIRED_FIELDS:
+                if not isinstance(rec.get(field), str):
+                    got = "missing" if field not in rec else f"{type(rec[field]).__name__} {rec[field]!r}"
+                    raise ValueError(f"{where}{label_of}: field {field!r} is {got}; expected a string "
+                                     "(identifier, sentence, and label \"True\" or \"False\")")
+            if rec["label"] not in LABELS:
+                raise ValueError(f"{where}{label_of}: label {rec['label']!r}, expected \"True\" or \"False\"")
+            parts = ident.split("-")
+            if len(parts) < 4 or not all(parts[1:]):
+                raise ValueError(f"{where}: identifier {ident!r} is not split-set-pair-sentence "
+                                 "(e.g. 'dev-850-0-0')")
+            if ident in seen:
+                raise ValueError(f"{where}: identifier {ident!r} already used on line {seen[ident]}")
+            seen[ident] = lineno
+            records.append(Nlvr2Record(ident, rec["sentence"], LABELS[rec["label"]], lineno))
+    if not records:
+        raise ValueError(f"{path} holds no NLVR2 examples; expected JSON lines with "
+                         f"{', '.join(REQUIRED_FIELDS)}")
+    return records
+
+
+def read_nlvr2(path: str | Path, tokenizer, max_txt_len: int, image_key: str = "{stem}-img{side}") -> list[Nlvr2Example]:
+    """Records of ``path`` tokenised the UNITER way, with their image keys."""
+    records = read_nlvr2_records(path)
+    input_ids = encode_uniter_batch(tokenizer, [r.sentence for r in records], max_txt_len)
+    return [Nlvr2Example(r.identifier, tuple(ids), image_keys(r.identifier, image_key), r.label)
+            for r, ids in zip(records, input_ids)]
+
+
+class Nlvr2Dataset(Dataset):
+    """Examples whose images are all in ``store`` (checked here, for every example at once)."""
+
+    def __init__(self, examples: list[Nlvr2Example], store: RegionFeatureStore, source: str = ""):
+        missing: dict[str, str] = {}
+        for ex in examples:
+            for img in ex.images:
+                if img not in store and img not in missing:
+                    missing[img] = ex.identifier
+        if missing:
+            shown = "; ".join(f"{img!r} (example {ident})" for img, ident in list(missing.items())[:5])
+            known = ", ".join(repr(k) for k in store.ids[:3])
+            raise MissingImageError(
+                f"{store.path}: {len(missing)} images used by {source or 'the NLVR2 examples'} are not in the "
+                f"region-feature store: {shown}{' ...' if len(missing) > 5 else ''} (store keys look like {known}; "
+                "check the data module's image_key pattern)"
+            )
+        self.examples = examples
+        self.store = store
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        ex = self.examples[i]
+        ids = torch.tensor(ex.input_ids, dtype=torch.long)
+        rows = []
+        for side, img in enumerate(ex.images):
+            feat, pos = self.store.get(img)
+            rows.append({"input_ids": ids, "img_feat": feat, "img_pos_feat": pos,
+                         "img_type_ids": torch.full((len(feat),), side + 1, dtype=torch.long)})
+        return {"rows": rows, "target": ex.label, "id": ex.identifier}
+
+    @staticmethod
+    def collate(items: list[dict]) -> dict:
+        """Rows 2k / 2k+1 = example k with its left / right image; ``targets`` one per example."""
+        batch = collate_rows([row for item in items for row in item["rows"]])
+        batch["targets"] = torch.tensor([item["target"] for item in items], dtype=torch.long)
+        batch["ids"] = [item["id"] for item in items]
+        return batch
+
+
+class Nlvr2DataModule(VLDataModule):
+    """NLVR2 in its public format: ``train_file`` / ``val_file`` / ``test_file`` are JSON-lines
+    files (``train.json``, ``dev.json``, ``test1.json``). ``batch_size`` counts examples (each is
+    two rows). ``image_key`` maps ``{stem}`` (identifier without sentence number) and ``{side}``
+    (0 left, 1 right) to the store key. Other arguments: see ``VLDataModule``."""
+
+    num_classes = 2
+
+    def __init__(
+        self,
+        train_file: str,
+        val_file: str,
+        features: str,
+        tokenizer: str,
+        test_file: Optional[str] = None,
+        image_key: str = "{stem}-img{side}",
+        img_dim: int = 2048,
+        batch_size: int = 32,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        max_txt_len: int = 60,
+        max_boxes: Optional[int] = None,
+        do_lower_case: bool = False,
+        pin_memory: bool = False,
+    ):
+        super().__init__(features, tokenizer, img_dim, batch_size, eval_batch_size, num_workers,
+                         max_txt_len, max_boxes, do_lower_case, pin_memory)
+        try:
+            image_keys("split-0-0-0", image_key)
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"image_key {image_key!r} is not a format string using only {{stem}} and {{side}} "
+                             f"({err!r})") from None
+        self.train_file, self.val_file, self.test_file = train_file, val_file, test_file
+        self.image_key = image_key
+
+    def split_files(self) -> dict[str, Optional[str]]:
+        return {"train": self.train_file, "val": self.val_file, "test": self.test_file}
+
+    def build_dataset(self, split: str, path: str) -> Nlvr2Dataset:
+        examples = read_nlvr2(path, self.tokenizer, self.max_txt_len, self.image_key)
+        return Nlvr2Dataset(examples, self.store, source=str(path))

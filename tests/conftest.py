@@ -1,0 +1,17 @@
+"""Shared fixtures: a small demo world generated once per test session."""
+import os
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def demo_world(tmp_path_factory):
+    """A small demo world (features, tokenizer, NLVR2 splits, tiny UNITER checkpoint)."""
+    from lightning_vl.cli import make_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    make_demo(["--out", str(out), "--n-train", "240", "--n-dev", "80", "--n-test", "40", "--seed", "3"])
+    return out

@@ -1,0 +1,68 @@
+"""End to end through the CLI on the demo world: `lightning-vl prune`, resume, `fit` with a ticket."""
+import csv
+import json
+
+import pytest
+
+from callbacks import Mask
+from lightning_vl.cli import main
+
+
+def cli_args(world, tmp_path, *extra):
+    return [
+        "--config", "configs/task/nlvr2.yaml", "--config", "configs/model/uniter-tiny.yaml",
+        "--config", "configs/demo.yaml",
+        "--model.init", str(world / "uniter-tiny.pt"),
+        "--data.init_args.train_file", str(world / "nlvr2/train.json"),
+        "--data.init_args.val_file", str(world / "nlvr2/dev.json"),
+        "--data.init_args.test_file", str(world / "nlvr2/test.json"),
+        "--data.init_args.features", str(world / "features.h5"),
+        "--data.init_args.tokenizer", str(world / "tokenizer"),
+        "--data.init_args.batch_size", "8",
+        "--trainer.max_steps", "6", "--trainer.val_check_interval", "3",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path / "logs"),
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_prune_command_runs_rounds_writes_files_and_resumes(demo_world, tmp_path, capsys, caplog):
+    args = ["prune", *cli_args(demo_world, tmp_path), "--imp.target_sparsity", "0.2",
+            "--imp.root", str(tmp_path / "runs"), "--imp.wandb", "offline"]
+    main(args)
+    runs = list((tmp_path / "runs" / "nlvr2").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("imp-")
+    run = runs[0]
+    with open(run / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [round(float(r["sparsity"]), 3) for r in rows] == [0.0, 0.1, 0.2]
+    assert all(0.0 <= float(r["val/acc"]) <= 1.0 for r in rows)
+    assert "round 2/2 · sparsity 20.0% · val acc" in caplog.text
+    assert (run / "config.yaml").exists() and list((run / "wandb").glob("offline-run-*"))
+    assert (run / "round_01" / "logs" / "metrics.csv").exists()
+    assert json.loads((run / "round_02" / "metrics.json").read_text())["kept"] < json.loads(
+        (run / "round_00" / "metrics.json").read_text())["kept"]
+    # the same command again resumes: nothing left to train
+    caplog.clear()
+    main(args)
+    assert caplog.text.count("(done earlier)") == 3
+    # fine-tune the 20% ticket through `fit --model.mask`
+    main(["fit", *cli_args(demo_world, tmp_path), "--model.mask", str(run / "round_02" / "mask.pt")])
+    assert Mask.load(run / "round_02" / "mask.pt").sparsity == pytest.approx(0.2, abs=1e-3)
+
+
+def test_random_method_gets_its_own_run_folder(demo_world, tmp_path):
+    args = ["prune", *cli_args(demo_world, tmp_path), "--imp.target_sparsity", "0.1",
+            "--imp.root", str(tmp_path / "runs"), "--imp.wandb", "disabled", "--trainer.max_steps", "2"]
+    main(args + ["--imp.method", "random"])
+    main(args + ["--imp.method", "random-layerwise"])
+    names = sorted(p.name.split("-")[0] + ("-layerwise" if "layerwise" in p.name else "")
+                   for p in (tmp_path / "runs" / "nlvr2").iterdir())
+    assert names == ["random", "random-layerwise"]
+
+
+def test_bad_option_is_a_clear_error(demo_world, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["prune", *cli_args(demo_world, tmp_path), "--imp.method", "magnitude"])
+    assert "magnitude" in capsys.readouterr().err

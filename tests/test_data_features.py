@@ -1,0 +1,174 @@
+"""The HDF5 region-feature store: values round-trip, bad input is refused with names."""
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from data_modules.features import MissingImageError, RegionFeatureStore, RegionFeatureWriter
+
+
+def write_store(path, n_images=5, dim=8, seed=0):
+    rng = np.random.default_rng(seed)
+    truth = {}
+    with RegionFeatureWriter(path, dim) as w:
+        for i in range(n_images):
+            n = int(rng.integers(1, 6))
+            x1, y1 = rng.uniform(0, 50, n), rng.uniform(0, 40, n)
+            boxes = np.stack([x1, y1, x1 + rng.uniform(1, 50, n), y1 + rng.uniform(1, 40, n)], 1)
+            feats = rng.standard_normal((n, dim))
+            w.add(f"img{i}", feats, boxes, 100, 80)
+            truth[f"img{i}"] = (feats, boxes)
+    return truth
+
+
+def test_roundtrip_features_and_uniter_position_feature(tmp_path):
+    truth = write_store(tmp_path / "s.h5")
+    store = RegionFeatureStore(tmp_path / "s.h5")
+    assert len(store) == 5 and store.feat_dim == 8 and "img3" in store and "nope" not in store
+    for img, (feats, boxes) in truth.items():
+        f, p = store.get(img)
+        assert f.dtype == torch.float32 and p.shape == (len(feats), 7)
+        np.testing.assert_array_equal(f.numpy(), feats.astype(np.float16).astype(np.float32))
+        x1, y1, x2, y2 = boxes.T
+        w, h = (x2 - x1) / 100, (y2 - y1) / 80
+        expected = np.stack([x1 / 100, y1 / 80, x2 / 100, y2 / 80, w, h, w * h], 1)
+        np.testing.assert_allclose(p.numpy(), expected, rtol=1e-5, atol=1e-6)
+        assert store.image_size(img) == (100, 80)
+
+
+def test_max_boxes_truncates(tmp_path):
+    write_store(tmp_path / "s.h5", n_images=20)
+    store = RegionFeatureStore(tmp_path / "s.h5", max_boxes=2)
+    assert max(len(store.get(i)[0]) for i in store.ids) == 2
+
+
+def test_reader_pickles_without_a_handle_and_reopens(tmp_path):
+    write_store(tmp_path / "s.h5")
+    store = RegionFeatureStore(tmp_path / "s.h5")
+    before = store.get("img1")[0]
+    clone = pickle.loads(pickle.dumps(store))  # what a DataLoader worker receives
+    assert clone._h5 is None
+    assert torch.equal(clone.get("img1")[0], before)
+    store._pid = -1  # as if we were a forked worker: the handle must be reopened
+    assert torch.equal(store.get("img1")[0], before)
+
+
+def test_missing_image_names_file_and_id(tmp_path):
+    write_store(tmp_path / "s.h5")
+    store = RegionFeatureStore(tmp_path / "s.h5")
+    with pytest.raises(MissingImageError, match=r"s\.h5.*'dev-1-0-img0'"):
+        store.get("dev-1-0-img0")
+
+
+def test_wrong_feature_dimension_is_named(tmp_path):
+    write_store(tmp_path / "s.h5")
+    with pytest.raises(ValueError, match=r"s\.h5.*8-d.*img_dim=2048"):
+        RegionFeatureStore(tmp_path / "s.h5").check_dim(2048)
+
+
+def test_not_a_store(tmp_path):
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(ValueError, match=r"other\.h5.*not a lightning-vl region-feature store"):
+        RegionFeatureStore(tmp_path / "other.h5")
+    with pytest.raises(FileNotFoundError, match="absent.h5"):
+        RegionFeatureStore(tmp_path / "absent.h5")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(features=np.zeros((2, 5))), r"features have shape \(2, 5\), expected \(n, 8\)"),
+    (dict(boxes=np.array([[0, 0, 10, 10]])), r"boxes have shape \(1, 4\), expected \(2, 4\)"),
+    (dict(boxes=np.array([[0, 0, 10, 10], [5, 5, 120, 10]])), r"box 1 .* outside"),
+    (dict(boxes=np.array([[10, 0, 5, 10], [0, 0, 1, 1]])), r"box 0 .* outside"),
+    (dict(features=np.full((2, 8), np.nan)), "NaN"),
+    (dict(width=0), "not positive"),
+])
+def test_writer_refuses_bad_records_naming_file_and_image(tmp_path, bad, message):
+    args = dict(img_id="im7", features=np.zeros((2, 8)), boxes=np.array([[0, 0, 10, 10], [1, 1, 5, 5]]),
+                width=100, height=80)
+    args.update(bad)
+    with pytest.raises(ValueError, match=rf"s\.h5: image 'im7'.*{message}"):
+        with RegionFeatureWriter(tmp_path / "s.h5", 8) as w:
+            w.add(**args)
+    assert not (tmp_path / "s.h5").exists()  # nothing half-written
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_duplicate_image_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="'a' was added twice"):
+        with RegionFeatureWriter(tmp_path / "s.h5", 2) as w:
+            w.add("a", np.zeros((1, 2)), np.array([[0, 0, 1, 1]]), 2, 2)
+            w.add("a", np.zeros((1, 2)), np.array([[0, 0, 1, 1]]), 2, 2)
+
+
+def test_file_layout_is_flat_and_uncompressed(tmp_path):
+    write_store(tmp_path / "s.h5", n_images=4)
+    with h5py.File(tmp_path / "s.h5") as f:
+        assert f.attrs["format"] == "lightning-vl/region-features" and int(f.attrs["version"]) == 1
+        assert int(f.attrs["feat_dim"]) == 8
+        nbb, off = f["num_boxes"][:], f["offsets"][:]
+        assert off.tolist() == [0, *np.cumsum(nbb)[:-1].tolist()] and f["features"].shape == (nbb.sum(), 8)
+        assert f["features"].dtype == np.float16 and f["features"].compression is None
+        assert f["features"].chunks is not None and f["norm_bb"].shape == (nbb.sum(), 6)
+        assert f["img_wh"][:].tolist() == [[100, 80]] * 4
+
+
+def test_missing_image_error_is_a_keyerror_listing_known_ids(tmp_path):
+    write_store(tmp_path / "s.h5", n_images=5)
+    store = RegionFeatureStore(tmp_path / "s.h5")
+    with pytest.raises(KeyError) as err:
+        store.get("nope")
+    assert "5 images, e.g. 'img0', 'img1', 'img2'" in str(err.value)
+
+
+class _ReadInWorker(torch.utils.data.Dataset):
+    def __init__(self, store):
+        self.store = store
+
+    def __len__(self):
+        return len(self.store)
+
+    def __getitem__(self, i):
+        import os
+
+        return os.getpid(), self.store.get(f"img{i}")[0].sum()
+
+
+def test_dataloader_workers_reopen_the_file(tmp_path):
+    import multiprocessing
+    import os
+
+    write_store(tmp_path / "s.h5", n_images=6)
+    store = RegionFeatureStore(tmp_path / "s.h5")
+    expected = [float(store.get(f"img{i}")[0].sum()) for i in range(6)]  # the parent has the file open
+    loader = torch.utils.data.DataLoader(_ReadInWorker(store), batch_size=None, num_workers=2,
+                                         multiprocessing_context=multiprocessing.get_context("fork"))
+    got = list(loader)
+    assert all(int(pid) != os.getpid() for pid, _ in got)
+    assert [float(s) for _, s in got] == expected
+
+
+def test_other_version_is_refused(tmp_path):
+    write_store(tmp_path / "s.h5")
+    with h5py.File(tmp_path / "s.h5", "a") as f:
+        f.attrs["version"] = 2
+    with pytest.raises(ValueError, match=r"s\.h5: store version 2, expected 1"):
+        RegionFeatureStore(tmp_path / "s.h5")
+
+
+def test_nothing_at_the_path_until_close(tmp_path):
+    w = RegionFeatureWriter(tmp_path / "s.h5", 2)
+    w.add("a", np.zeros((1, 2)), np.array([[0, 0, 1, 1]]), 2, 2)
+    assert not (tmp_path / "s.h5").exists()
+    w.close()
+    assert RegionFeatureStore(tmp_path / "s.h5").ids == ["a"]
+    assert [p.name for p in tmp_path.iterdir()] == ["s.h5"]
+
+
+def test_empty_store_has_no_images(tmp_path):
+    with RegionFeatureWriter(tmp_path / "s.h5", 4):
+        pass
+    store = RegionFeatureStore(tmp_path / "s.h5")
+    assert len(store) == 0 and store.ids == [] and "x" not in store
