@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args[:1] == ["demo"]:
-        return make_demo(args[1:])
+        make_demo(args[1:])
+        return
     VLCli(
         VLModule,
         LightningDataModule,
