@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +37,8 @@ def _cross_entropy(logits: torch.Tensor, batch: dict) -> torch.Tensor:
     return F.cross_entropy(logits, batch["targets"])
 
 
-def _accuracy(num_classes: int) -> Callable[[], MetricCollection]:
-    return lambda: MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro")})
+def _accuracy(num_classes: int) -> MetricCollection:
+    return MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro")})
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -46,7 +47,7 @@ TASKS: dict[str, TaskSpec] = {
         heads={"paired-attn": Nlvr2PairedAttnHead, "paired": Nlvr2PairedHead},
         default_head="paired-attn",
         loss=_cross_entropy,
-        metrics=_accuracy(2),
+        metrics=partial(_accuracy, 2),  # partial, not a lambda: modules must pickle (ddp_spawn)
         monitor="val/acc",
         type_rows_from=[1],  # 3 types: right-image regions get a copy of the image type
         description="NLVR2: is the statement true of the image pair? (accuracy)",

@@ -131,3 +131,11 @@ def test_optimizer_groups_and_schedule_follow_uniter():
             assert g["weight_decay"] == 0.01
     assert opt.defaults["eps"] == 1e-6 and opt.defaults["betas"] == (0.9, 0.98)
     assert [warmup_linear(s, 4, 10) for s in (1, 2, 4, 7, 10)] == pytest.approx([0.25, 0.5, 1.0, 0.5, 1e-8])
+
+
+def test_module_pickles_for_spawned_ranks():
+    import pickle
+
+    model = make_model()
+    clone = pickle.loads(pickle.dumps(model))
+    assert clone.spec.name == "nlvr2" and set(clone.state_dict()) == set(model.state_dict())
