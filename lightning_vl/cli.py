@@ -96,9 +96,11 @@ def make_demo(argv: list[str]) -> Path:
     ap = argparse.ArgumentParser(prog="lightning-vl demo", description="Generate the offline demo world and model.")
     ap.add_argument("--out", default="data/demo")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n-train", type=int, default=6000)
-    ap.add_argument("--n-dev", type=int, default=1000)
-    ap.add_argument("--n-test", type=int, default=1000)
+    ap.add_argument("--n-train", type=int, default=None, help="training examples of every task (default: each task's own)")
+    ap.add_argument("--n-dev", type=int, default=None)
+    ap.add_argument("--n-test", type=int, default=None)
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every task's default sizes")
+    ap.add_argument("--tasks", nargs="+", default=None, help="demo tasks to generate (default: all)")
     ap.add_argument("--model-config", default="configs/model/uniter-tiny.yaml",
                     help="YAML with model.uniter sizes of the demo model")
     args = ap.parse_args(argv)
@@ -106,8 +108,9 @@ def make_demo(argv: list[str]) -> Path:
     (out / ".complete").unlink(missing_ok=True)
     sizes = yaml.safe_load(Path(args.model_config).read_text())["model"]["uniter"]
     config = UniterConfig(**sizes)
-    paths = generate_demo(out, seed=args.seed, feat_dim=config.img_dim,
-                          n_train=args.n_train, n_dev=args.n_dev, n_test=args.n_test, mark_complete=False)
+    task_args = {"tasks": tuple(args.tasks)} if args.tasks else {}
+    paths = generate_demo(out, seed=args.seed, feat_dim=config.img_dim, n_train=args.n_train, n_dev=args.n_dev,
+                          n_test=args.n_test, scale=args.scale, mark_complete=False, **task_args)
     torch.manual_seed(args.seed)
     core = UniterModel(config)
     torch.save({f"uniter.{k}": v for k, v in core.state_dict().items()}, out / "uniter-tiny.pt")

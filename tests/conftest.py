@@ -13,5 +13,5 @@ def demo_world(tmp_path_factory):
     from lightning_vl.cli import make_demo
 
     out = tmp_path_factory.mktemp("demo")
-    make_demo(["--out", str(out), "--n-train", "240", "--n-dev", "80", "--n-test", "40", "--seed", "3"])
+    make_demo(["--out", str(out), "--n-train", "240", "--n-dev", "80", "--n-test", "40", "--seed", "3", "--tasks", "nlvr2"])
     return out

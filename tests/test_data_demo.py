@@ -61,7 +61,7 @@ def test_text_alone_does_not_give_the_label(demo_world):
 
 def test_manifest_and_model_checkpoint(demo_world):
     manifest = json.loads((_root(demo_world) / "manifest.json").read_text())
-    assert manifest["tasks"]["nlvr2"]["train"]["examples"] == 240
+    assert manifest["tasks"]["nlvr2"]["splits"]["train"]["examples"] == 240
     assert manifest["vocab_size"] == len((_root(demo_world) / "tokenizer/vocab.txt").read_text().split())
     assert (_root(demo_world) / ".complete").exists()
     model = _root(demo_world) / "uniter-tiny.pt"
@@ -84,7 +84,7 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
 
 def test_labels_are_exactly_balanced_per_template_and_split(demo_world):
     manifest = json.loads((_root(demo_world) / "manifest.json").read_text())
-    for split, info in manifest["tasks"]["nlvr2"].items():
+    for split, info in manifest["tasks"]["nlvr2"]["splits"].items():
         assert set(info["templates"]) == set(TEMPLATES)
         for template, counts in info["templates"].items():
             assert counts["true"] == counts["examples"] // 2, (split, template, counts)
@@ -150,8 +150,8 @@ def test_cli_main_and_unknown_task(tmp_path, capsys):
                   "--n-train", "8", "--n-dev", "4", "--n-test", "4"])
     assert (tmp_path / "w" / ".complete").exists() and Path(paths["features"]).exists()
     assert "demo world written" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="'vqa'.*not generated yet"):
-        generate_demo(tmp_path / "v", tasks=("vqa",))
+    with pytest.raises(ValueError, match="'pretraining'.*not generated"):
+        generate_demo(tmp_path / "v", tasks=("pretraining",))
 
 
 def test_world_knobs_restrict_palette_objects_and_templates(tmp_path):
@@ -168,7 +168,7 @@ def test_world_knobs_restrict_palette_objects_and_templates(tmp_path):
                           nlvr2_templates=("count", "both"))
     assert {r["synset"] for r in records(paths["nlvr2_train"])} == {"count", "both"}
     manifest = json.loads(Path(paths["manifest"]).read_text())
-    assert manifest["world"]["num_colors"] == 2 and set(manifest["tasks"]["nlvr2"]["train"]["templates"]) == {"count", "both"}
+    assert manifest["world"]["num_colors"] == 2 and set(manifest["tasks"]["nlvr2"]["splits"]["train"]["templates"]) == {"count", "both"}
     with pytest.raises(ValueError, match="subset of"):
         make_split("train", 4, rng, templates=("riddle",))
     flat = WorldConfig(num_colors=1, num_shapes=1, min_objects=2, max_objects=2)  # every count is 2

@@ -21,7 +21,7 @@ def world_paths(demo_world) -> dict:
     root = Path(demo_world["root"] if isinstance(demo_world, dict) else demo_world)
     manifest = json.loads((root / "manifest.json").read_text())
     return {"root": root, "features": str(root / "features.h5"), "tokenizer": str(root / "tokenizer"),
-            "feat_dim": manifest["feat_dim"], "n_train": manifest["tasks"]["nlvr2"]["train"]["examples"],
+            "feat_dim": manifest["feat_dim"], "n_train": manifest["tasks"]["nlvr2"]["splits"]["train"]["examples"],
             **{f"nlvr2_{s}": str(root / "nlvr2" / f"{s}.json") for s in ("train", "dev", "test")}}
 
 

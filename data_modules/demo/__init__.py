@@ -9,8 +9,11 @@ balance per template) and, last, ``.complete``. Deterministic by seed; takes sec
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -19,18 +22,54 @@ from . import nlvr2 as nlvr2_demo
 from .vocab import write_vocab
 from .world import FeatureRenderer, WorldConfig
 
-TASKS = ("nlvr2",)
+# task name -> generator module in this package (each exposes DEFAULT_SIZES and generate())
+TASK_MODULES = {"nlvr2": "nlvr2"}
+TASKS = tuple(TASK_MODULES)
 SPLITS = ("train", "dev", "test")
+
+
+@dataclass
+class DemoContext:
+    """What a task generator gets: the world, the feature renderer, its own random streams (seeded
+    by the world seed and the task name, so one task's files do not change when another task is
+    added) and the task's options (e.g. NLVR2 templates)."""
+
+    seed: int
+    world: WorldConfig
+    renderer: FeatureRenderer
+    scene_rng: np.random.Generator
+    render_rng: np.random.Generator
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class DemoTaskResult:
+    """What a task generator wrote: ``files`` (name -> path, e.g. ``{"train": ..., "ans2label": ...}``),
+    ``texts`` (every sentence, for the demo vocabulary) and its ``manifest`` entry."""
+
+    files: dict[str, str]
+    texts: list[str]
+    manifest: dict
+
+
+def task_module(task: str):
+    if task not in TASK_MODULES:
+        raise ValueError(f"demo task {task!r} is not generated; known: {list(TASK_MODULES)}")
+    return importlib.import_module(f"{__name__}.{TASK_MODULES[task]}")
+
+
+def _task_seed(task: str) -> int:
+    return sum((i + 1) * ord(c) for i, c in enumerate(task))  # stable across runs, unlike hash()
 
 
 def generate_demo(
     out_dir: str | Path,
     seed: int = 0,
     feat_dim: int = 128,
-    n_train: int = 6000,
-    n_dev: int = 1000,
-    n_test: int = 1000,
-    tasks: tuple[str, ...] = ("nlvr2",),
+    n_train: Optional[int] = None,
+    n_dev: Optional[int] = None,
+    n_test: Optional[int] = None,
+    tasks: tuple[str, ...] = TASKS,
     mark_complete: bool = True,
     num_colors: int = 4,
     num_shapes: int = 3,
@@ -39,56 +78,49 @@ def generate_demo(
     noise: float = 0.5,
     focus: float = 0.3,
     nlvr2_templates: tuple[str, ...] = tuple(nlvr2_demo.TEMPLATES),
+    scale: float = 1.0,
 ) -> dict[str, str]:
-    """Write the demo world into ``out_dir``; returns ``{name: path}`` of what was written.
+    """Write the demo world into ``out_dir``; returns ``{name: path}`` of what was written
+    (``<task>_<file>``, e.g. ``nlvr2_train``, plus ``features``, ``tokenizer``, ``manifest``).
 
-    ``mark_complete=False`` leaves ``.complete`` to a caller that writes more (e.g. a model).
+    Sizes: each task's ``DEFAULT_SIZES`` times ``scale``; ``n_train`` / ``n_dev`` / ``n_test``
+    replace them for every task (tests use small worlds). ``mark_complete=False`` leaves
+    ``.complete`` to a caller that writes more (e.g. a model).
     Difficulty knobs: ``num_colors`` (<= 5), ``num_shapes`` (<= 4), objects per image, detector
     ``noise`` (std of the Gaussian added to unit-variance features), ``focus`` (how much image
     pairs over-represent what their statement mentions: higher = fewer "is it there at all"
-    shortcuts, harder), ``nlvr2_templates`` (a
-    subset of count, compare, both, spatial).
+    shortcuts, harder), ``nlvr2_templates`` (a subset of count, compare, both, spatial).
     """
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise ValueError(f"demo tasks {unknown} are not generated yet; known: {list(TASKS)}")
-    if feat_dim <= 0 or min(n_train, n_dev, n_test) < 0:
-        raise ValueError(f"need feat_dim > 0 and non-negative sizes, got feat_dim={feat_dim}, "
-                         f"n_train={n_train}, n_dev={n_dev}, n_test={n_test}")
+    for task in tasks:
+        task_module(task)
+    given = {"train": n_train, "dev": n_dev, "test": n_test}
+    if feat_dim <= 0 or scale <= 0 or any(n is not None and n < 0 for n in given.values()):
+        raise ValueError(f"need feat_dim > 0, scale > 0 and non-negative sizes, got feat_dim={feat_dim}, "
+                         f"scale={scale}, n_train={n_train}, n_dev={n_dev}, n_test={n_test}")
     world = WorldConfig(num_colors, num_shapes, min_objects, max_objects, noise, focus)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / ".complete").unlink(missing_ok=True)
-    scene_rng = np.random.default_rng([seed, 1])
-    render_rng = np.random.default_rng([seed, 2])
     renderer = FeatureRenderer(feat_dim, seed, noise=world.noise)
-    sizes = dict(zip(SPLITS, (n_train, n_dev, n_test)))
-    manifest: dict = {"format": "lightning-vl/demo-world", "version": 1, "seed": seed,
-                      "feat_dim": feat_dim, "sizes": sizes, "world": vars(world), "tasks": {}}
+    manifest: dict = {"format": "lightning-vl/demo-world", "version": 2, "seed": seed,
+                      "feat_dim": feat_dim, "world": vars(world), "tasks": {}}
     paths: dict[str, str] = {}
     texts: list[str] = []
-    num_images = 0
+    options = {"nlvr2": {"templates": tuple(nlvr2_templates)}}
     with RegionFeatureWriter(out / "features.h5", feat_dim) as writer:
-        if "nlvr2" in tasks:
-            (out / "nlvr2").mkdir(exist_ok=True)
-            manifest["tasks"]["nlvr2"] = {}
-            for split, n in sizes.items():
-                records, scenes, stats = nlvr2_demo.make_split(split, n, scene_rng, world, tuple(nlvr2_templates))
-                for scene in scenes:
-                    feats, boxes = renderer.render(scene, render_rng)
-                    writer.add(scene.image_id, feats, boxes, scene.width, scene.height)
-                path = out / "nlvr2" / f"{split}.json"
-                path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-                texts += [r["sentence"] for r in records]
-                paths[f"nlvr2_{split}"] = str(path)
-                num_true = sum(r["label"] == "True" for r in records)
-                manifest["tasks"]["nlvr2"][split] = {
-                    "examples": len(records),
-                    "sentences": len({r["sentence"] for r in records}),
-                    "images": len(scenes),
-                    "true_rate": num_true / len(records) if records else None,
-                    "templates": stats,
-                }
+        for task in tasks:
+            module = task_module(task)
+            sizes = {split: (given[split] if given[split] is not None else max(1, round(n * scale)))
+                     for split, n in module.DEFAULT_SIZES.items()}
+            ctx = DemoContext(seed, world, renderer,
+                              scene_rng=np.random.default_rng([seed, 1, _task_seed(task)]),
+                              render_rng=np.random.default_rng([seed, 2, _task_seed(task)]),
+                              options=options.get(task, {}))
+            before = len(writer)
+            result = module.generate(out, writer, ctx, sizes)
+            texts += result.texts
+            paths.update({f"{task}_{name}": path for name, path in result.files.items()})
+            manifest["tasks"][task] = {"sizes": sizes, "images": len(writer) - before, **result.manifest}
         num_images = len(writer)
     paths["features"] = str(out / "features.h5")
     paths["tokenizer"] = str(write_vocab(out / "tokenizer", texts))
@@ -107,9 +139,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", default="data/demo", help="output folder (default data/demo)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--feat-dim", type=int, default=128, help="region feature dimension")
-    ap.add_argument("--n-train", type=int, default=6000, help="NLVR2 training statements")
-    ap.add_argument("--n-dev", type=int, default=1000)
-    ap.add_argument("--n-test", type=int, default=1000)
+    ap.add_argument("--n-train", type=int, default=None, help="training examples of every task (default: each task's own)")
+    ap.add_argument("--n-dev", type=int, default=None)
+    ap.add_argument("--n-test", type=int, default=None)
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every task's default sizes")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     ap.add_argument("--num-colors", type=int, default=4, help="colours in the world (1-5)")
     ap.add_argument("--num-shapes", type=int, default=3, help="shapes in the world (1-4)")
@@ -126,7 +159,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, str]:
     args = parse_args(argv)
     paths = generate_demo(args.out, args.seed, args.feat_dim, args.n_train, args.n_dev, args.n_test,
-                          tasks=tuple(args.tasks), num_colors=args.num_colors, num_shapes=args.num_shapes,
+                          tasks=tuple(args.tasks), scale=args.scale, num_colors=args.num_colors, num_shapes=args.num_shapes,
                           min_objects=args.min_objects, max_objects=args.max_objects, noise=args.noise, focus=args.focus,
                           nlvr2_templates=tuple(args.nlvr2_templates))
     print(f"demo world written to {args.out}: " + ", ".join(sorted(paths)))

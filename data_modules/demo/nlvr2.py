@@ -9,6 +9,8 @@ says nothing about the label: the images must be read.
 """
 from __future__ import annotations
 
+import json
+
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -146,3 +148,33 @@ def make_split(split: str, n: int, rng: np.random.Generator, world: WorldConfig 
                 record["extra_validations"] = {str((int(writer) + 1) % 100): label}
             records.append(record)
     return records, scenes, stats
+
+
+DEFAULT_SIZES = {"train": 6000, "dev": 1000, "test": 1000}
+
+
+def generate(out, writer, ctx, sizes: dict[str, int]):
+    """Write ``nlvr2/{train,dev,test}.json`` (NLVR2's JSON lines) and both images of every pair."""
+    from . import DemoTaskResult
+
+    folder = out / "nlvr2"
+    folder.mkdir(exist_ok=True)
+    files, texts, manifest = {}, [], {}
+    for split, n in sizes.items():
+        records, scenes, stats = make_split(split, n, ctx.scene_rng, ctx.world,
+                                            tuple(ctx.options.get("templates", TEMPLATES)))
+        for scene in scenes:
+            feats, boxes = ctx.renderer.render(scene, ctx.render_rng)
+            writer.add(scene.image_id, feats, boxes, scene.width, scene.height)
+        path = folder / f"{split}.json"
+        path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        files[split] = str(path)
+        texts += [r["sentence"] for r in records]
+        manifest[split] = {
+            "examples": len(records),
+            "sentences": len({r["sentence"] for r in records}),
+            "images": len(scenes),
+            "true_rate": sum(r["label"] == "True" for r in records) / len(records) if records else None,
+            "templates": stats,
+        }
+    return DemoTaskResult(files, texts, {"splits": manifest})

@@ -176,12 +176,13 @@ class FeatureRenderer:
         """The noise-free feature of an object (the sum of its attribute prototypes)."""
         return sum(self.prototypes[name][getattr(obj, name)] for name in self.prototypes)
 
-    def render(self, scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def render(self, scene: Scene, rng: np.random.Generator, shuffle: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """``(features (n, D) float32, boxes (n, 4) pixel x1y1x2y2)`` for objects and clutter,
-        shuffled."""
+        shuffled; ``shuffle=False`` keeps the objects first, in scene order (as VCR's ground-truth
+        boxes come in the order of the annotation's ``objects``), then the clutter."""
         feats = [self.object_feature(o) for o in scene.objects]
         feats += [self.background * float(rng.uniform(0.5, 1.5)) for _ in scene.clutter]
         boxes = [o.box for o in scene.objects] + list(scene.clutter)
         feats = np.asarray(feats) + rng.standard_normal((len(feats), self.feat_dim)) * self.noise
-        order = rng.permutation(len(feats))
+        order = rng.permutation(len(feats)) if shuffle else np.arange(len(feats))
         return feats[order].astype(np.float32), np.asarray(boxes, dtype=np.float32)[order]
