@@ -33,7 +33,9 @@ class VLDataModule(pl.LightningDataModule):
         pin_memory: pin batches for faster host-to-GPU copies.
     """
 
-    num_classes: int
+    # Label strings in index order for classification heads (VQA/GQA answers, SNLI-VE classes);
+    # the CLI hands them to the model at instantiation, and they are saved with its checkpoints.
+    labels: Optional[list[str]] = None
 
     def __init__(
         self,

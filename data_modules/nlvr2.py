@@ -147,7 +147,7 @@ class Nlvr2DataModule(VLDataModule):
     two rows). ``image_key`` maps ``{stem}`` (identifier without sentence number) and ``{side}``
     (0 left, 1 right) to the store key. Other arguments: see ``VLDataModule``."""
 
-    num_classes = 2
+    labels = ["False", "True"]
 
     def __init__(
         self,

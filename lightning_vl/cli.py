@@ -1,8 +1,8 @@
 """``lightning-vl``: LightningCLI with YAML configs, plus ``prune`` (IMP / random pruning rounds)
 and ``demo`` (generate the offline demo world).
 
-    lightning-vl fit   --config configs/task/nlvr2.yaml --config configs/demo.yaml
-    lightning-vl prune --config configs/task/nlvr2.yaml --config configs/demo.yaml --imp.method random
+    lightning-vl fit   --config configs/task/nlvr2.yaml --config configs/demo.yaml --config configs/demo/nlvr2.yaml
+    lightning-vl prune --config configs/task/nlvr2.yaml --config configs/demo.yaml --config configs/demo/nlvr2.yaml --imp.method random
     lightning-vl demo  --out data/demo
 
 Every Trainer flag passes through (``--trainer.max_steps 500``, ``--trainer.strategy ddp``…).

@@ -11,7 +11,7 @@ from lightning_vl.cli import main
 def cli_args(world, tmp_path, *extra):
     return [
         "--config", "configs/task/nlvr2.yaml", "--config", "configs/model/uniter-tiny.yaml",
-        "--config", "configs/demo.yaml",
+        "--config", "configs/demo.yaml", "--config", "configs/demo/nlvr2.yaml",
         "--model.init", str(world / "uniter-tiny.pt"),
         "--data.init_args.train_file", str(world / "nlvr2/train.json"),
         "--data.init_args.val_file", str(world / "nlvr2/dev.json"),

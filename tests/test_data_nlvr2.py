@@ -164,7 +164,7 @@ def test_loaders_seeded_shuffle_drop_last_and_workers(demo_world):
     dm.setup("fit")
     train, val = dm.train_dataloader(), dm.val_dataloader()
     assert train.drop_last and not val.drop_last and train.persistent_workers and val.batch_size == 6
-    assert dm.num_classes == 2 and len(dm.tokenizer) > 5
+    assert dm.labels == ["False", "True"] and len(dm.tokenizer) > 5
     with pytest.raises(RuntimeError, match="test split is not loaded"):
         dm.test_dataloader()
 
