@@ -25,6 +25,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 TYPE_TABLE = "uniter.embeddings.token_type_embeddings.weight"
+WORD_TABLE = "uniter.embeddings.word_embeddings.weight"
 
 
 @dataclass

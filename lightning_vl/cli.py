@@ -25,6 +25,11 @@ from .module import VLModule
 
 
 class VLCli(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        """The data module knows the label strings (e.g. VQA's answer vocabulary); the model gets
+        them when both are instantiated."""
+        parser.link_arguments("data.labels", "model.labels", apply_on="instantiate")
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), "prune": {"model", "datamodule"}}

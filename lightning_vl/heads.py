@@ -6,6 +6,8 @@ head keys onto it. Heads are never pruned.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,7 +34,7 @@ class Nlvr2PairedHead(nn.Module):
 
     uses_pooler = True
 
-    def __init__(self, config: UniterConfig):
+    def __init__(self, config: UniterConfig, num_labels: Optional[int] = None):
         super().__init__()
         self.nlvr2_output = nn.Linear(2 * config.hidden_size, 2)
 
@@ -47,7 +49,7 @@ class Nlvr2PairedAttnHead(nn.Module):
 
     uses_pooler = False  # reads whole sequences; the core's pooler gets no gradient
 
-    def __init__(self, config: UniterConfig):
+    def __init__(self, config: UniterConfig, num_labels: Optional[int] = None):
         super().__init__()
         h, heads = config.hidden_size, config.num_attention_heads
         drop_attn, drop = config.attention_probs_dropout_prob, config.hidden_dropout_prob
@@ -68,6 +70,108 @@ class Nlvr2PairedAttnHead(nn.Module):
         right = self.fc(torch.cat([r2l, right], dim=-1))
         pooled = torch.cat([self.attn_pool(left, left_pad), self.attn_pool(right, right_pad)], -1)
         return self.nlvr2_output(pooled)
+
+
+def _mlp(hidden: int, inner: int, out: int, act: type[nn.Module]) -> nn.Sequential:
+    """UNITER's two-layer head: Linear → activation → LayerNorm(eps 1e-12) → Linear (keys .0/.2/.3)."""
+    return nn.Sequential(nn.Linear(hidden, inner), act(), nn.LayerNorm(inner, eps=1e-12), nn.Linear(inner, out))
+
+
+class VqaHead(nn.Module):
+    """VQA / GQA / SNLI-VE: ``vqa_output`` = Linear(H→2H)–GELU–LN–Linear(2H→A) on the pooled
+    [CLS] (UNITER's VE model keeps the ``vqa_output`` names with A = 3)."""
+
+    uses_pooler = True
+
+    def __init__(self, config: UniterConfig, num_labels: Optional[int] = None):
+        super().__init__()
+        if not num_labels:
+            raise ValueError("the VQA-style head needs the label strings (model.labels): the CLI copies them from "
+                             "the data module's answer vocabulary (ans2label file)")
+        h = config.hidden_size
+        self.vqa_output = _mlp(h, 2 * h, num_labels, nn.GELU)
+
+    def forward(self, sequence_output, pooled_output, batch) -> torch.Tensor:
+        return self.vqa_output(pooled_output)
+
+
+class VcrHead(nn.Module):
+    """VCR: ``vcr_output`` = Linear(H→2H)–ReLU–LN–Linear(2H→2) per (question, candidate) row."""
+
+    uses_pooler = True
+
+    def __init__(self, config: UniterConfig, num_labels: Optional[int] = None):
+        super().__init__()
+        h = config.hidden_size
+        self.vcr_output = _mlp(h, 2 * h, 2, nn.ReLU)
+
+    def forward(self, sequence_output, pooled_output, batch) -> torch.Tensor:
+        return self.vcr_output(pooled_output)
+
+
+def region_outputs(sequence_output: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's region outputs, zero-padded to the batch's region count, and the padding mask.
+
+    The joined sequence holds row i's regions at ``[tl_i, tl_i + nb_i)`` (see ``gather_index``)."""
+    max_nb = batch["img_feat"].size(1)
+    device = sequence_output.device
+    tl = torch.as_tensor(batch["txt_lens"], device=device)[:, None]
+    nb = torch.as_tensor(batch["num_bbs"], device=device)[:, None]
+    slot = torch.arange(max_nb, device=device)[None, :]
+    pad = slot >= nb
+    pos = (tl + slot).clamp(max=sequence_output.size(1) - 1)
+    regions = sequence_output.gather(1, pos.unsqueeze(-1).expand(-1, -1, sequence_output.size(-1)))
+    return regions.masked_fill(pad.unsqueeze(-1), 0.0), pad
+
+
+class RefExpHead(nn.Module):
+    """Referring expressions: one score per region of the row, ``-1e4`` at padded regions.
+
+    ``mlp2`` (RefCOCO+ config): ``re_output`` = Linear(H→H)–GELU–LN–Linear(H→1); ``mlp1``:
+    ``re_output`` = Linear(H→1)."""
+
+    uses_pooler = False
+
+    def __init__(self, config: UniterConfig, num_labels: Optional[int] = None, layers: int = 2):
+        super().__init__()
+        h = config.hidden_size
+        self.re_output = _mlp(h, h, 1, nn.GELU) if layers == 2 else nn.Linear(h, 1)
+
+    def forward(self, sequence_output, pooled_output, batch) -> torch.Tensor:
+        regions, pad = region_outputs(sequence_output, batch)
+        scores = self.re_output(regions).squeeze(-1)
+        return scores.masked_fill(pad, -1e4)
+
+
+class RefExpLinearHead(RefExpHead):
+    """``mlp1``: the RefCOCO / RefCOCOg configs' single Linear(H→1)."""
+
+    def __init__(self, config: UniterConfig, num_labels: Optional[int] = None):
+        super().__init__(config, num_labels, layers=1)
+
+
+class RankHead(nn.Module):
+    """Image-text retrieval: ``rank_output`` = Linear(H→1) on the pooled [CLS], one score per
+    (text, image) row. Started from UNITER's ITM head: its "match" row (``itm_output`` row 1)."""
+
+    uses_pooler = True
+
+    def __init__(self, config: UniterConfig, num_labels: Optional[int] = None):
+        super().__init__()
+        self.rank_output = nn.Linear(config.hidden_size, 1)
+
+    @staticmethod
+    def adapt_init_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """UNITER's ``init_output``: ``rank_output := itm_output[1]`` when the file has no rank head."""
+        if "rank_output.weight" in state or "itm_output.weight" not in state:
+            return state
+        state = dict(state)
+        state["rank_output.weight"] = state["itm_output.weight"][1:2].clone()
+        state["rank_output.bias"] = state["itm_output.bias"][1:2].clone()
+        return state
+
+    def forward(self, sequence_output, pooled_output, batch) -> torch.Tensor:
+        return self.rank_output(pooled_output).squeeze(-1)
 
 
 def init_head_weights(head: nn.Module, std: float) -> None:

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 
-from .checkpoints import TYPE_TABLE, load_into, map_head_keys, read_init
+from .checkpoints import TYPE_TABLE, WORD_TABLE, load_into, map_head_keys, read_init
 from .heads import init_head_weights
 from .tasks import get_task
 from .uniter import UniterConfig, UniterModel, encoder_linear_names
@@ -38,6 +38,8 @@ class VLModule(pl.LightningModule):
         task: a name from ``lightning_vl.tasks.TASKS``.
         uniter: the core's sizes (``configs/model/uniter-*.yaml``).
         head: head variant of the task (NLVR2: ``paired-attn`` or ``paired``); None = the default.
+        labels: label strings in index order (VQA/GQA answers). The CLI copies them from the data
+            module; they are saved with every checkpoint, so predictions can be decoded.
         init: weights to start from: a released UNITER checkpoint, one of ours, a HuggingFace BERT
             directory, or ``shuffled:<any of these>`` (see ``checkpoints``); None = random init.
         init_seed: seed of the permutation for ``shuffled:`` inits.
@@ -51,6 +53,7 @@ class VLModule(pl.LightningModule):
         task: str = "nlvr2",
         uniter: UniterConfig = UniterConfig(),
         head: Optional[str] = None,
+        labels: Optional[list[str]] = None,
         init: Optional[str] = None,
         init_seed: int = 0,
         mask: Optional[str] = None,
@@ -67,20 +70,29 @@ class VLModule(pl.LightningModule):
         head = head or self.spec.default_head
         if head not in self.spec.heads:
             raise ValueError(f"task {task!r} has heads {sorted(self.spec.heads)}, not {head!r}")
+        fixed = list(self.spec.labels) if self.spec.labels else None
+        if labels is not None and fixed is not None and list(labels) != fixed:
+            raise ValueError(f"task {task!r} has the labels {fixed} in this order, the data gave {list(labels)}")
+        self.labels = list(labels) if labels is not None else fixed
         self.uniter = UniterModel(uniter)
-        self.head = self.spec.heads[head](uniter)
+        self.head = self.spec.heads[head](uniter, len(self.labels) if self.labels else None)
         init_head_weights(self.head, uniter.initializer_range)
         # parameters fine-tuning never uses are frozen, so DDP needs no unused-parameter search
         self.uniter.img_embeddings.mask_embedding.requires_grad_(False)  # only MRM masks regions
         if not self.head.uses_pooler:
             self.uniter.pooler.requires_grad_(False)
         self._type_rows = uniter.type_vocab_size + len(self.spec.type_rows_from)
+        self._word_rows = uniter.vocab_size + self.spec.extra_word_rows
         if init:
             self.load_initial_weights(init)
+        self._extend_tables()
+        num_labels = len(self.labels) if self.labels else None
+        self.val_metrics = self.spec.metrics(num_labels).clone(prefix="val/")
+        self.test_metrics = self.spec.metrics(num_labels).clone(prefix="test/")
+
+    def _extend_tables(self) -> None:
         self.uniter.extend_type_embeddings(self._type_rows, self.spec.type_rows_from)
-        self.train_metrics = self.spec.metrics().clone(prefix="train/")
-        self.val_metrics = self.spec.metrics().clone(prefix="val/")
-        self.test_metrics = self.spec.metrics().clone(prefix="test/")
+        self.uniter.extend_word_embeddings(self._word_rows)
 
     @property
     def monitor(self) -> str:
@@ -103,23 +115,30 @@ class VLModule(pl.LightningModule):
         return names
 
     def load_initial_weights(self, path: str) -> None:
-        state = map_head_keys(read_init(path, seed=self.hparams.init_seed), self)
-        rows = state.get(TYPE_TABLE)
-        if rows is not None and rows.shape[0] == self._type_rows:
-            # already extended (one of our own checkpoints): extend first, then load
-            self.uniter.extend_type_embeddings(self._type_rows, self.spec.type_rows_from)
+        state = read_init(path, seed=self.hparams.init_seed)
+        adapt = getattr(self.head, "adapt_init_state", None)
+        if adapt is not None:  # e.g. the retrieval head starts from UNITER's ITM head
+            state = adapt(state)
+        state = map_head_keys(state, self)
+        types, words = state.get(TYPE_TABLE), state.get(WORD_TABLE)
+        if (types is not None and types.shape[0] == self._type_rows != self.uniter.config.type_vocab_size) or (
+                words is not None and words.shape[0] == self._word_rows != self.uniter.config.vocab_size):
+            # already extended (our own checkpoints, UNITER's VCR 2nd stage): extend first, then load
+            self._extend_tables()
         report = load_into(self, state, str(path))
         rank_zero_info(report.summary())
         self.init_report = report
 
     def setup(self, stage: str) -> None:
-        """Refuse a tokenizer whose ids the word-embedding table cannot hold."""
+        """Refuse a tokenizer whose ids (plus the task's extra tokens) the word table cannot hold."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         tokenizer = getattr(datamodule, "tokenizer", None)
-        if tokenizer is not None and len(tokenizer) > self.uniter.config.vocab_size:
+        rows = self.uniter.embeddings.word_embeddings.num_embeddings
+        if tokenizer is not None and len(tokenizer) + self.spec.extra_word_rows > rows:
+            extra = f" plus {self.spec.extra_word_rows} task tokens" if self.spec.extra_word_rows else ""
             raise ValueError(
-                f"tokenizer {getattr(datamodule, 'tokenizer_path', '')} has {len(tokenizer)} tokens, more than "
-                f"the model's vocab_size {self.uniter.config.vocab_size}"
+                f"tokenizer {getattr(datamodule, 'tokenizer_path', '')} has {len(tokenizer)} tokens{extra}, more "
+                f"than the model's {rows} word embeddings (model.uniter.vocab_size)"
             )
 
     # ------------------------------------------------------------------------------------------
@@ -137,27 +156,40 @@ class VLModule(pl.LightningModule):
         pooled = self.uniter.pooler(seq) if self.head.uses_pooler else None
         return self.head(seq, pooled, batch)
 
-    def _step(self, batch: dict, metrics) -> torch.Tensor:
+    @staticmethod
+    def _batch_size(batch: dict) -> int:
+        return len(batch["ids"]) if "ids" in batch else len(batch["targets"])
+
+    def _eval_step(self, batch: dict, metrics, stage: str) -> None:
         logits = self(batch)
         loss = self.spec.loss(logits, batch)
-        metrics.update(logits.detach(), batch["targets"])
-        return loss
+        if loss is not None:
+            self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=self._batch_size(batch))
+        metrics.update(*self.spec.metric_inputs(logits.detach().float(), batch))
+
+    def _log_metrics(self, metrics) -> None:
+        """Compute (synced across ranks), log and reset: metrics like retrieval recall need the
+        whole split, so they are logged once per evaluation rather than per batch."""
+        values = metrics.compute()
+        metrics.reset()
+        self.log_dict({k: v.float() for k, v in values.items()}, prog_bar=True, sync_dist=False)
 
     def training_step(self, batch, batch_idx):
-        loss = self._step(batch, self.train_metrics)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["targets"]))
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(batch["targets"]))
+        loss = self.spec.loss(self(batch), batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=self._batch_size(batch))
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss = self._step(batch, self.val_metrics)
-        self.log("val/loss", loss, sync_dist=True, batch_size=len(batch["targets"]))
-        self.log_dict(self.val_metrics, prog_bar=True, batch_size=len(batch["targets"]))
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics)
 
     def test_step(self, batch, batch_idx):
-        loss = self._step(batch, self.test_metrics)
-        self.log("test/loss", loss, sync_dist=True, batch_size=len(batch["targets"]))
-        self.log_dict(self.test_metrics, batch_size=len(batch["targets"]))
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics)
 
     def predict_step(self, batch, batch_idx):
         return {"ids": batch.get("ids"), "logits": self(batch)}

@@ -141,6 +141,19 @@ class UniterModel(nn.Module):
         self.embeddings.token_type_embeddings = new
         self.config.type_vocab_size = num_types
 
+    def extend_word_embeddings(self, num_words: int) -> None:
+        """Grow the word table to ``num_words`` rows as UNITER's ``init_word_embedding`` does for
+        VCR (28996 → 29077): existing rows kept, new rows drawn N(0, initializer_range)."""
+        old = self.embeddings.word_embeddings
+        if old.num_embeddings >= num_words:
+            return
+        new = nn.Embedding(num_words, self.config.hidden_size, padding_idx=0).to(old.weight.device)
+        self.init_weights(new)
+        with torch.no_grad():
+            new.weight[: old.num_embeddings] = old.weight
+        self.embeddings.word_embeddings = new
+        self.config.vocab_size = num_words
+
     def forward(
         self,
         input_ids,
