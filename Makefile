@@ -21,11 +21,20 @@ export WANDB_SILENT ?= true
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo prune finetune test bench clean help
+TASKS := vqa gqa vcr nlvr2 snli-ve refcoco+ flickr30k-ir flickr30k-tr
+
+.PHONY: install demo prune finetune features data test bench clean help check-task
 
 help:
-	@echo "make prune TASK=nlvr2 [PRUNE=imp|random|random-layerwise] [SPARSITY=0.7] [SCHEDULE=linear|geometric] [REWIND=0] [INIT=ckpt]"
+	@echo "make prune TASK=<task> [PRUNE=imp|random|random-layerwise] [SPARSITY=0.7] [SCHEDULE=linear|geometric] [REWIND=0] [INIT=ckpt]"
+	@echo "make finetune TASK=<task> [MASK=round_NN/mask.pt] [INIT=ckpt]"
+	@echo "make features SRC=<path...> FORMAT=tsv|butd-h5|img-db|npz OUT=<store.h5>"
+	@echo "make data TASK=<task> SRC=<folder with the public annotation files>"
 	@echo "make test | make bench | make demo | make clean"
+	@echo "tasks: $(TASKS)"
+
+check-task:
+	@case " $(TASKS) " in *" $(TASK) "*) ;; *) echo "unknown TASK=$(TASK); one of: $(TASKS)"; exit 2;; esac
 
 install: $(STAMP)
 
@@ -42,16 +51,24 @@ demo: $(DEMO_DIR)/.complete
 $(DEMO_DIR)/.complete: $(STAMP)
 	$(BIN)/lightning-vl demo --out $(DEMO_DIR)
 
-prune: demo
+prune: check-task demo
 	$(BIN)/lightning-vl prune \
 	  --config configs/task/$(TASK).yaml --config configs/model/uniter-tiny.yaml --config configs/demo.yaml --config configs/demo/$(TASK).yaml \
 	  --imp.method $(PRUNE) --imp.target_sparsity $(SPARSITY) --imp.schedule $(SCHEDULE) \
 	  --imp.rewind_step $(REWIND) --imp.root $(RUNS) $(if $(INIT),--model.init $(INIT)) $(ARGS)
 
-finetune: demo
+finetune: check-task demo
 	$(BIN)/lightning-vl fit \
 	  --config configs/task/$(TASK).yaml --config configs/model/uniter-tiny.yaml --config configs/demo.yaml --config configs/demo/$(TASK).yaml \
 	  $(if $(INIT),--model.init $(INIT)) $(if $(MASK),--model.mask $(MASK)) $(ARGS)
+
+features: $(STAMP)
+	@test -n "$(SRC)" -a -n "$(OUT)" || { echo "usage: make features SRC=<path...> FORMAT=<format> OUT=<store.h5>"; exit 2; }
+	$(BIN)/python -m data_modules.convert features --src $(SRC) $(if $(FORMAT),--format $(FORMAT)) --out $(OUT) $(ARGS)
+
+data: check-task $(STAMP)
+	@test -n "$(SRC)" || { echo "usage: make data TASK=<task> SRC=<folder with the public annotation files>"; exit 2; }
+	$(BIN)/lightning-vl data --task $(TASK) --src $(SRC) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)

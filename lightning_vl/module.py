@@ -8,6 +8,9 @@ Gradient clipping is the Trainer's ``gradient_clip_val``.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
 from typing import Optional
 
 import pytorch_lightning as pl
@@ -140,6 +143,25 @@ class VLModule(pl.LightningModule):
                 f"tokenizer {getattr(datamodule, 'tokenizer_path', '')} has {len(tokenizer)} tokens{extra}, more "
                 f"than the model's {rows} word embeddings (model.uniter.vocab_size)"
             )
+
+    def on_fit_start(self) -> None:
+        """Record the label strings and the tokenizer (path, size, sha256, special ids) the run
+        trains with, next to its logs: a checkpoint is only meaningful with the same ids."""
+        log_dir = self.trainer.log_dir
+        if not self.trainer.is_global_zero or not log_dir:
+            return
+        record: dict = {"task": self.spec.name, "labels": self.labels}
+        tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
+        vocab = getattr(tokenizer, "uniter_vocab_path", None)
+        if vocab:
+            record["tokenizer"] = {
+                "vocab": str(Path(vocab).resolve()), "size": len(tokenizer),
+                "sha256": hashlib.sha256(Path(vocab).read_bytes()).hexdigest(),
+                "special_ids": getattr(tokenizer, "uniter_special_ids", None),
+                "extra_word_rows": self.spec.extra_word_rows,
+            }
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        (Path(log_dir) / "data_ids.json").write_text(json.dumps(record, indent=1) + "\n")
 
     # ------------------------------------------------------------------------------------------
     def forward(self, batch: dict) -> torch.Tensor:

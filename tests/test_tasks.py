@@ -202,3 +202,18 @@ def test_task_modules_pickle_for_ddp_spawn(task):
     model = VLModule(task=task, uniter=TINY, labels=LABELS.get(task))
     clone = pickle.loads(pickle.dumps(model))
     assert clone.spec.name == task
+
+
+def test_released_base_checkpoint_loads_into_every_task_model(tmp_path):
+    """UNITER-base's released key names and shapes (fp16, pre-training heads included) load into
+    every task model with nothing of the core missing."""
+    base = UniterConfig()
+    path = tmp_path / "uniter-base.pt"
+    torch.save(_released_state(base), path)
+    labels = {"vqa": [f"a{i}" for i in range(3129)], "gqa": [f"g{i}" for i in range(1842)]}
+    for task in sorted(TASKS):
+        model = VLModule(task=task, uniter=UniterConfig(), labels=labels.get(task), init=str(path))
+        core_missing = [k for k in model.init_report.missing if k.startswith("uniter.")]
+        assert core_missing == [], (task, core_missing)
+        assert len(model.init_report.loaded) >= 199, task
+        del model
