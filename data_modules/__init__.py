@@ -16,6 +16,12 @@ _EXPORTS = {
     "VLDataModule": "base",
     "Nlvr2DataModule": "nlvr2",
     "Nlvr2Dataset": "nlvr2",
+    "VqaDataModule": "vqa",
+    "GqaDataModule": "gqa",
+    "VcrDataModule": "vcr",
+    "SnliVeDataModule": "snli_ve",
+    "RefcocoDataModule": "refcoco",
+    "Flickr30kDataModule": "flickr30k",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -9,11 +9,18 @@ Flat layout, so one image is two contiguous slices (fast, uncompressed reads)::
     features   (sum_n, D)    float16         region features (2048-d for bottom-up attention)
     norm_bb    (sum_n, 6)    float32         x1, y1, x2, y2, w, h divided by image width/height
 
-File attributes: ``format = "lightning-vl/region-features"``, ``version = 1``, ``feat_dim = D``.
+File attributes: ``format = "lightning-vl/region-features"``, ``version = 1``, ``feat_dim = D``,
+optionally ``meta`` (a JSON string: how the store was made, e.g. by ``data_modules.convert``).
 The model's 7-d position feature is ``norm_bb`` plus the area ``w * h`` (UNITER's layout).
+
+A resumable writer (``resume=True``, used by the converters) writes ``.<name>.partial`` next to the
+store instead of an anonymous temporary file, appends the index at every flush and records how many
+images are committed (attribute ``committed_images``); a new writer on the same path continues
+from there. Only ``close`` gives the file its ``format`` attribute and moves it into place.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -25,6 +32,13 @@ import torch
 FORMAT = "lightning-vl/region-features"
 VERSION = 1
 INDEX_DATASETS = ("img_ids", "num_boxes", "offsets", "img_wh")
+PARTIAL_FORMAT = "lightning-vl/region-features-partial"
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """Where a resumable writer keeps the unfinished store for ``path``."""
+    path = Path(path)
+    return path.parent / f".{path.name}.partial"
 
 
 class MissingImageError(KeyError):
@@ -40,33 +54,113 @@ class RegionFeatureWriter:
     Images are buffered and appended in large slices: one HDF5 write per image is slow.
     """
 
-    def __init__(self, path: str | os.PathLike, feat_dim: int, chunk_rows: int = 64, flush_rows: int = 16384):
+    def __init__(self, path: str | os.PathLike, feat_dim: int, chunk_rows: int = 64, flush_rows: int = 16384,
+                 resume: bool = False, meta: dict | None = None):
+        """``resume``: keep the unfinished file at ``partial_path(path)`` and continue one left there
+        (``resumed`` images; it must have the same ``feat_dim`` and ``meta``). ``meta``: JSON-able
+        provenance stored as the ``meta`` attribute."""
         self.path = Path(path)
         self.feat_dim = int(feat_dim)
         if self.feat_dim <= 0:
             raise ValueError(f"{self.path}: feat_dim must be positive, got {feat_dim}")
+        self.resume = bool(resume)
+        self._meta = None if meta is None else json.dumps(meta, sort_keys=True)
+        self._ids: list[str] = []
+        self._seen: set[str] = set()
+        self._nbb: list[int] = []
+        self._wh: list[tuple[int, int]] = []
+        self._rows = 0
+        self._committed = 0  # images whose index is on disk (resumable writer)
+        self.resumed = 0
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_rows = 0
+        self._flush_rows = flush_rows
+        self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(fd)
-        self._h5 = h5py.File(self._tmp, "w")
+        if self.resume:
+            self._tmp = str(partial_path(self.path))
+            if Path(self._tmp).exists():
+                self._open_partial()
+                return
+            self._h5 = h5py.File(self._tmp, "w")
+        else:
+            fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+            os.close(fd)
+            self._h5 = h5py.File(self._tmp, "w")
         # ~chunk_rows regions per chunk: an image (10-100 regions) touches one or two chunks.
         self._feats = self._h5.create_dataset(
             "features", (0, self.feat_dim), maxshape=(None, self.feat_dim), dtype="float16",
             chunks=(chunk_rows, self.feat_dim))
         self._boxes = self._h5.create_dataset(
             "norm_bb", (0, 6), maxshape=(None, 6), dtype="float32", chunks=(max(chunk_rows, 1024), 6))
-        self._ids: list[str] = []
-        self._seen: set[str] = set()
-        self._nbb: list[int] = []
-        self._wh: list[tuple[int, int]] = []
-        self._rows = 0
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
-        self._pending_rows = 0
-        self._flush_rows = flush_rows
-        self._closed = False
+        if self.resume:
+            self._h5.create_dataset("img_ids", (0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"),
+                                    chunks=(4096,))
+            self._h5.create_dataset("num_boxes", (0,), maxshape=(None,), dtype="int32", chunks=(4096,))
+            self._h5.create_dataset("img_wh", (0, 2), maxshape=(None, 2), dtype="int32", chunks=(4096, 2))
+            self._h5.attrs["partial_format"] = PARTIAL_FORMAT
+            self._h5.attrs["feat_dim"] = self.feat_dim
+            self._h5.attrs["committed_images"] = 0
+            if self._meta is not None:
+                self._h5.attrs["meta"] = self._meta
+            self._h5.flush()
+
+    def _open_partial(self) -> None:
+        """Continue an unfinished store: keep its committed images, drop rows written after them."""
+        where = f"{self._tmp} (unfinished store for {self.path})"
+        try:
+            self._h5 = h5py.File(self._tmp, "r+")
+        except OSError as err:
+            raise ValueError(f"{where} cannot be opened ({err}); it was probably cut off mid-write: "
+                             "delete it to start again") from None
+        f = self._h5
+        try:
+            fmt = f.attrs.get("partial_format")
+            if isinstance(fmt, bytes):
+                fmt = fmt.decode()
+            if fmt != PARTIAL_FORMAT or "committed_images" not in f.attrs:
+                raise ValueError(f"{where} is not a resumable region-feature store (attribute "
+                                 f"partial_format={fmt!r}, expected {PARTIAL_FORMAT!r}); delete it to start again")
+            if int(f.attrs["feat_dim"]) != self.feat_dim:
+                raise ValueError(f"{where} holds {int(f.attrs['feat_dim'])}-d features, expected {self.feat_dim}-d; "
+                                 "delete it to start again")
+            old_meta = f.attrs.get("meta")
+            if isinstance(old_meta, bytes):
+                old_meta = old_meta.decode()
+            if old_meta != self._meta:
+                raise ValueError(f"{where} was written with other settings ({old_meta}) than now ({self._meta}); "
+                                 "rerun with the same settings or delete it to start again")
+            n = int(f.attrs["committed_images"])
+            ids = list(f["img_ids"].asstr()[:n])
+            nbb = f["num_boxes"][:n].astype(np.int64)
+            wh = f["img_wh"][:n]
+            if len(ids) != n or len(nbb) != n or len(wh) != n or len(set(ids)) != n:
+                raise ValueError(f"{where}: index holds fewer than the {n} committed images (or repeats one); "
+                                 "delete it to start again")
+            rows = int(nbb.sum())
+            self._feats, self._boxes = f["features"], f["norm_bb"]
+            if len(self._feats) < rows or len(self._boxes) < rows:
+                raise ValueError(f"{where}: {len(self._feats)} feature rows, fewer than the {rows} of its "
+                                 "committed images; delete it to start again")
+        except BaseException:
+            f.close()
+            raise
+        for name in ("img_ids", "num_boxes", "img_wh"):
+            f[name].resize(n, axis=0)
+        self._feats.resize(rows, axis=0)
+        self._boxes.resize(rows, axis=0)
+        self._ids, self._seen = ids, set(ids)
+        self._nbb = nbb.tolist()
+        self._wh = [(int(w), int(h)) for w, h in wh]
+        self._rows = rows
+        self._committed = self.resumed = n
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def __contains__(self, img_id: object) -> bool:
+        """Whether ``img_id`` was added (or resumed)."""
+        return img_id in self._seen
 
     def add(self, img_id: str, features, boxes, width: int, height: int) -> None:
         """Add one image: ``features`` (n, D), ``boxes`` (n, 4) pixel ``x1, y1, x2, y2`` inside a
@@ -129,6 +223,29 @@ class RegionFeatureWriter:
         self._boxes[self._rows:] = boxes
         self._rows += n
         self._pending, self._pending_rows = [], 0
+        if self.resume:
+            self._commit_index()
+
+    def _commit_index(self) -> None:
+        """Append the flushed images' index; ``committed_images`` is written last, so a file cut off
+        before it still reads as the previous, consistent state."""
+        new = slice(self._committed, len(self._ids))
+        k = len(self._ids)
+        for name, values in (("img_ids", np.asarray(self._ids[new], dtype=object)),
+                             ("num_boxes", np.asarray(self._nbb[new], dtype=np.int32)),
+                             ("img_wh", np.asarray(self._wh[new], dtype=np.int32).reshape(-1, 2))):
+            self._h5[name].resize(k, axis=0)
+            self._h5[name][self._committed:] = values
+        self._h5.attrs["committed_images"] = k
+        self._committed = k
+        self._h5.flush()
+
+    def checkpoint(self) -> None:
+        """Write everything added so far to disk (a resumable writer commits it for a later resume)."""
+        if self._closed:
+            raise RuntimeError(f"{self.path}: writer already closed")
+        self._flush()
+        self._h5.flush()
 
     def close(self) -> Path:
         """Write the index and move the finished file into place."""
@@ -137,17 +254,27 @@ class RegionFeatureWriter:
         try:
             self._flush()
             nbb = np.asarray(self._nbb, dtype=np.int64)
-            self._h5.create_dataset("img_ids", data=np.asarray(self._ids, dtype=object),
-                                    dtype=h5py.string_dtype("utf-8"))
-            self._h5.create_dataset("num_boxes", data=nbb.astype(np.int32))
+            if self.resume:
+                self._commit_index()  # the index datasets already exist; bring them up to date
+                for name in ("partial_format", "committed_images"):
+                    del self._h5.attrs[name]
+            else:
+                self._h5.create_dataset("img_ids", data=np.asarray(self._ids, dtype=object),
+                                        dtype=h5py.string_dtype("utf-8"))
+                self._h5.create_dataset("num_boxes", data=nbb.astype(np.int32))
+                self._h5.create_dataset("img_wh", data=np.asarray(self._wh, dtype=np.int32).reshape(-1, 2))
             self._h5.create_dataset("offsets", data=(np.cumsum(nbb) - nbb).astype(np.int64))
-            self._h5.create_dataset("img_wh", data=np.asarray(self._wh, dtype=np.int32).reshape(-1, 2))
             self._h5.attrs["format"] = FORMAT
             self._h5.attrs["version"] = VERSION
             self._h5.attrs["feat_dim"] = self.feat_dim
+            if self._meta is not None:
+                self._h5.attrs["meta"] = self._meta
             self._h5.close()
         except BaseException:
-            self.abort()
+            if self.resume:
+                self.suspend()
+            else:
+                self.abort()
             raise
         os.replace(self._tmp, self.path)
         self._closed = True
@@ -163,12 +290,29 @@ class RegionFeatureWriter:
         finally:
             Path(self._tmp).unlink(missing_ok=True)
 
+    def suspend(self) -> Path:
+        """Resumable writer: commit what was added and close, keeping the unfinished file for a
+        later writer with ``resume=True``; ``path`` is left as it was."""
+        if not self.resume:
+            raise RuntimeError(f"{self.path}: only a writer made with resume=True can be suspended")
+        if not self._closed:
+            self._closed = True
+            try:
+                if self._h5.id.valid:
+                    self._flush()
+            finally:
+                if self._h5.id.valid:
+                    self._h5.close()
+        return Path(self._tmp)
+
     def __enter__(self) -> "RegionFeatureWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
+        elif self.resume:
+            self.suspend()
         else:
             self.abort()
 

@@ -43,7 +43,7 @@ def test_task_trains_and_validates_on_the_demo(task, demo_all, tmp_path):
         "--config", str(demo_config(task, demo_all, tmp_path)),
         "--model.init", str(demo_all / "uniter-tiny.pt"),
         "--data.init_args.batch_size", "4",
-        "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
+        "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--trainer.log_every_n_steps", "1",
         "--trainer.enable_progress_bar", "false",
         "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(tmp_path / "logs"),
     ])

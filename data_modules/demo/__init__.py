@@ -23,7 +23,8 @@ from .vocab import write_vocab
 from .world import FeatureRenderer, WorldConfig
 
 # task name -> generator module in this package (each exposes DEFAULT_SIZES and generate())
-TASK_MODULES = {"nlvr2": "nlvr2"}
+TASK_MODULES = {"nlvr2": "nlvr2", "vqa": "vqa", "gqa": "gqa", "vcr": "vcr", "snli-ve": "snli_ve",
+                "refcoco+": "refcoco", "flickr30k": "flickr30k"}
 TASKS = tuple(TASK_MODULES)
 SPLITS = ("train", "dev", "test")
 

@@ -1,0 +1,10 @@
+"""Converters from public data formats to the project's own files.
+
+``python -m data_modules.convert features ...`` turns region features in any of the common public
+layouts (bottom-up-attention TSV, bottom-up-attention-vqa / ban-vqa HDF5, UNITER's LMDB img_db,
+per-image ``.npz``) into the HDF5 store of ``data_modules.features``; see
+``data_modules.convert.features`` for the options and the key flags per task.
+"""
+from .features import ConvertError, ConvertSummary, convert_features
+
+__all__ = ["ConvertError", "ConvertSummary", "convert_features"]

@@ -1,0 +1,533 @@
+"""Convert public region-feature files into the project's HDF5 store (``make features``).
+
+Sources (``--format``; dataset-formats.md §8, uniter-reference.md §5):
+
+* ``tsv``     bottom-up-attention TSV (BUTD ``image_id, image_w, image_h, num_boxes, boxes, features``;
+              LXMERT ``img_id, img_h, img_w, ...``), several files or a glob into one store.
+* ``butd-h5`` bottom-up-attention-vqa ``train36.hdf5`` (fixed 36) or ban-vqa ``train.hdf5``
+              (adaptive, ``pos_boxes``), each with its ``*_imgid2idx.pkl`` (or ``.json``).
+* ``img-db``  UNITER's LMDB img_db folder (``pip install lmdb msgpack``).
+* ``npz``     a folder of one ``.npz`` per image.
+
+Every record is checked (feature dimension, boxes vs feature rows, finite values, boxes inside
+the image, at least one region). A bad record is written to the report (JSON lines ``{"id",
+"key", "where", "reason"}``, default ``OUT.report.jsonl``) and skipped; the others are converted.
+Boxes that stick out of the image by at most ``--box-tol`` of its side (default 1 %, e.g. a
+detector's float rounding) are clipped to it and counted; further out, or with zero width or
+height, the image is rejected.
+
+Box selection (UNITER's ``_compute_nbb``): where the source has confidences, keep
+``nbb = min(max_boxes, max(min_boxes, #(conf > conf_th)))`` regions, the most confident ones,
+in source order (UNITER truncates its confidence-sorted npz to the first nbb: the same regions;
+BUTD's adaptive output is not sorted, so "first nbb" would be wrong there). ``--conf-th -1``:
+keep the first ``--max-boxes`` (UNITER's fixed ``numbb`` policy). UNITER img_dbs come with
+``nbb_*.json``: used as is when its policy is the one in use (the env's, unless given). Sources
+without confidences (BUTD TSV, the HDF5 layouts) keep every region: their extractor selected.
+
+Store keys (``--key-format``, fields ``{id}`` the source's id, ``{stem}`` the id without
+``.npz``/``.npy`` and image extensions and without ``--strip-prefix``, ``{num}`` the last number
+in the stem as an int, so ``{num:012d}`` re-pads). What the task data modules look up:
+
+=========  =============================  ==================================  ==========================================
+task       store key                      source                              flags
+=========  =============================  ==================================  ==========================================
+NLVR2      ``dev-850-0-img0``             UNITER ``img_db/nlvr2_dev``         ``--strip-prefix nlvr2_``
+                                          LXMERT ``nlvr2_imgfeat/*.tsv``      (default ``{stem}``)
+VQA        ``str(image_id)``: ``42``      BUTD TSV / butd-h5                  (default)
+                                          LXMERT ``COCO_val2014_000...42``    ``--key-format {num}``
+                                          UNITER ``coco_val2014_000...42.npz`` ``--key-format {num}``
+                                          OpenVQA ``COCO_..._000...42.jpg.npz`` ``--key-format {num}``
+GQA        ``imageId``: ``2375429``       LXMERT ``vg_gqa_obj36.tsv``         (default)
+RefCOCO+   COCO ``image_id``              UNITER ``re_coco_gt`` / ``_det``    ``--key-format {num}`` and ``--image-sizes``
+                                                                              COCO ``instances.json`` (pixels needed)
+SNLI-VE,   Flickr30k id ``1000092795``    UNITER ``img_db/flickr30k``         ``--strip-prefix flickr30k_``
+Flickr30k  (file name stem)               BUTD TSV                            (default)
+=========  =============================  ==================================  ==========================================
+
+The data modules' defaults (``image_key``): VQA/GQA/RefCOCO+ ``{image_id}``, SNLI-VE
+``{flickr_id}``, Flickr30k ``{stem}`` of the Karpathy file name, NLVR2 ``{stem}-img{side}``, VCR
+``{img_id}``. VCR needs the ground-truth boxes first, then the detected ones, in one store entry:
+UNITER's ``vcr_gt_*`` and ``vcr_*`` dbs are two sources per image, which this converter does not
+merge. When in doubt, ``RegionFeatureStore(path).ids[:5]`` shows the keys.
+
+Image sizes: TSV and npz carry them, butd-h5 recovers them from ``image_bb`` / ``spatial_features``.
+Normalised sources (img_db, npz ``norm_bb``) need ``--image-sizes`` (JSON ``{key: [w, h]}`` or
+``{key: {"width", "height"}}`` or a COCO file with ``images: [{id, width, height, file_name}]``),
+or ``--unknown-size``: sizes are stored as 1 x 1 (boxes stay normalised) — fine for every task
+except RefCOCO+, which maps regions back to pixels.
+
+Resuming: the store is written to ``.OUT.partial`` next to OUT and moved into place only when
+complete. Rerunning the same command after an interruption continues there (images already in
+it and records already reported are skipped); other settings than the interrupted run's are
+refused (``--restart`` starts over). An existing OUT is only replaced with ``--overwrite``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import string
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..features import RegionFeatureWriter, partial_path
+from . import sources as S
+
+FORMATS = ("tsv", "butd-h5", "img-db", "npz")
+DEFAULT_POLICY = (0.2, 10, 100)  # conf_th, min_boxes, max_boxes (UNITER's defaults)
+_STRIP_EXT = (".npz", ".npy", ".jpg", ".jpeg", ".png")
+_KEY_FIELDS = {"id", "stem", "num"}
+_SWAP_HINT = "width and height look swapped"
+
+CLI_DESCRIPTION = __doc__
+
+
+class ConvertError(RuntimeError):
+    """The conversion as a whole cannot go on (not one bad record: those are reported)."""
+
+
+class Reject(ValueError):
+    """This record is skipped and reported."""
+
+
+@dataclass
+class ConvertSummary:
+    out: Path
+    report: Path
+    feat_dim: int
+    converted: int = 0       # images added in this run
+    resumed: int = 0         # images found in the unfinished store
+    rejected: int = 0        # records reported in this run
+    clipped_boxes: int = 0   # boxes moved inside the image (within --box-tol)
+    dropped_boxes: int = 0   # regions left out by box selection
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def line(self) -> str:
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(self.reasons.items(), key=lambda kv: -kv[1])[:5])
+        return (f"{self.out}: {self.converted + self.resumed} images ({self.converted} converted now, {self.resumed} "
+                f"resumed), {self.rejected} rejected{f' ({why}; see {self.report})' if self.rejected else ''}, "
+                f"{self.clipped_boxes} boxes clipped into the image, {self.dropped_boxes} regions dropped by box selection")
+
+
+class KeyMapper:
+    """Source id -> store key (``--key-format``, ``--strip-prefix``)."""
+
+    def __init__(self, key_format: str = "{stem}", strip_prefix: list[str] | tuple[str, ...] = ()):
+        try:
+            used = {f.split(".")[0].split("[")[0] for _, f, _, _ in string.Formatter().parse(key_format) if f is not None}
+        except ValueError as err:
+            raise ValueError(f"--key-format {key_format!r} is not a format string ({err})") from None
+        if not used or used - _KEY_FIELDS:
+            raise ValueError(f"--key-format {key_format!r} must use only the fields {{id}}, {{stem}}, {{num}} "
+                             f"(got {sorted(used) or 'none'})")
+        self.key_format, self.prefixes, self.used = key_format, tuple(strip_prefix), used
+        try:
+            self("x_1.npz") if "num" in used else self("x")
+        except Reject:
+            pass  # a prefix that the sample lacks
+        except (ValueError, IndexError, KeyError) as err:
+            raise ValueError(f"--key-format {key_format!r} cannot be applied ({err})") from None
+
+    def __call__(self, raw_id: str) -> str:
+        stem = raw_id
+        for ext in _STRIP_EXT:  # COCO_..._42.jpg.npz -> COCO_..._42
+            if stem.lower().endswith(ext):
+                stem = stem[:-len(ext)]
+        if self.prefixes:
+            hit = next((p for p in self.prefixes if stem.startswith(p)), None)
+            if hit is None:
+                raise Reject(f"id does not start with --strip-prefix {' or '.join(map(repr, self.prefixes))}")
+            stem = stem[len(hit):]
+        num = None
+        if "num" in self.used:
+            digits = re.findall(r"\d+", stem)
+            if not digits:
+                raise Reject("id has no number for {num} in --key-format")
+            num = int(digits[-1])
+        key = self.key_format.format(id=raw_id, stem=stem, num=num)
+        if not key:
+            raise Reject(f"--key-format {self.key_format!r} gives an empty key")
+        return key
+
+
+def load_image_sizes(path: Path) -> dict[str, tuple[int, int]]:
+    """``{key: (width, height)}`` from ``{key: [w, h]}``, ``{key: {"width", "height"}}`` or COCO
+    ``{"images": [{"id", "width", "height", "file_name"}]}`` (keyed by id and file stem)."""
+    with open(path) as f:
+        data = json.load(f)
+    out: dict[str, tuple[int, int]] = {}
+
+    def size(where, w, h):
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (w, h)):
+            raise ValueError(f"{path}: {where}: size {w!r} x {h!r} is not two positive integers")
+        return int(w), int(h)
+
+    if isinstance(data, dict) and isinstance(data.get("images"), list):
+        for i, img in enumerate(data["images"]):
+            if not isinstance(img, dict) or not {"id", "width", "height"} <= set(img):
+                raise ValueError(f"{path}: images[{i}] lacks id/width/height")
+            wh = size(f"images[{i}]", img["width"], img["height"])
+            out[str(img["id"])] = wh
+            if isinstance(img.get("file_name"), str):
+                out[Path(img["file_name"]).stem] = wh
+        return out
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a dict key -> [width, height] or a COCO file with 'images'")
+    for k, v in data.items():
+        if isinstance(v, dict) and {"width", "height"} <= set(v):
+            out[str(k)] = size(repr(k), v["width"], v["height"])
+        elif isinstance(v, (list, tuple)) and len(v) == 2:
+            out[str(k)] = size(repr(k), *v)
+        else:
+            raise ValueError(f"{path}: entry {k!r} is {v!r}; expected [width, height] or {{'width', 'height'}}")
+    return out
+
+
+def select_boxes(n: int, conf: np.ndarray | None, conf_th: float, min_boxes: int, max_boxes: int,
+                 nbb: int | None = None) -> np.ndarray:
+    """Row indices kept, in source order (see the module docstring for the rule)."""
+    if nbb is not None:
+        return np.arange(min(max(nbb, 0), n))
+    if conf_th < 0:
+        return np.arange(min(n, max_boxes))
+    if conf is None:
+        return np.arange(n)
+    count = int((conf > conf_th).sum())
+    keep = min(max_boxes, max(min_boxes, count))
+    order = np.argsort(-conf.astype(np.float64), kind="stable")[:keep]
+    return np.sort(order)
+
+
+@dataclass
+class Options:
+    key_format: str = "{stem}"
+    strip_prefix: tuple[str, ...] = ()
+    conf_th: float = DEFAULT_POLICY[0]
+    min_boxes: int = DEFAULT_POLICY[1]
+    max_boxes: int = DEFAULT_POLICY[2]
+    box_tol: float = 0.01
+    feat_dim: int | None = None
+    image_sizes: Path | None = None
+    unknown_size: bool = False
+
+
+def prepare(rec: S.Record, opts: Options, feat_dim: int, sizes: dict | None, key: str, stats: ConvertSummary):
+    """``(features, pixel boxes, width, height)`` ready for the writer, or ``Reject`` with the reason."""
+    if rec.error:
+        raise Reject(rec.error)
+    feats = np.asarray(rec.features)
+    if feats.ndim != 2 or not np.issubdtype(feats.dtype, np.number):
+        raise Reject(f"features have shape {feats.shape} ({feats.dtype}), expected (regions, {feat_dim}) numbers")
+    n = len(feats)
+    if n == 0:
+        raise Reject("no regions")
+    if feats.shape[1] != feat_dim:
+        raise Reject(f"features are {feats.shape[1]}-d, expected {feat_dim}-d like the rest of the store")
+    pixel = rec.boxes is not None
+    boxes = np.asarray(rec.boxes if pixel else rec.norm_boxes)
+    if boxes.ndim != 2 or boxes.shape[1] != 4 or not np.issubdtype(boxes.dtype, np.number):
+        raise Reject(f"boxes have shape {boxes.shape}, expected ({n}, 4) x1, y1, x2, y2")
+    if len(boxes) != n:
+        raise Reject(f"{len(boxes)} boxes for {n} feature rows")
+    conf = None if rec.conf is None else np.asarray(rec.conf, np.float64).reshape(-1)
+    if conf is not None and len(conf) != n:
+        raise Reject(f"{len(conf)} confidences for {n} regions")
+    width, height = rec.width, rec.height
+    if width is None or height is None:
+        wh = None
+        if sizes is not None:
+            wh = next((sizes[c] for c in _size_keys(rec.id, key) if c in sizes), None)
+        if wh is None and opts.unknown_size and not pixel:
+            wh = (1, 1)
+        if wh is None:
+            raise Reject(f"image size unknown (not in {opts.image_sizes})" if sizes is not None else
+                         "image size unknown: give --image-sizes" + ("" if pixel else " or --unknown-size"))
+        width, height = wh
+    if not (isinstance(width, (int, np.integer)) and isinstance(height, (int, np.integer)) and width > 0 and height > 0):
+        raise Reject(f"image size {width!r} x {height!r} is not positive")
+    keep = select_boxes(n, conf, opts.conf_th, opts.min_boxes, opts.max_boxes, rec.nbb)
+    if len(keep) == 0:
+        raise Reject("no regions left after box selection")
+    stats.dropped_boxes += n - len(keep)
+    feats = np.asarray(feats[keep], np.float32)
+    boxes = np.asarray(boxes[keep], np.float64)
+    if not pixel:
+        boxes = boxes * np.array([width, height, width, height], np.float64)
+    bad = ~np.isfinite(feats).all(axis=1)
+    if bad.any():
+        raise Reject(f"features of region {int(np.argmax(bad))} contain NaN or inf")
+    bad = ~np.isfinite(boxes).all(axis=1)
+    if bad.any():
+        raise Reject(f"box {int(np.argmax(bad))} contains NaN or inf")
+    tol = np.array([width, height, width, height], np.float64) * opts.box_tol
+    lo, hi = np.zeros(4), np.array([width, height, width, height], np.float64)
+    out = (boxes < lo - tol) | (boxes > hi + tol)
+    if out.any():
+        i = int(np.argmax(out.any(axis=1)))
+        box = [round(float(v), 2) for v in boxes[i]]
+        shown = box if pixel else [round(float(v), 4) for v in np.asarray(rec.norm_boxes)[keep][i]]
+        msg = (f"box {i} = {shown} lies outside the {width} x {height} image by more than --box-tol "
+               f"{opts.box_tol:g} of its side")
+        swapped = np.array([height, width, height, width], np.float64)
+        if pixel and not ((boxes < -tol[[1, 0, 3, 2]]) | (boxes > swapped + tol[[1, 0, 3, 2]])).any():
+            msg += f"; every box fits a {height} x {width} image: {_SWAP_HINT} (set --tsv-fields)"
+        raise Reject(msg)
+    clipped = np.clip(boxes, lo, hi)
+    stats.clipped_boxes += int((clipped != boxes).any(axis=1).sum())
+    degenerate = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
+    if degenerate.any():
+        i = int(np.argmax(degenerate))
+        raise Reject(f"box {i} = {[round(float(v), 2) for v in clipped[i]]} has no width or height")
+    if np.abs(feats).max() > np.finfo(np.float16).max:
+        raise Reject("features exceed the float16 range of the store (|x| <= 65504)")
+    return feats, clipped, int(width), int(height)
+
+
+def _size_keys(raw_id: str, key: str) -> list[str]:
+    stem = raw_id
+    for ext in _STRIP_EXT:
+        if stem.lower().endswith(ext):
+            stem = stem[:-len(ext)]
+    digits = re.findall(r"\d+", stem)
+    return [key, raw_id, stem] + ([str(int(digits[-1]))] if digits else [])
+
+
+def make_source(fmt: str, src: list[str], opts: Options, tsv_fields=None, imgid2idx=None):
+    if fmt == "tsv":
+        return S.TsvSource(S.expand_sources(src, (".tsv",) + tuple(f".tsv.{i}" for i in range(10))), tsv_fields)
+    if fmt == "butd-h5":
+        return S.ButdH5Source(S.expand_sources(src, (".hdf5", ".h5")), imgid2idx)
+    if fmt == "img-db":
+        return S.ImgDbSource(S.expand_sources(src), (opts.conf_th, opts.min_boxes, opts.max_boxes))
+    if fmt == "npz":
+        return S.NpzSource(S.expand_sources(src, (".npz",)))
+    raise ValueError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+
+
+def _progress(total, unit: str, enabled: bool):
+    """tqdm when available, else a line every 10 s on stderr."""
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+        return tqdm(total=total, unit=unit, unit_scale=unit == "B", mininterval=1.0, desc="features", file=sys.stderr)
+    except ImportError:
+        class Lines:
+            def __init__(self):
+                self.n, self.last = 0, time.monotonic()
+
+            def update(self, k):
+                self.n += k
+                if time.monotonic() - self.last > 10:
+                    self.last = time.monotonic()
+                    print(f"features: {self.n}{'' if total is None else f' / {total}'} {unit}", file=sys.stderr)
+
+            def set_postfix_str(self, s):
+                pass
+
+            def close(self):
+                pass
+        return Lines()
+
+
+def _read_report(path: Path) -> set[str]:
+    """``where`` of every record already reported (a resumed run does not report them again)."""
+    done = set()
+    if path.exists():
+        with open(path) as f:
+            for line in f:
+                try:
+                    done.add(json.loads(line)["where"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a line cut off by the interruption
+    return done
+
+
+def convert_features(src: list[str], fmt: str, out: str | Path, *, key_format: str = "{stem}",
+                     strip_prefix=(), conf_th: float | None = None, min_boxes: int | None = None,
+                     max_boxes: int | None = None, box_tol: float = 0.01, feat_dim: int | None = None,
+                     image_sizes: str | Path | None = None, unknown_size: bool = False,
+                     tsv_fields=None, imgid2idx: str | Path | None = None, report: str | Path | None = None,
+                     restart: bool = False, overwrite: bool = False, progress: bool = True,
+                     flush_rows: int = 16384) -> ConvertSummary:
+    """Convert ``src`` (files / folders / globs in ``fmt``) into the store ``out``; see the module doc."""
+    out = Path(out)
+    report = Path(report) if report else out.with_name(out.name + ".report.jsonl")
+    partial = partial_path(out)
+    if restart:
+        partial.unlink(missing_ok=True)
+    if out.exists() and not overwrite and not partial.exists():
+        raise ConvertError(f"{out} exists; pass --overwrite to replace it (it stays in place until the new store is complete)")
+    policy = [conf_th, min_boxes, max_boxes]
+    if fmt == "img-db" and any(v is None for v in policy):
+        envs = [S.find_lmdb_env(p) for p in S.expand_sources(list(src))]
+        env_policies = {S.env_box_policy(e) for e in envs} - {None}
+        if len(env_policies) == 1:  # not given: the env's own policy
+            policy = [v if v is not None else d for v, d in zip(policy, env_policies.pop())]
+    policy = [v if v is not None else d for v, d in zip(policy, DEFAULT_POLICY)]
+    opts = Options(key_format, tuple(strip_prefix), float(policy[0]), int(policy[1]), int(policy[2]), float(box_tol),
+                   feat_dim, Path(image_sizes) if image_sizes else None, unknown_size)
+    if opts.min_boxes < 1 or opts.max_boxes < opts.min_boxes:
+        raise ConvertError(f"--min-boxes {opts.min_boxes} / --max-boxes {opts.max_boxes}: need 1 <= min <= max")
+    if not 0 <= opts.box_tol < 0.5:
+        raise ConvertError(f"--box-tol {opts.box_tol}: expected a fraction of the image side in [0, 0.5)")
+    try:
+        keys = KeyMapper(key_format, strip_prefix)
+        sizes = load_image_sizes(opts.image_sizes) if opts.image_sizes else None
+        source = make_source(fmt, list(src), opts, tsv_fields, Path(imgid2idx) if imgid2idx else None)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        raise ConvertError(str(err)) from None
+    meta = {"converter": "data_modules.convert.features", "version": 1, "format": fmt,
+            "sources": [str(Path(p).resolve()) for p in getattr(source, "paths", [])],
+            "key_format": key_format, "strip_prefix": list(strip_prefix), "conf_th": opts.conf_th,
+            "min_boxes": opts.min_boxes, "max_boxes": opts.max_boxes, "box_tol": opts.box_tol,
+            "image_sizes": str(opts.image_sizes.resolve()) if opts.image_sizes else ("unknown (1 x 1)" if unknown_size else None),
+            **source.settings()}
+
+    resuming = partial.exists()
+    reported = _read_report(report) if resuming else set()
+    if not resuming:
+        report.unlink(missing_ok=True)
+    dim = _feature_dim(source, opts, partial if resuming else None)
+    try:
+        writer = RegionFeatureWriter(out, dim, flush_rows=flush_rows, resume=True, meta=meta)
+    except ValueError as err:
+        raise ConvertError(f"{err} (or pass --restart)") from None
+    stats = ConvertSummary(out=out, report=report, feat_dim=dim, resumed=writer.resumed)
+    bar = _progress(source.total(), source.unit, progress)
+    # Records come in a fixed order and images are committed in that order: while every record is
+    # already in the store (or reported), we are in the part done before the interruption.
+    state = {"before_resume_point": writer.resumed > 0, "examined": 0, "swapped": 0}
+
+    def skip(raw_id: str, where: str) -> bool:
+        if where in reported:
+            return True
+        if state["before_resume_point"]:
+            try:
+                if keys(raw_id) in writer:
+                    return True
+            except Reject:
+                pass
+            state["before_resume_point"] = False
+        return False
+
+    with writer, open(report, "a") as rep:
+        for rec in source.records(skip):
+            if bar is not None:
+                bar.update(rec.advance)
+            if rec.skipped:
+                continue
+            key = None
+            try:
+                key = keys(rec.id)
+                if key in writer:
+                    raise Reject(f"duplicate: key {key!r} was already converted from an earlier record")
+                feats, boxes, w, h = prepare(rec, opts, dim, sizes, key, stats)
+                try:
+                    writer.add(key, feats, boxes, w, h)
+                except ValueError as err:
+                    raise Reject(str(err)) from None
+                stats.converted += 1
+            except Reject as err:
+                reason = str(err)
+                rep.write(json.dumps({"id": rec.id, "key": key, "where": rec.where, "reason": reason}) + "\n")
+                rep.flush()
+                stats.rejected += 1
+                kind = re.sub(r"[\d.\-]+|'[^']*'|\[[^\]]*\]", "#", reason)[:60]
+                stats.reasons[kind] = stats.reasons.get(kind, 0) + 1
+                state["swapped"] += _SWAP_HINT in reason
+            state["examined"] += 1
+            if state["examined"] <= 20 and state["swapped"] >= 5:
+                raise ConvertError(f"{rec.where}: the boxes of {state['swapped']} of the first {state['examined']} "
+                                   f"images fit only with {_SWAP_HINT.split(' look')[0]} swapped: give the column order "
+                                   "with --tsv-fields (e.g. image_id,image_h,image_w,num_boxes,boxes,features) and --restart")
+    if bar is not None:
+        bar.close()
+    report.touch()
+    return stats
+
+
+def _feature_dim(source, opts: Options, partial: Path | None) -> int:
+    """The store's feature dimension: given, the unfinished store's, the HDF5 file's, or the most
+    common one among the first records (one corrupt first record must not decide it)."""
+    if partial is not None:
+        try:
+            with h5py.File(partial, "r") as f:
+                dim = int(f.attrs["feat_dim"])
+        except (OSError, KeyError) as err:
+            raise ConvertError(f"{partial}: unfinished store cannot be read ({err}); delete it or pass --restart") from None
+        if opts.feat_dim is not None and opts.feat_dim != dim:
+            raise ConvertError(f"{partial} holds {dim}-d features, --feat-dim says {opts.feat_dim}; pass --restart")
+        return dim
+    if opts.feat_dim is not None:
+        if opts.feat_dim <= 0:
+            raise ConvertError(f"--feat-dim {opts.feat_dim} must be positive")
+        return opts.feat_dim
+    if hasattr(source, "dims"):
+        if len(set(source.dims)) != 1:
+            raise ConvertError(f"the HDF5 sources hold features of different sizes {source.dims}; convert them separately")
+        return source.dims[0]
+    seen: dict[int, int] = {}
+    for rec in source.records(lambda raw_id, where: False):
+        f = rec.features
+        if rec.error is None and f is not None and getattr(f, "ndim", 0) == 2 and len(f):
+            seen[f.shape[1]] = seen.get(f.shape[1], 0) + 1
+            if sum(seen.values()) >= 16:
+                break
+    if not seen:
+        raise ConvertError("no readable record found to take the feature dimension from; give --feat-dim "
+                           "(or check the sources: see the errors a run with --feat-dim reports)")
+    return max(seen, key=seen.get)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--src", nargs="+", required=True, metavar="PATH",
+                   help="source files, folders or globs (quoted), all in --format")
+    p.add_argument("--format", required=True, choices=FORMATS, help="source format (see above)")
+    p.add_argument("--out", required=True, type=Path, help="the store to write, e.g. data/features/coco.h5")
+    p.add_argument("--key-format", default="{stem}", help="store key from {id}, {stem}, {num} (default {stem})")
+    p.add_argument("--strip-prefix", action="append", default=[], metavar="PREFIX",
+                   help="remove this prefix from the stem (repeatable: the first that matches); ids without one are rejected")
+    p.add_argument("--conf-th", type=float, default=None,
+                   help=f"confidence threshold of box selection (default {DEFAULT_POLICY[0]}, or the img_db env's); "
+                        "-1 keeps the first --max-boxes")
+    p.add_argument("--min-boxes", type=int, default=None, help=f"default {DEFAULT_POLICY[1]} (or the img_db env's)")
+    p.add_argument("--max-boxes", type=int, default=None, help=f"default {DEFAULT_POLICY[2]} (or the img_db env's)")
+    p.add_argument("--box-tol", type=float, default=0.01,
+                   help="boxes out of the image by at most this fraction of its side are clipped (default 0.01)")
+    p.add_argument("--feat-dim", type=int, default=None, help="expected feature size (default: from the sources)")
+    p.add_argument("--image-sizes", type=Path, default=None,
+                   help="JSON {key: [w, h]} or COCO instances file, for sources without image sizes")
+    p.add_argument("--unknown-size", action="store_true",
+                   help="store normalised boxes with a 1 x 1 image size when no size is known (not for RefCOCO+)")
+    p.add_argument("--tsv-fields", type=lambda s: tuple(x.strip() for x in s.split(",")), default=None,
+                   help="TSV column names, comma-separated (default: header line, or 6 columns = BUTD, 10 = LXMERT)")
+    p.add_argument("--imgid2idx", type=Path, default=None,
+                   help="butd-h5 image-id mapping (.pkl or .json; default <stem>_imgid2idx.pkl next to the file)")
+    p.add_argument("--report", type=Path, default=None, help="rejected records, JSON lines (default OUT.report.jsonl)")
+    p.add_argument("--restart", action="store_true", help="discard an unfinished conversion of OUT instead of resuming it")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        stats = convert_features(
+            args.src, args.format, args.out, key_format=args.key_format, strip_prefix=args.strip_prefix,
+            conf_th=args.conf_th, min_boxes=args.min_boxes, max_boxes=args.max_boxes, box_tol=args.box_tol,
+            feat_dim=args.feat_dim, image_sizes=args.image_sizes, unknown_size=args.unknown_size,
+            tsv_fields=args.tsv_fields, imgid2idx=args.imgid2idx, report=args.report, restart=args.restart,
+            overwrite=args.overwrite, progress=not args.no_progress)
+    except ConvertError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: rerun the same command to continue {args.out}", file=sys.stderr)
+        return 130
+    print(stats.line())
+    return 0 if stats.converted + stats.resumed else 1

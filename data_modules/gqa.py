@@ -1,0 +1,135 @@
+"""GQA (balanced): compositional questions about Visual Genome images, read from the public
+``{train,val,testdev}_balanced_questions.json`` (one JSON object keyed by question id).
+
+One row per question: ``[CLS] question [SEP]`` + the image's regions. GQA has one answer per
+question, compared exactly (after stripping), so ``targets`` (B, A) is one-hot over the answers of
+``ans2label.json``; an answer outside the vocabulary gives an all-zero row (it counts as wrong) and
+their number is logged at setup. A file without answers (test / challenge) gives all-zero rows.
+Store keys come from the string ``imageId`` through ``image_key`` (default ``"{image_id}"``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .answers import labels_from_ans2label, read_ans2label
+from .base import VLDataModule
+from .tokenization import encode_uniter_batch
+from .vqa import QaDataset, QaExample, format_image_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GqaQuestion:
+    qid: str
+    image_id: str
+    question: str
+    answer: Optional[str]
+
+
+def read_gqa_questions(path: str | Path, require_answers: bool = True) -> list[GqaQuestion]:
+    """Records of a balanced-questions file, in file order. ``require_answers=False`` accepts
+    records without ``answer`` (test files)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"GQA question file {path} does not exist (expected <split>_balanced_questions.json)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
+                         "expected a GQA question file") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a JSON {type(data).__name__}, expected an object keyed by question id "
+                         "({qid: {question, imageId, answer, ...}})")
+    out = []
+    for qid, rec in data.items():
+        where = f"{path}, question {qid!r}"
+        if not isinstance(rec, dict):
+            raise ValueError(f"{where}: a JSON {type(rec).__name__}, expected an object with question, imageId, answer")
+        fields = ("question", "imageId", "answer") if require_answers else ("question", "imageId")
+        for field in fields:
+            value = rec.get(field)
+            if not isinstance(value, str) or (field != "answer" and not value.strip()):
+                got = "missing" if field not in rec else f"{type(value).__name__} {value!r}"
+                raise ValueError(f"{where}: field {field!r} is {got}; expected a non-empty string"
+                                 + (" (imageId is a string in GQA, e.g. \"2375429\")" if field == "imageId" else ""))
+        answer = rec.get("answer")
+        if answer is not None and not isinstance(answer, str):
+            raise ValueError(f"{where}: field 'answer' is {type(answer).__name__} {answer!r}; expected a string")
+        out.append(GqaQuestion(qid, rec["imageId"], rec["question"], None if answer is None else answer.strip()))
+    if not out:
+        raise ValueError(f"{path} holds no questions; expected an object keyed by question id")
+    return out
+
+
+class GqaDataModule(VLDataModule):
+    """GQA balanced questions. ``train_file`` / ``val_file`` / ``test_file`` (testdev, the study's
+    column) are ``*_balanced_questions.json``; ``ans2label``: ``{answer: index}`` JSON (e.g. the
+    1,842 answers of train + val). ``image_key`` maps ``{image_id}`` (the ``imageId`` string) to the
+    store key. ``batch_size`` counts questions. Other arguments: see ``VLDataModule``."""
+
+    def __init__(
+        self,
+        train_file: str,
+        val_file: str,
+        ans2label: str,
+        features: str,
+        tokenizer: str,
+        test_file: Optional[str] = None,
+        image_key: str = "{image_id}",
+        img_dim: int = 2048,
+        batch_size: int = 32,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        max_txt_len: int = 60,
+        max_boxes: Optional[int] = None,
+        do_lower_case: bool = False,
+        pin_memory: bool = False,
+    ):
+        super().__init__(features, tokenizer, img_dim, batch_size, eval_batch_size, num_workers,
+                         max_txt_len, max_boxes, do_lower_case, pin_memory)
+        format_image_key(image_key, image_id="2375429")
+        self.train_file, self.val_file, self.test_file = train_file, val_file, test_file
+        self.ans2label_path = ans2label
+        self.image_key = image_key
+        self._ans2label: Optional[dict[str, int]] = None
+        self.out_of_vocabulary: dict[str, int] = {}
+
+    @property
+    def ans2label(self) -> dict[str, int]:
+        if self._ans2label is None:
+            self._ans2label = read_ans2label(self.ans2label_path)
+        return self._ans2label
+
+    @property
+    def labels(self) -> list[str]:
+        """Answer strings in index order (read from ``ans2label`` on first use)."""
+        return labels_from_ans2label(self.ans2label)
+
+    def split_files(self) -> dict[str, Optional[str]]:
+        return {"train": self.train_file, "val": self.val_file, "test": self.test_file}
+
+    def build_dataset(self, split: str, path: str) -> QaDataset:
+        questions = read_gqa_questions(path, require_answers=split != "test")
+        ans2label = self.ans2label
+        input_ids = encode_uniter_batch(self.tokenizer, [q.question for q in questions], self.max_txt_len)
+        examples, oov = [], 0
+        for q, ids in zip(questions, input_ids):
+            target: tuple = ()
+            if q.answer is not None:
+                if q.answer in ans2label:
+                    target = ((ans2label[q.answer], 1.0),)
+                else:
+                    oov += 1
+            examples.append(QaExample(q.qid, tuple(ids), format_image_key(self.image_key, image_id=q.image_id), target))
+        self.out_of_vocabulary[split] = oov
+        if oov:
+            log.warning("GQA %s (%s): %d of %d answers are not in the %d-answer vocabulary %s; their targets are "
+                        "all zero (they count as wrong)", split, path, oov, len(examples), len(ans2label),
+                        self.ans2label_path)
+        return QaDataset(examples, self.store, len(ans2label), source=str(path), what=f"the GQA {split} questions")

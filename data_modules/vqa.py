@@ -1,0 +1,362 @@
+"""VQA v2: open-ended questions about COCO images, read from the public questions + annotations JSON.
+
+One row per question: ``[CLS] question [SEP]`` + the image's regions. ``targets`` (B, A) holds the
+soft scores (0.3 / 0.6 / 0.9 / 1.0 for 1 / 2 / 3 / 4+ matching annotators, see
+``data_modules.answers``) over the answer vocabulary of ``ans2label.json``; a question none of
+whose human answers is in the vocabulary gets an all-zero row (it can only score 0).
+Questions and annotations are joined on ``question_id``; a question without an annotation (or
+the reverse) is an error, except for test files given without annotations (all-zero targets,
+for predictions). Store keys come from the int ``image_id`` through ``image_key``
+(``"{image_id}"`` by default, ``"COCO_val2014_{image_id:012d}"`` for UNITER-style names).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch.utils.data import Dataset
+
+from .answers import labels_from_ans2label, read_ans2label, soft_targets
+from .base import VLDataModule
+from .batching import collate_rows
+from .features import MissingImageError, RegionFeatureStore
+from .tokenization import encode_uniter_batch
+
+log = logging.getLogger(__name__)
+
+NUM_HUMAN_ANSWERS = 10
+
+
+@dataclass(frozen=True)
+class VqaQuestion:
+    question_id: int
+    image_id: int
+    question: str
+
+
+@dataclass(frozen=True)
+class VqaAnnotation:
+    question_id: int
+    image_id: int
+    answers: tuple[str, ...]
+    multiple_choice_answer: str
+
+
+@dataclass(frozen=True)
+class QaExample:
+    """One question, tokenised, with its store key and sparse target ``{label index: score}``."""
+
+    qid: str
+    input_ids: tuple[int, ...]
+    image: str
+    target: tuple[tuple[int, float], ...]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _load_object(path: str | Path, what: str, list_key: str) -> list:
+    """The list under ``list_key`` of a JSON object file, with file-naming errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"VQA {what} file {path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
+                         f"expected a VQA {what} file") from None
+    if not isinstance(data, dict) or not isinstance(data.get(list_key), list):
+        got = type(data).__name__ if not isinstance(data, dict) else f"keys {sorted(data)[:6]}"
+        raise ValueError(f"{path}: expected a JSON object with a {list_key!r} list (a VQA {what} file), got {got}")
+    return data[list_key]
+
+
+def read_vqa_questions(path: str | Path) -> list[VqaQuestion]:
+    """``questions`` of a ``v2_OpenEnded_mscoco_<split>_questions.json`` file."""
+    items = _load_object(path, "questions", "questions")
+    out, seen = [], {}
+    for i, q in enumerate(items):
+        where = f"{path}, questions[{i}]"
+        if not isinstance(q, dict):
+            raise ValueError(f"{where}: a JSON {type(q).__name__}, expected an object with image_id, question, question_id")
+        qid = q.get("question_id")
+        label = f" (question_id {qid})" if _is_int(qid) else ""
+        for field, ok, want in (("question_id", _is_int, "an int"), ("image_id", _is_int, "an int"),
+                                ("question", lambda v: isinstance(v, str), "a string")):
+            if not ok(q.get(field)):
+                got = "missing" if field not in q else f"{type(q[field]).__name__} {q[field]!r}"
+                raise ValueError(f"{where}{label}: field {field!r} is {got}; expected {want}")
+        if qid in seen:
+            raise ValueError(f"{where}: question_id {qid} already used by questions[{seen[qid]}]")
+        seen[qid] = i
+        out.append(VqaQuestion(qid, q["image_id"], q["question"]))
+    if not out:
+        raise ValueError(f"{path} holds no questions; expected a non-empty 'questions' list")
+    return out
+
+
+def read_vqa_annotations(path: str | Path) -> dict[int, VqaAnnotation]:
+    """``annotations`` of a ``v2_mscoco_<split>_annotations.json`` file, by question id; each must
+    have 10 human answers."""
+    items = _load_object(path, "annotations", "annotations")
+    out: dict[int, VqaAnnotation] = {}
+    index: dict[int, int] = {}
+    for i, a in enumerate(items):
+        where = f"{path}, annotations[{i}]"
+        if not isinstance(a, dict):
+            raise ValueError(f"{where}: a JSON {type(a).__name__}, expected an object with question_id, image_id, "
+                             "answers, multiple_choice_answer")
+        qid = a.get("question_id")
+        label = f" (question_id {qid})" if _is_int(qid) else ""
+        for field, ok, want in (("question_id", _is_int, "an int"), ("image_id", _is_int, "an int"),
+                                ("multiple_choice_answer", lambda v: isinstance(v, str), "a string"),
+                                ("answers", lambda v: isinstance(v, list), "a list of 10 {answer, answer_confidence, answer_id}")):
+            if not ok(a.get(field)):
+                got = "missing" if field not in a else f"{type(a[field]).__name__} {a[field]!r}"
+                raise ValueError(f"{where}{label}: field {field!r} is {got}; expected {want}")
+        answers = a["answers"]
+        if len(answers) != NUM_HUMAN_ANSWERS:
+            raise ValueError(f"{where}{label}: {len(answers)} human answers, expected {NUM_HUMAN_ANSWERS}")
+        texts = []
+        for k, ans in enumerate(answers):
+            if not isinstance(ans, dict) or not isinstance(ans.get("answer"), str):
+                raise ValueError(f"{where}{label}: answers[{k}] is {ans!r}; expected an object with a string 'answer'")
+            texts.append(ans["answer"])
+        if qid in out:
+            raise ValueError(f"{where}: question_id {qid} already annotated by annotations[{index[qid]}]")
+        index[qid] = i
+        out[qid] = VqaAnnotation(qid, a["image_id"], tuple(texts), a["multiple_choice_answer"])
+    return out
+
+
+def read_question_ids(path: str | Path) -> set[int]:
+    """Question ids from a JSON list of ints or a text file (ints separated by whitespace or commas)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"question-id file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); expected a list of question ids") from None
+        for i, v in enumerate(values):
+            if not _is_int(v):
+                raise ValueError(f"{path}: entry {i} is {v!r}; expected an int question id")
+        ids = set(values)
+    else:
+        ids = set()
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            for token in line.replace(",", " ").split():
+                try:
+                    ids.add(int(token))
+                except ValueError:
+                    raise ValueError(f"{path}, line {lineno}: {token!r} is not an int question id") from None
+    if not ids:
+        raise ValueError(f"{path} lists no question ids")
+    return ids
+
+
+def join_questions(questions: list[VqaQuestion], annotations: Optional[dict[int, VqaAnnotation]],
+                   q_path: str, a_path: Optional[str]) -> list[tuple[VqaQuestion, Optional[VqaAnnotation]]]:
+    """Pair each question with its annotation; unmatched ids on either side are an error."""
+    if annotations is None:
+        return [(q, None) for q in questions]
+    qids = {q.question_id for q in questions}
+    lacking = [q.question_id for q in questions if q.question_id not in annotations]
+    extra = [qid for qid in annotations if qid not in qids]
+    for ids, msg in ((lacking, f"questions of {q_path} have no annotation in {a_path}"),
+                     (extra, f"annotations of {a_path} have no question in {q_path}")):
+        if ids:
+            raise ValueError(f"{len(ids)} {msg}: question_id {', '.join(map(str, ids[:5]))}"
+                             f"{' ...' if len(ids) > 5 else ''}; expected the files of one split")
+    pairs = []
+    for q in questions:
+        a = annotations[q.question_id]
+        if a.image_id != q.image_id:
+            raise ValueError(f"question_id {q.question_id}: image_id {q.image_id} in {q_path} but {a.image_id} in "
+                             f"{a_path}; expected the same image")
+        pairs.append((q, a))
+    return pairs
+
+
+def check_images(examples, store: RegionFeatureStore, source: str, what: str) -> None:
+    """Every example's image must be in the store (checked for all at once, before training)."""
+    missing: dict[str, str] = {}
+    for ex in examples:
+        if ex.image not in store and ex.image not in missing:
+            missing[ex.image] = ex.qid
+    if missing:
+        shown = "; ".join(f"{img!r} (question {qid})" for img, qid in list(missing.items())[:5])
+        known = ", ".join(repr(k) for k in store.ids[:3])
+        raise MissingImageError(
+            f"{store.path}: {len(missing)} images used by {source or what} are not in the region-feature store: "
+            f"{shown}{' ...' if len(missing) > 5 else ''} (store keys look like {known}; check the data module's "
+            "image_key pattern)")
+
+
+class QaDataset(Dataset):
+    """One row per question (VQA and GQA): text + the image's regions; dense soft-score targets."""
+
+    def __init__(self, examples: list[QaExample], store: RegionFeatureStore, num_labels: int,
+                 source: str = "", what: str = "the questions"):
+        check_images(examples, store, source, what)
+        self.examples = examples
+        self.store = store
+        self.num_labels = num_labels
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        ex = self.examples[i]
+        feat, pos = self.store.get(ex.image)
+        target = torch.zeros(self.num_labels, dtype=torch.float32)
+        for label, score in ex.target:
+            target[label] = score
+        row = {"input_ids": torch.tensor(ex.input_ids, dtype=torch.long), "img_feat": feat, "img_pos_feat": pos}
+        return {"row": row, "target": target, "id": ex.qid}
+
+    @staticmethod
+    def collate(items: list[dict]) -> dict:
+        """Row k = question k; ``targets`` (B, A) float32 soft scores; ``ids`` the question ids."""
+        batch = collate_rows([item["row"] for item in items])
+        batch["targets"] = torch.stack([item["target"] for item in items])
+        batch["ids"] = [item["id"] for item in items]
+        return batch
+
+
+def format_image_key(image_key: str, **fields) -> str:
+    try:
+        return image_key.format(**fields)
+    except (KeyError, IndexError, ValueError) as err:
+        raise ValueError(f"image_key {image_key!r} is not a format string using only "
+                         f"{', '.join('{' + k + '}' for k in fields)} ({err!r})") from None
+
+
+class VqaDataModule(VLDataModule):
+    """VQA v2 in its public format.
+
+    ``train_questions`` / ``train_annotations``: paired lists (UNITER trains on train2014 and most
+    of val2014). ``val_questions`` / ``val_annotations``: the validation split, optionally cut to
+    the question ids of ``val_ids`` (UNITER's held-out mini-dev of val2014); ``train_exclude_ids``
+    drops ids from training so that mini-dev is never trained on. ``test_questions`` with
+    optional ``test_annotations`` (without them targets are all zero, for predictions).
+    ``ans2label``: ``{answer: index}`` JSON (the 3,129-answer vocabulary). ``image_key`` maps
+    ``{image_id}`` (int) to the store key. ``batch_size`` counts questions. Other arguments: see
+    ``VLDataModule``."""
+
+    def __init__(
+        self,
+        train_questions: list[str],
+        train_annotations: list[str],
+        val_questions: str,
+        val_annotations: str,
+        ans2label: str,
+        features: str,
+        tokenizer: str,
+        test_questions: Optional[str] = None,
+        test_annotations: Optional[str] = None,
+        val_ids: Optional[str] = None,
+        train_exclude_ids: Optional[str] = None,
+        image_key: str = "{image_id}",
+        img_dim: int = 2048,
+        batch_size: int = 32,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        max_txt_len: int = 60,
+        max_boxes: Optional[int] = None,
+        do_lower_case: bool = False,
+        pin_memory: bool = False,
+    ):
+        super().__init__(features, tokenizer, img_dim, batch_size, eval_batch_size, num_workers,
+                         max_txt_len, max_boxes, do_lower_case, pin_memory)
+        train_questions = [train_questions] if isinstance(train_questions, str) else list(train_questions)
+        train_annotations = [train_annotations] if isinstance(train_annotations, str) else list(train_annotations)
+        if not train_questions or len(train_questions) != len(train_annotations):
+            raise ValueError(f"train_questions ({len(train_questions)} files) and train_annotations "
+                             f"({len(train_annotations)} files) must be non-empty paired lists, one annotations "
+                             "file per questions file")
+        if test_annotations and not test_questions:
+            raise ValueError("test_annotations given without test_questions")
+        format_image_key(image_key, image_id=1)
+        self.train_questions, self.train_annotations = train_questions, train_annotations
+        self.val_questions, self.val_annotations = val_questions, val_annotations
+        self.test_questions, self.test_annotations = test_questions, test_annotations
+        self.val_ids, self.train_exclude_ids = val_ids, train_exclude_ids
+        self.ans2label_path = ans2label
+        self.image_key = image_key
+        self._ans2label: Optional[dict[str, int]] = None
+
+    @property
+    def ans2label(self) -> dict[str, int]:
+        if self._ans2label is None:
+            self._ans2label = read_ans2label(self.ans2label_path)
+        return self._ans2label
+
+    @property
+    def labels(self) -> list[str]:
+        """Answer strings in index order (read from ``ans2label`` on first use)."""
+        return labels_from_ans2label(self.ans2label)
+
+    def split_files(self) -> dict[str, Optional[str]]:
+        return {"train": " + ".join(self.train_questions), "val": self.val_questions, "test": self.test_questions}
+
+    def _pairs(self, split: str) -> list[tuple[str, Optional[str]]]:
+        if split == "train":
+            return list(zip(self.train_questions, self.train_annotations))
+        if split == "val":
+            return [(self.val_questions, self.val_annotations)]
+        return [(self.test_questions, self.test_annotations)]
+
+    def read_split(self, split: str) -> list[tuple[VqaQuestion, Optional[VqaAnnotation]]]:
+        """The split's (question, annotation) pairs after the id filters; question ids unique."""
+        pairs: list = []
+        first_file: dict[int, str] = {}
+        for q_path, a_path in self._pairs(split):
+            questions = read_vqa_questions(q_path)
+            annotations = read_vqa_annotations(a_path) if a_path else None
+            for q, a in join_questions(questions, annotations, q_path, a_path):
+                if q.question_id in first_file:
+                    raise ValueError(f"question_id {q.question_id} is in both {first_file[q.question_id]} and {q_path}; "
+                                     f"expected disjoint {split} files")
+                first_file[q.question_id] = q_path
+                pairs.append((q, a))
+        if split == "val" and self.val_ids:
+            keep = read_question_ids(self.val_ids)
+            unknown = sorted(keep - first_file.keys())
+            if unknown:
+                raise ValueError(f"{self.val_ids}: {len(unknown)} question ids are not in {self.val_questions}: "
+                                 f"{unknown[:5]}{' ...' if len(unknown) > 5 else ''}; expected a subset of the val questions")
+            pairs = [p for p in pairs if p[0].question_id in keep]
+        if split == "train" and self.train_exclude_ids:
+            drop = read_question_ids(self.train_exclude_ids)
+            before = len(pairs)
+            pairs = [p for p in pairs if p[0].question_id not in drop]
+            log.info("VQA train: dropped %d of %d questions listed in %s", before - len(pairs), before,
+                     self.train_exclude_ids)
+            if not pairs:
+                raise ValueError(f"{self.train_exclude_ids} excludes every training question")
+        return pairs
+
+    def build_dataset(self, split: str, path: str) -> QaDataset:
+        pairs = self.read_split(split)
+        ans2label = self.ans2label
+        input_ids = encode_uniter_batch(self.tokenizer, [q.question for q, _ in pairs], self.max_txt_len)
+        examples, unanswerable = [], 0
+        for (q, a), ids in zip(pairs, input_ids):
+            target = soft_targets(a.answers, ans2label) if a is not None else {}
+            unanswerable += a is not None and not target
+            examples.append(QaExample(str(q.question_id), tuple(ids), format_image_key(self.image_key, image_id=q.image_id),
+                                      tuple(sorted(target.items()))))
+        if unanswerable:
+            log.info("VQA %s: %d of %d questions have no human answer in the %d-answer vocabulary (all-zero targets)",
+                     split, unanswerable, len(examples), len(ans2label))
+        return QaDataset(examples, self.store, len(ans2label), source=str(path), what=f"the VQA {split} questions")

@@ -1,0 +1,487 @@
+"""Region-feature converters: every public layout is written here in its real schema, converted,
+and the store checked value by value; bad records are reported by id while the rest convert."""
+import base64
+import io
+import json
+import pickle
+import re
+
+import h5py
+import numpy as np
+import pytest
+
+from data_modules.convert import ConvertError, convert_features
+from data_modules.convert import sources as S
+from data_modules.convert.__main__ import main as cli_main
+from data_modules.convert.features import KeyMapper, Reject, load_image_sizes, select_boxes
+from data_modules.features import RegionFeatureStore, RegionFeatureWriter, partial_path
+
+DIM = 8
+
+
+def make_images(n, seed=0, dim=DIM, prefix="", nb=(3, 7), first=100):
+    """(id, features f32 (k, dim), pixel boxes (k, 4), width, height, conf (k,)) per image."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        k = int(rng.integers(*nb))
+        w, h = int(rng.integers(300, 700)), int(rng.integers(200, 500))
+        x1, y1 = rng.uniform(0, w / 2, k), rng.uniform(0, h / 2, k)
+        boxes = np.stack([x1, y1, x1 + rng.uniform(5, w / 2, k), y1 + rng.uniform(5, h / 2, k)], 1).astype(np.float32)
+        feats = rng.standard_normal((k, dim)).astype(np.float32) * 3
+        out.append((f"{prefix}{first + i}", feats, boxes, w, h, rng.uniform(0, 1, k).astype(np.float32)))
+    return out
+
+
+def b64(a, dtype=np.float32):
+    return base64.b64encode(np.ascontiguousarray(a, dtype=dtype).tobytes()).decode()
+
+
+def butd_line(img_id, feats, boxes, w, h, *_):
+    return "\t".join([str(img_id), str(w), str(h), str(len(boxes)), b64(boxes), b64(feats)])
+
+
+def lxmert_line(img_id, feats, boxes, w, h, conf):
+    k = len(boxes)
+    return "\t".join([str(img_id), str(h), str(w), b64(np.zeros(k), np.int64), b64(conf), b64(np.zeros(k), np.int64),
+                      b64(np.zeros(k)), str(k), b64(boxes), b64(feats)])
+
+
+def check_store(path, expected, keys=None, only=True):
+    """Every image of ``expected`` is in the store with its values (features within float16 rounding)."""
+    store = RegionFeatureStore(path)
+    keys = keys or [e[0] for e in expected]
+    assert sorted(store.ids) == sorted(keys) if only else set(keys) <= set(store.ids)
+    for key, (img_id, feats, boxes, w, h, *_) in zip(keys, expected):
+        f, pos = store.get(key)
+        np.testing.assert_array_equal(f.numpy(), feats.astype(np.float16).astype(np.float32))
+        scale = np.array([w, h, w, h])
+        np.testing.assert_allclose(pos[:, :4].numpy(), boxes / scale, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(pos[:, 4:6].numpy(), (boxes[:, 2:] - boxes[:, :2]) / scale[:2], rtol=1e-4, atol=1e-6)
+        assert store.image_size(key) == (w, h)
+    return store
+
+
+def read_report(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def run(src, fmt, out, **kw):
+    kw.setdefault("progress", False)
+    return convert_features([str(s) for s in src], fmt, out, **kw)
+
+
+# ---------------------------------------------------------------------------------------------- TSV
+
+def test_tsv_both_column_orders_and_several_files_into_one_store(tmp_path):
+    a, b = make_images(4, seed=1), make_images(3, seed=2, prefix="COCO_val2014_000000", first=200)
+    (tmp_path / "a.tsv").write_text("\n".join(butd_line(*im) for im in a) + "\n")
+    (tmp_path / "b.tsv").write_text("\n".join(lxmert_line(*im) for im in b) + "\n")
+    # LXMERT has confidences: with th -1 and max 100 every region is kept, as in the source
+    s = run([tmp_path / "*.tsv"], "tsv", tmp_path / "s.h5", key_format="{num}", conf_th=-1)
+    assert (s.converted, s.rejected, s.feat_dim) == (7, 0, DIM)
+    check_store(tmp_path / "s.h5", a + b, keys=[str(int(im[0][-3:])) for im in a + b])
+    assert read_report(tmp_path / "s.h5.report.jsonl") == []
+    meta = json.loads(h5py.File(tmp_path / "s.h5").attrs["meta"])
+    assert meta["format"] == "tsv" and meta["key_format"] == "{num}"
+
+
+def test_tsv_header_line_names_columns_and_huge_lines_pass_the_csv_limit(tmp_path):
+    ims = make_images(2, seed=3, dim=20000, nb=(2, 3))  # ~200 KB base64 per line, over csv's 128 KB default
+    header = "\t".join(("image_id", "image_h", "image_w", "num_boxes", "boxes", "features"))
+    lines = ["\t".join([i, str(h), str(w), str(len(bx)), b64(bx), b64(f)]) for i, f, bx, w, h, _ in ims]
+    (tmp_path / "x.tsv").write_text(header + "\n" + "\n".join(lines) + "\n")
+    assert run([tmp_path / "x.tsv"], "tsv", tmp_path / "s.h5").converted == 2
+    check_store(tmp_path / "s.h5", ims)
+
+
+def test_tsv_bad_records_are_reported_by_id_and_the_rest_converted(tmp_path):
+    ims = make_images(8, seed=4)
+    lines = [butd_line(*im) for im in ims[:3]]
+    i, f, bx, w, h, c = ims[3]
+    lines.append(butd_line("bad_dim", np.zeros((len(bx), DIM + 1)), bx, w, h))
+    lines.append(butd_line(i, f, bx, w, h).rsplit("\t", 1)[0] + "\t###not-base64###")
+    lines.append(butd_line("nan", np.where(np.arange(DIM) == 2, np.nan, f), bx, w, h))
+    lines.append(butd_line("outside", f, bx + np.array([0, 0, w, 0], np.float32), w, h))
+    lines.append("\t".join(["zero", "10", "10", "0", "", ""]))
+    lines.append("short\t10\t10")
+    lines.append("\t".join(["nboxes", str(w), str(h), str(len(bx) + 1), b64(bx), b64(f)]))
+    lines.append(butd_line("degenerate", f, np.where(np.arange(4) == 2, bx[:, [0]], bx), w, h))
+    lines.append(butd_line(*ims[0]).replace(ims[0][0], "100", 1))  # the first image again
+    # a box 1 px beyond the right edge (within --box-tol): clipped and counted, the image is kept
+    edge = bx.copy()
+    edge[0, 2] = w + 1
+    lines.append(butd_line("edge", f, edge, w, h))
+    lines += [butd_line(*im) for im in ims[4:]]
+    (tmp_path / "x.tsv").write_text("\n".join(lines) + "\n\n")
+    s = run([tmp_path / "x.tsv"], "tsv", tmp_path / "s.h5")
+    good = ims[:3] + ims[4:]
+    assert s.converted == len(good) + 1 and s.rejected == 9 and s.clipped_boxes == 1
+    clipped = edge.copy()
+    clipped[0, 2] = w
+    check_store(tmp_path / "s.h5", good + [("edge", f, clipped, w, h)])
+    report = {r["id"]: r for r in read_report(tmp_path / "s.h5.report.jsonl")}
+    expected = {
+        "bad_dim": r"features are 9-d, expected 8-d",
+        ims[3][0]: r"column features is not valid base64",
+        "nan": r"features of region 0 contain NaN",
+        "outside": r"box 0 = .* lies outside the \d+ x \d+ image by more than --box-tol",
+        "zero": r"num_boxes is 0: no regions",
+        "short": r"3 columns, expected 6",
+        "nboxes": r"boxes hold \d+ floats, expected num_boxes \* 4",
+        "degenerate": r"box 0 = .* has no width or height",
+    }
+    for img_id, pattern in expected.items():
+        assert re.search(pattern, report[img_id]["reason"]), (img_id, report[img_id])
+        assert report[img_id]["where"].startswith(str(tmp_path / "x.tsv") + ":")
+    dup = [r for r in read_report(tmp_path / "s.h5.report.jsonl") if r["id"] == "100"]
+    assert len(dup) == 1 and "duplicate" in dup[0]["reason"] and dup[0]["where"].endswith(":12")
+
+
+def test_tsv_height_before_width_is_caught_and_fixed_by_tsv_fields(tmp_path):
+    ims = make_images(6, seed=5)
+    for im in ims:  # wide images with a box reaching the right edge: only fits with w, h right
+        im[2][0, 2] = im[3]
+    rows = ["\t".join([i, str(h), str(w), str(len(bx)), b64(bx), b64(f)]) for i, f, bx, w, h, _ in ims]
+    (tmp_path / "x.tsv").write_text("\n".join(rows) + "\n")
+    wide = [im for im in ims if im[3] > im[4] * 1.02]
+    assert len(wide) >= 5
+    with pytest.raises(ConvertError, match="width and height swapped.*--tsv-fields"):
+        run([tmp_path / "x.tsv"], "tsv", tmp_path / "s.h5")
+    assert not (tmp_path / "s.h5").exists()
+    s = run([tmp_path / "x.tsv"], "tsv", tmp_path / "s.h5", restart=True,
+            tsv_fields=("image_id", "image_h", "image_w", "num_boxes", "boxes", "features"))
+    assert s.converted == 6
+    check_store(tmp_path / "s.h5", ims)
+
+
+def test_tsv_unknown_column_count_is_an_error_naming_the_line(tmp_path):
+    (tmp_path / "x.tsv").write_text("1\t2\t3\t4\n")
+    with pytest.raises(ValueError, match=r"x\.tsv:1: 4 tab-separated columns; expected 6 .* or 10"):
+        run([tmp_path / "x.tsv"], "tsv", tmp_path / "s.h5", feat_dim=DIM)
+
+
+# ------------------------------------------------------------------------------------------ HDF5
+
+def write_fixed_h5(path, ims):
+    with h5py.File(path, "w") as f:
+        f["image_features"] = np.stack([im[1] for im in ims])
+        f["image_bb"] = np.stack([im[2] for im in ims])
+        f["spatial_features"] = np.stack([spatial(im[2], im[3], im[4]) for im in ims])
+
+
+def spatial(boxes, w, h):
+    s = boxes / np.array([w, h, w, h], np.float32)
+    return np.concatenate([s, s[:, 2:] - s[:, :2]], 1).astype(np.float32)
+
+
+def test_butd_h5_fixed_and_adaptive_layouts_with_their_mappings(tmp_path):
+    fixed = make_images(5, seed=6, nb=(4, 5))  # fixed: the same number of boxes for every image
+    order = [3, 0, 4, 1, 2]  # row of each image: the mapping, not the file order, gives the ids
+    write_fixed_h5(tmp_path / "val36.hdf5", [fixed[order.index(r)] for r in range(5)])
+    with open(tmp_path / "val36_imgid2idx.pkl", "wb") as f:
+        pickle.dump({int(im[0]): r for im, r in zip(fixed, order)}, f, protocol=2)
+    adaptive = make_images(4, seed=7)
+    with h5py.File(tmp_path / "test2015.hdf5", "w") as f:
+        f["image_features"] = np.concatenate([im[1] for im in adaptive])
+        f["image_bb"] = np.concatenate([im[2] for im in adaptive])
+        f["spatial_features"] = np.concatenate([spatial(*im[2:5]) for im in adaptive])
+        ends = np.cumsum([len(im[2]) for im in adaptive])
+        f["pos_boxes"] = np.stack([ends - [len(im[2]) for im in adaptive], ends], 1).astype(np.int32)
+    (tmp_path / "test2015_imgid2idx.json").write_text(json.dumps({str(int(im[0]) + 50): r for r, im in enumerate(adaptive)}))
+    s = run([tmp_path / "val36.hdf5"], "butd-h5", tmp_path / "a.h5")
+    assert (s.converted, s.feat_dim) == (5, DIM)
+    check_store(tmp_path / "a.h5", fixed)
+    ButdH5 = S.ButdH5Source
+    ButdH5.BLOCK_ROWS, old = 7, ButdH5.BLOCK_ROWS  # windows that split images: reads stay right
+    try:
+        run([tmp_path / "test2015.hdf5"], "butd-h5", tmp_path / "b.h5")
+    finally:
+        ButdH5.BLOCK_ROWS = old
+    check_store(tmp_path / "b.h5", adaptive, keys=[str(int(im[0]) + 50) for im in adaptive])
+
+
+def test_butd_h5_inconsistent_spatial_features_are_reported(tmp_path):
+    ims = make_images(3, seed=8, nb=(4, 5))
+    write_fixed_h5(tmp_path / "t.hdf5", ims)
+    with h5py.File(tmp_path / "t.hdf5", "a") as f:
+        f["spatial_features"][1, 2, 0] += 0.2
+    (tmp_path / "t_imgid2idx.json").write_text(json.dumps({im[0]: r for r, im in enumerate(ims)}))
+    s = run([tmp_path / "t.hdf5"], "butd-h5", tmp_path / "s.h5")
+    assert (s.converted, s.rejected) == (2, 1)
+    [r] = read_report(tmp_path / "s.h5.report.jsonl")
+    assert r["id"] == ims[1][0] and r["where"].endswith("t.hdf5#1") and "spatial_features disagree" in r["reason"]
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("ran code",))
+
+
+@pytest.mark.parametrize("content, message", [
+    ({1: 0, "x": Evil()}, "refusing to load"),
+    ([1, 2], "expected a non-empty dict"),
+    ({1: -1}, "not image_id -> non-negative int row"),
+    ({1: 0, 2: 0}, "several image ids map to the same row"),
+])
+def test_imgid2idx_pickle_is_read_without_running_code(tmp_path, content, message, capsys):
+    with open(tmp_path / "m.pkl", "wb") as f:
+        pickle.dump(content, f)
+    with pytest.raises(ValueError, match=rf"m\.pkl: .*{message}"):
+        S.load_imgid2idx(tmp_path / "m.pkl")
+    assert "ran code" not in capsys.readouterr().out
+
+
+def test_butd_h5_mapping_outside_the_file_and_missing_mapping(tmp_path):
+    write_fixed_h5(tmp_path / "t.hdf5", make_images(2, seed=9, nb=(3, 4)))
+    with pytest.raises(ConvertError, match=r"no t_imgid2idx\.pkl or \.json.*--imgid2idx"):
+        run([tmp_path / "t.hdf5"], "butd-h5", tmp_path / "s.h5")
+    (tmp_path / "m.json").write_text('{"7": 5}')
+    with pytest.raises(ConvertError, match=r"t\.hdf5: the image-id mapping points at row 5, but the file has 2 images"):
+        run([tmp_path / "t.hdf5"], "butd-h5", tmp_path / "s.h5", imgid2idx=tmp_path / "m.json")
+
+
+# ------------------------------------------------------------------------------------------- npz
+
+def test_npz_folder_uniter_and_openvqa_styles_with_box_selection(tmp_path):
+    ims = make_images(4, seed=10, nb=(12, 16))
+    d = tmp_path / "npz"
+    d.mkdir()
+    sizes = {}
+    for img_id, f, bx, w, h, conf in ims[:2]:  # UNITER extractor: norm_bb, conf (N, 1), float16
+        norm = np.concatenate([bx / [w, h, w, h], (bx[:, 2:] - bx[:, :2]) / [w, h]], 1)
+        np.savez(d / f"coco_val2014_{int(img_id):012d}.npz", features=f.astype(np.float16),
+                 norm_bb=norm.astype(np.float16), conf=conf[:, None].astype(np.float16),
+                 soft_labels=np.zeros((len(f), 5), np.float16))
+        sizes[img_id] = [w, h]
+    for img_id, f, bx, w, h, conf in ims[2:]:  # OpenVQA: x channel-first, bbox in pixels, size keys
+        np.savez(d / f"COCO_val2014_{int(img_id):012d}.jpg.npz", x=f.T, bbox=bx, image_w=w, image_h=h,
+                 num_bbox=len(bx))
+    (tmp_path / "sizes.json").write_text(json.dumps(sizes))
+    s = run([d], "npz", tmp_path / "s.h5", key_format="{num}", image_sizes=tmp_path / "sizes.json",
+            conf_th=0.5, min_boxes=10, max_boxes=11)
+    store = RegionFeatureStore(tmp_path / "s.h5")
+    assert sorted(store.ids) == sorted(im[0] for im in ims) and s.rejected == 0
+    for img_id, f, bx, w, h, conf in ims[:2]:
+        c16 = conf.astype(np.float16).astype(np.float64)
+        keep = select_boxes(len(f), c16, 0.5, 10, 11)
+        assert len(keep) == min(11, max(10, int((c16 > 0.5).sum())))
+        got_f, pos = store.get(img_id)
+        np.testing.assert_array_equal(got_f.numpy(), f[keep].astype(np.float16).astype(np.float32))
+        norm16 = (bx / [w, h, w, h]).astype(np.float16).astype(np.float64)[keep]
+        np.testing.assert_allclose(pos[:, :4].numpy(), np.clip(norm16, 0, 1), atol=1e-6)
+        assert store.image_size(img_id) == (w, h)
+    check_store(tmp_path / "s.h5", ims[2:], only=False)  # no confidences: every region kept
+
+
+def test_npz_without_size_and_unreadable_files_are_reported(tmp_path):
+    d = tmp_path / "npz"
+    d.mkdir()
+    (d / "broken.npz").write_bytes(b"not a zip")
+    np.savez(d / "nosize.npz", features=np.ones((2, DIM)), norm_bb=np.array([[0, 0, .5, .5], [.1, .1, .2, .3]]))
+    np.savez(d / "nofeat.npz", boxes=np.ones((2, 4)))
+    np.savez(d / "ok.npz", features=np.ones((2, DIM)), norm_bb=np.array([[0, 0, .5, .5], [.1, .1, .2, .3]]))
+    (tmp_path / "sizes.json").write_text(json.dumps({"images": [{"id": 1, "width": 30, "height": 20, "file_name": "ok.jpg"}]}))
+    s = run([d], "npz", tmp_path / "s.h5", image_sizes=tmp_path / "sizes.json", feat_dim=DIM)
+    assert RegionFeatureStore(tmp_path / "s.h5").ids == ["ok"] and s.rejected == 3
+    report = {r["id"]: r["reason"] for r in read_report(tmp_path / "s.h5.report.jsonl")}
+    assert "npz cannot be read" in report["broken.npz"]
+    assert "image size unknown (not in" in report["nosize.npz"]
+    assert "needs features" in report["nofeat.npz"]
+    s = run([d / "nosize.npz"], "npz", tmp_path / "u.h5", unknown_size=True)
+    store = RegionFeatureStore(tmp_path / "u.h5")
+    assert store.image_size("nosize") == (1, 1)
+    np.testing.assert_allclose(store.get("nosize")[1][1, :4].numpy(), [.1, .1, .2, .3], rtol=1e-6)
+
+
+# -------------------------------------------------------------------------------- box selection
+
+def test_box_selection_follows_uniters_rule_and_keeps_the_most_confident_in_source_order():
+    conf = np.array([0.1, 0.9, 0.3, 0.05, 0.8, 0.25, 0.21, 0.2])
+    # 5 above 0.2 (0.2 itself is not: UNITER counts conf > th), within [2, 6]: those 5, in order
+    assert select_boxes(8, conf, 0.2, 2, 6).tolist() == [1, 2, 4, 5, 6]
+    # clamped up to min 7: the 7 most confident, still in source order
+    assert select_boxes(8, conf, 0.5, 7, 8).tolist() == [0, 1, 2, 4, 5, 6, 7]
+    # clamped down to max 2
+    assert select_boxes(8, conf, 0.0, 1, 2).tolist() == [1, 4]
+    # UNITER's confidence-sorted npz: the same as its "first nbb rows"
+    srt = np.sort(conf)[::-1]
+    assert select_boxes(8, srt, 0.2, 2, 6).tolist() == list(range(5))
+    assert select_boxes(8, conf, -1, 2, 3).tolist() == [0, 1, 2]  # fixed policy: the first max
+    assert select_boxes(8, None, 0.2, 2, 3).tolist() == list(range(8))  # no conf: the extractor chose
+    assert select_boxes(8, conf, 0.2, 2, 6, nbb=3).tolist() == [0, 1, 2]  # img_db nbb json
+
+
+def test_key_mapper_fields_prefixes_and_errors():
+    assert KeyMapper()("nlvr2_dev-850-0-img0.npz") == "nlvr2_dev-850-0-img0"
+    assert KeyMapper(strip_prefix=["nlvr2_"])("nlvr2_dev-850-0-img0.npz") == "dev-850-0-img0"
+    assert KeyMapper("{num}")("COCO_train2014_000000000042.jpg.npz") == "42"
+    assert KeyMapper("{num:012d}")("42") == "000000000042"
+    assert KeyMapper("{id}")("a.npz") == "a.npz"
+    with pytest.raises(ValueError, match="only the fields"):
+        KeyMapper("{image}")
+    with pytest.raises(Reject, match="does not start with --strip-prefix 'a_' or 'b_'"):
+        KeyMapper(strip_prefix=["a_", "b_"])("c_1")
+    with pytest.raises(Reject, match="no number"):
+        KeyMapper("{num}")("abc")
+
+
+def test_image_sizes_file_forms(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"x": [3, 4], "y": {"width": 5, "height": 6}}))
+    assert load_image_sizes(tmp_path / "a.json") == {"x": (3, 4), "y": (5, 6)}
+    (tmp_path / "b.json").write_text(json.dumps({"x": [3, 0]}))
+    with pytest.raises(ValueError, match=r"b\.json: 'x': size 3 x 0 is not two positive integers"):
+        load_image_sizes(tmp_path / "b.json")
+
+
+# ------------------------------------------------------------------------------------- img_db
+
+def test_uniter_img_db_msgpack_and_compressed(tmp_path):
+    lmdb = pytest.importorskip("lmdb")
+    msgpack = pytest.importorskip("msgpack")
+    ims = make_images(3, seed=11, nb=(12, 15), prefix="dev-85")
+    sizes = {}
+    for sub, compressed in (("feat_th0.2_max100_min10", False), ("feat_th0.2_max100_min10_compressed", True)):
+        db = tmp_path / ("plain" if not compressed else "comp")
+        (db / sub).mkdir(parents=True)
+        env = lmdb.open(str(db / sub), map_size=1 << 24)
+        nbb = {}
+        with env.begin(write=True) as txn:
+            for img_id, f, bx, w, h, conf in ims:
+                name = f"nlvr2_{img_id}-0-img0.npz"
+                norm = np.concatenate([bx / [w, h, w, h], (bx[:, 2:] - bx[:, :2]) / [w, h]], 1)
+                order = np.argsort(-conf)  # UNITER's npz are sorted by confidence
+                arrays = {"features": f[order].astype(np.float16), "norm_bb": norm[order].astype(np.float16),
+                          "conf": conf[order][:, None].astype(np.float16), "soft_labels": np.zeros((len(f), 3), np.float16)}
+                if compressed:
+                    buf = io.BytesIO()
+                    np.savez_compressed(buf, **arrays)
+                    value = buf.getvalue()
+                else:  # what msgpack_numpy writes
+                    value = msgpack.packb({k: {b"nd": True, b"type": a.dtype.str, b"kind": b"", b"shape": a.shape,
+                                               b"data": a.tobytes()} for k, a in arrays.items()}, use_bin_type=True)
+                txn.put(name.encode(), value)
+                nbb[name] = 11 if img_id.endswith("0") else min(100, max(10, int((conf > 0.2).sum())))
+                sizes[f"{img_id}-0-img0"] = [w, h]
+            txn.put(b"__keys__", json.dumps(sorted(nbb)).encode())
+        env.close()
+        (db / "nbb_th0.2_max100_min10.json").write_text(json.dumps(nbb))
+    (tmp_path / "sizes.json").write_text(json.dumps(sizes))
+    for db in ("plain", "comp"):
+        out = tmp_path / f"{db}.h5"
+        s = run([tmp_path / db], "img-db", out, strip_prefix=["nlvr2_"], image_sizes=tmp_path / "sizes.json")
+        assert (s.converted, s.rejected) == (3, 0)
+        store = RegionFeatureStore(out)
+        for img_id, f, bx, w, h, conf in ims:
+            order = np.argsort(-conf)
+            n = 11 if img_id.endswith("0") else min(100, max(10, int((conf > 0.2).sum())))  # the json's nbb
+            got, pos = store.get(f"{img_id}-0-img0")
+            np.testing.assert_array_equal(got.numpy(), f[order][:n].astype(np.float16).astype(np.float32))
+            norm16 = (bx / [w, h, w, h])[order][:n].astype(np.float16).astype(np.float64)
+            np.testing.assert_allclose(pos[:, :4].numpy(), norm16, atol=1e-6)
+        assert json.loads(h5py.File(out).attrs["meta"])["conf_th"] == 0.2
+
+
+def test_img_db_without_lmdb_names_the_packages(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_lmdb(name, *a, **k):
+        if name == "lmdb":
+            raise ImportError("no")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_lmdb)
+    (tmp_path / "db").mkdir()
+    with pytest.raises(ConvertError, match="pip install lmdb msgpack"):
+        run([tmp_path / "db"], "img-db", tmp_path / "s.h5", image_sizes=None, conf_th=0.2, min_boxes=10, max_boxes=100)
+
+
+def test_msgpack_numpy_values_with_objects_are_refused():
+    msgpack = pytest.importorskip("msgpack")
+    value = msgpack.packb({"features": {b"nd": True, b"type": "|O", b"kind": b"O", b"shape": [1], b"data": b"x"}},
+                          use_bin_type=True)
+    with pytest.raises(ValueError, match="object or structured array"):
+        S.decode_img_db_value(value, compressed=False, msgpack=msgpack)
+
+
+# ------------------------------------------------------------------------------ resume, CLI, writer
+
+def test_resume_after_an_interruption_gives_the_uninterrupted_store(tmp_path, monkeypatch):
+    ims = make_images(30, seed=12)
+    lines = [butd_line(*im) for im in ims]
+    lines.insert(5, butd_line("bad", np.zeros((3, DIM + 1)), ims[0][2][:3], 10, 10))
+    (tmp_path / "x.tsv").write_text("\n".join(lines) + "\n")
+    full = run([tmp_path / "x.tsv"], "tsv", tmp_path / "full.h5")
+
+    real, calls = S.TsvSource._record, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 20:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(S.TsvSource, "_record", staticmethod(interrupted))
+    with pytest.raises(KeyboardInterrupt):
+        run([tmp_path / "x.tsv"], "tsv", tmp_path / "s.h5", flush_rows=20, feat_dim=DIM)
+    assert not (tmp_path / "s.h5").exists() and partial_path(tmp_path / "s.h5").exists()
+    monkeypatch.setattr(S.TsvSource, "_record", staticmethod(real))
+    with pytest.raises(ConvertError, match="other settings.*--restart"):
+        run([tmp_path / "x.tsv"], "tsv", tmp_path / "s.h5", key_format="{id}")
+    s = run([tmp_path / "x.tsv"], "tsv", tmp_path / "s.h5")
+    assert 0 < s.resumed < 19 and s.resumed + s.converted == 30 and not partial_path(tmp_path / "s.h5").exists()
+    assert full.converted == 30 and len(read_report(tmp_path / "s.h5.report.jsonl")) == 1  # "bad" once
+    check_store(tmp_path / "s.h5", ims)
+    with h5py.File(tmp_path / "full.h5") as a, h5py.File(tmp_path / "s.h5") as b:
+        for name in ("img_ids", "num_boxes", "offsets", "img_wh", "features", "norm_bb"):
+            np.testing.assert_array_equal(a[name][:], b[name][:])
+    with pytest.raises(ConvertError, match=r"s\.h5 exists; pass --overwrite"):
+        run([tmp_path / "x.tsv"], "tsv", tmp_path / "s.h5")
+
+
+def test_writer_resume_suspend_and_refusals(tmp_path):
+    path = tmp_path / "s.h5"
+    w = RegionFeatureWriter(path, 2, resume=True, meta={"a": 1}, flush_rows=1)
+    w.add("a", np.ones((1, 2)), [[0, 0, 1, 1]], 2, 2)
+    w.add("b", np.ones((2, 2)), [[0, 0, 1, 1], [0, 0, 2, 2]], 2, 2)
+    w.suspend()
+    assert not path.exists()
+    with pytest.raises(ValueError, match=r"\.s\.h5\.partial .*holds 2-d features, expected 4-d"):
+        RegionFeatureWriter(path, 4, resume=True, meta={"a": 1})
+    with pytest.raises(ValueError, match="other settings"):
+        RegionFeatureWriter(path, 2, resume=True, meta={"a": 2})
+    with RegionFeatureWriter(path, 2, resume=True, meta={"a": 1}) as w:
+        assert w.resumed == 2 and "b" in w and "c" not in w
+        w.add("c", 2 * np.ones((1, 2)), [[0, 0, 1, 2]], 2, 2)
+    store = RegionFeatureStore(path)
+    assert store.ids == ["a", "b", "c"] and store.get("c")[0].tolist() == [[2.0, 2.0]]
+    assert [p.name for p in tmp_path.iterdir()] == ["s.h5"]
+    partial_path(path).write_bytes(b"cut off")
+    with pytest.raises(ValueError, match="cannot be opened.*delete it"):
+        RegionFeatureWriter(path, 2, resume=True)
+
+
+def test_cli_help_and_a_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        cli_main(["features", "--help"])
+    assert err.value.code == 0 and "--key-format" in capsys.readouterr().out
+    (tmp_path / "x.tsv").write_text("\n".join(butd_line(*im) for im in make_images(3, seed=13)) + "\n")
+    assert cli_main(["features", "--src", str(tmp_path / "x.tsv"), "--format", "tsv", "--out",
+                     str(tmp_path / "s.h5"), "--no-progress"]) == 0
+    assert "3 images (3 converted now, 0 resumed), 0 rejected" in capsys.readouterr().out
+    assert cli_main(["features", "--src", str(tmp_path / "x.tsv"), "--format", "tsv", "--out",
+                     str(tmp_path / "s.h5"), "--no-progress"]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+
+
+
+def test_values_written_by_msgpack_numpy_itself_decode_exactly():
+    msgpack = pytest.importorskip("msgpack")
+    mn = pytest.importorskip("msgpack_numpy")
+    arrays = {"features": np.arange(6, dtype=np.float16).reshape(2, 3), "conf": np.array([[0.5], [0.25]], np.float16)}
+    value = msgpack.packb(arrays, default=mn.encode, use_bin_type=True)  # as UNITER's convert_imgdir.py
+    got = S.decode_img_db_value(value, compressed=False, msgpack=msgpack)
+    for k, a in arrays.items():
+        assert got[k].dtype == a.dtype and np.array_equal(got[k], a)
