@@ -132,4 +132,5 @@ class GqaDataModule(VLDataModule):
             log.warning("GQA %s (%s): %d of %d answers are not in the %d-answer vocabulary %s; their targets are "
                         "all zero (they count as wrong)", split, path, oov, len(examples), len(ans2label),
                         self.ans2label_path)
-        return QaDataset(examples, self.store, len(ans2label), source=str(path), what=f"the GQA {split} questions")
+        return QaDataset(examples, self.store, len(ans2label), source=str(path), what=f"the GQA {split} questions",
+                         labeled=all(q.answer is not None for q in questions))

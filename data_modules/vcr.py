@@ -372,6 +372,8 @@ class VcrDataset(Dataset):
         """Rows 8k..8k+3 = Q→A, 8k+4..8k+7 = QA→R of example k; ``targets`` (B, 2) per example."""
         batch = collate_rows([row for item in items for row in item["rows"]])
         batch["targets"] = torch.tensor([item["target"] for item in items], dtype=torch.long).reshape(-1, 2)
+        if bool((batch["targets"] < 0).any()):
+            batch["unlabeled"] = True  # VCR's test file: predictions only, metrics refuse it
         batch["ids"] = [item["id"] for item in items]
         return batch
 

@@ -205,8 +205,9 @@ class QaDataset(Dataset):
     """One row per question (VQA and GQA): text + the image's regions; dense soft-score targets."""
 
     def __init__(self, examples: list[QaExample], store: RegionFeatureStore, num_labels: int,
-                 source: str = "", what: str = "the questions"):
+                 source: str = "", what: str = "the questions", labeled: bool = True):
         check_images(examples, store, source, what)
+        self.labeled = labeled  # False: a test file without answers (batches say so; metrics refuse them)
         self.examples = examples
         self.store = store
         self.num_labels = num_labels
@@ -222,7 +223,7 @@ class QaDataset(Dataset):
         for label, score in ex.target:
             target[label] = score
         row = {"input_ids": torch.tensor(ex.input_ids, dtype=torch.long), "img_feat": feat, "img_pos_feat": pos}
-        return {"row": row, "target": target, "id": ex.qid}
+        return {"row": row, "target": target, "id": ex.qid, "labeled": self.labeled}
 
     @staticmethod
     def collate(items: list[dict]) -> dict:
@@ -230,6 +231,8 @@ class QaDataset(Dataset):
         batch = collate_rows([item["row"] for item in items])
         batch["targets"] = torch.stack([item["target"] for item in items])
         batch["ids"] = [item["id"] for item in items]
+        if not all(item.get("labeled", True) for item in items):
+            batch["unlabeled"] = True
         return batch
 
 
@@ -359,4 +362,5 @@ class VqaDataModule(VLDataModule):
         if unanswerable:
             log.info("VQA %s: %d of %d questions have no human answer in the %d-answer vocabulary (all-zero targets)",
                      split, unanswerable, len(examples), len(ans2label))
-        return QaDataset(examples, self.store, len(ans2label), source=str(path), what=f"the VQA {split} questions")
+        return QaDataset(examples, self.store, len(ans2label), source=str(path), what=f"the VQA {split} questions",
+                         labeled=all(a is not None for _, a in pairs))

@@ -4,6 +4,7 @@ and ``demo`` (generate the offline demo world).
     lightning-vl fit   --config configs/task/nlvr2.yaml --config configs/demo.yaml --config configs/demo/nlvr2.yaml
     lightning-vl prune --config configs/task/nlvr2.yaml --config configs/demo.yaml --config configs/demo/nlvr2.yaml --imp.method random
     lightning-vl demo  --out data/demo
+    lightning-vl data  --task vqa --src ~/downloads/vqa     (link, build and check a task's files)
 
 Every Trainer flag passes through (``--trainer.max_steps 500``, ``--trainer.strategy ddp``…).
 """
@@ -130,6 +131,13 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args[:1] == ["demo"]:
         make_demo(args[1:])
+        return
+    if args[:1] == ["data"]:
+        from data_modules.prepare import main as prepare_main
+
+        code = prepare_main(args[1:])
+        if code:
+            raise SystemExit(code)
         return
     VLCli(
         VLModule,

@@ -183,6 +183,9 @@ class VLModule(pl.LightningModule):
         return len(batch["ids"]) if "ids" in batch else len(batch["targets"])
 
     def _eval_step(self, batch: dict, metrics, stage: str) -> None:
+        if batch.get("unlabeled"):
+            raise ValueError(f"the {stage} split has no labels (e.g. a VQA/GQA/VCR test file without answers), so "
+                             f"it cannot be scored: use `lightning-vl predict` for it, or give a labelled {stage} file")
         logits = self(batch)
         loss = self.spec.loss(logits, batch)
         if loss is not None:

@@ -15,3 +15,13 @@ def demo_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     make_demo(["--out", str(out), "--n-train", "240", "--n-dev", "80", "--n-test", "40", "--seed", "3", "--tasks", "nlvr2"])
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_all(tmp_path_factory):
+    """All demo tasks, small: every split of every task capped at a few dozen examples."""
+    from lightning_vl.cli import make_demo
+
+    out = tmp_path_factory.mktemp("demo_all")
+    make_demo(["--out", str(out), "--n-train", "48", "--n-dev", "16", "--n-test", "16", "--seed", "5"])
+    return out

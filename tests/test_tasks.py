@@ -217,3 +217,9 @@ def test_released_base_checkpoint_loads_into_every_task_model(tmp_path):
         assert core_missing == [], (task, core_missing)
         assert len(model.init_report.loaded) >= 199, task
         del model
+
+
+def test_unlabelled_splits_are_refused_not_scored_as_zero():
+    model = VLModule(task="vqa", uniter=TINY, labels=LABELS["vqa"])
+    with pytest.raises(ValueError, match="no labels.*predict"):
+        model.validation_step({"unlabeled": True, "ids": ["1"]}, 0)

@@ -13,16 +13,6 @@ from lightning_vl.tasks import TASKS
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def demo_all(tmp_path_factory):
-    """All demo tasks, small: every split of every task capped at a few dozen examples."""
-    from lightning_vl.cli import make_demo
-
-    out = tmp_path_factory.mktemp("demo_all")
-    make_demo(["--out", str(out), "--n-train", "48", "--n-dev", "16", "--n-test", "16", "--seed", "5"])
-    return out
-
-
 def demo_config(task: str, world: Path, tmp_path: Path) -> Path:
     """``configs/demo/<task>.yaml`` with ``data/demo/`` pointing at the test's world."""
     text = (ROOT / "configs" / "demo" / f"{task}.yaml").read_text()
