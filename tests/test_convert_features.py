@@ -485,3 +485,30 @@ def test_values_written_by_msgpack_numpy_itself_decode_exactly():
     got = S.decode_img_db_value(value, compressed=False, msgpack=msgpack)
     for k, a in arrays.items():
         assert got[k].dtype == a.dtype and np.array_equal(got[k], a)
+
+
+def test_concat_puts_the_first_stores_regions_first(tmp_path):
+    """VCR: ground-truth boxes, then detected ones, per image; sizes must agree."""
+    from data_modules.convert.__main__ import main as convert_main
+    from data_modules.features import RegionFeatureStore, RegionFeatureWriter
+
+    rng = np.random.default_rng(0)
+    data = {}
+    for name, n in (("gt", 2), ("det", 3)):
+        with RegionFeatureWriter(tmp_path / f"{name}.h5", 8) as w:
+            for key in (("a", "b") if name == "gt" else ("a",)):
+                f = rng.standard_normal((n, 8)).astype(np.float16).astype(np.float32)
+                b = np.array([[10 * i, 5, 10 * i + 20, 30] for i in range(n)], dtype=np.float32)
+                w.add(key, f, b, 100, 50)
+                data[name, key] = (f, b)
+    assert convert_main(["concat", "--src", str(tmp_path / "gt.h5"), str(tmp_path / "det.h5"),
+                         "--out", str(tmp_path / "vcr.h5")]) == 0
+    store = RegionFeatureStore(tmp_path / "vcr.h5")
+    feats, pos = store.get("a")
+    assert np.allclose(feats.numpy(), np.concatenate([data["gt", "a"][0], data["det", "a"][0]]), atol=1e-3)
+    assert np.allclose(pos[:, :4].numpy() * [100, 50, 100, 50], np.concatenate([data["gt", "a"][1], data["det", "a"][1]]))
+    assert store.num_boxes("b") == 2  # not detected: ground truth only
+    with RegionFeatureWriter(tmp_path / "other.h5", 8) as w:
+        w.add("a", np.ones((1, 8), np.float32), np.array([[0, 0, 10, 10]], np.float32), 60, 50)
+    with pytest.raises(ValueError, match="'a'.*100x50.*60x50"):
+        convert_main(["concat", "--src", str(tmp_path / "gt.h5"), str(tmp_path / "other.h5"), "--out", str(tmp_path / "x.h5")])

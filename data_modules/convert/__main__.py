@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import features
+from . import concat, features
 
 # sub-command -> module with add_arguments(parser) and run(args) -> exit code
-COMMANDS = {"features": features}
+COMMANDS = {"features": features, "concat": concat}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,59 @@
+"""Join stores region by region: every image's regions from the first store, then the others'.
+
+VCR needs this: UNITER puts an image's ground-truth boxes (from the annotation's metadata, in
+``objects`` order, so region i is object i) before the detector's boxes. Convert each source to a
+store with the same keys, then
+
+    python -m data_modules.convert concat --src vcr_gt.h5 vcr_det.h5 --out vcr.h5
+
+Images of the first store define the output; an image missing from a later store keeps only the
+regions it has (counted and printed). Sizes must agree across stores (an error names the image).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ..features import RegionFeatureStore, RegionFeatureWriter
+
+CLI_DESCRIPTION = __doc__
+
+
+def concat_stores(sources: list[str | Path], out: str | Path) -> dict[str, int]:
+    """Write ``out`` = the region-wise concatenation of ``sources`` (see the module docstring)."""
+    if len(sources) < 2:
+        raise ValueError("concat needs at least two stores")
+    stores = [RegionFeatureStore(s) for s in sources]
+    dims = {s.feat_dim for s in stores}
+    if len(dims) != 1:
+        raise ValueError(f"stores {[str(s.path) for s in stores]} have feature dimensions {[s.feat_dim for s in stores]}")
+    only_first = 0
+    with RegionFeatureWriter(out, stores[0].feat_dim) as writer:
+        for key in stores[0].ids:
+            width, height = stores[0].image_size(key)
+            feats, boxes = [], []
+            for store in stores:
+                if key not in store:
+                    continue
+                if store.image_size(key) != (width, height):
+                    raise ValueError(f"image {key!r}: {stores[0].path} says {width}x{height}, {store.path} says "
+                                     f"{store.image_size(key)[0]}x{store.image_size(key)[1]}")
+                f, pos = store.get(key)
+                feats.append(f.numpy())
+                boxes.append(pos[:, :4].numpy() * np.array([width, height, width, height], dtype=np.float32))
+            only_first += len(feats) == 1
+            writer.add(key, np.concatenate(feats), np.concatenate(boxes), width, height)
+    return {"images": len(stores[0].ids), "only_in_first": only_first}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--src", nargs="+", required=True, help="stores, in region order (VCR: ground truth first)")
+    parser.add_argument("--out", required=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = concat_stores(args.src, args.out)
+    print(f"{args.out}: {summary['images']} images; {summary['only_in_first']} only in {args.src[0]}")
+    return 0
