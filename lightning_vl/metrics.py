@@ -30,8 +30,8 @@ class SoftScore(Metric):
         if logits.shape != targets.shape:
             raise ValueError(f"logits {tuple(logits.shape)} and soft targets {tuple(targets.shape)} differ")
         picked = targets.gather(1, logits.argmax(dim=1, keepdim=True))
-        self.score += picked.sum().double()
-        self.total += logits.size(0)
+        self.score = self.score + picked.sum().double()
+        self.total = self.total + logits.size(0)
 
     def compute(self) -> torch.Tensor:
         return (self.score / self.total.clamp(min=1)).float()
@@ -61,8 +61,8 @@ class VcrAccuracy(Metric):
             raise ValueError(f"VCR expects 8 rows of 2 logits per question: got {tuple(logits.shape)} for {n} questions")
         right = logits[:, 1].reshape(n, 2, 4).argmax(dim=-1) == targets
         hit = {"qa": right[:, 0], "qar": right[:, 1], "both": right.all(dim=1)}[self.part]
-        self.correct += hit.sum()
-        self.total += n
+        self.correct = self.correct + hit.sum()
+        self.total = self.total + n
 
     def compute(self) -> torch.Tensor:
         return self.correct.float() / self.total.clamp(min=1)
@@ -99,8 +99,8 @@ class GroundingAccuracy(Metric):
                              f"{tuple(gt_boxes.shape)} do not describe the same (B, regions)")
         pick = scores.argmax(dim=1)
         chosen = region_boxes[torch.arange(len(pick), device=pick.device), pick]
-        self.correct += (box_iou(chosen.float(), gt_boxes.float()) >= self.threshold).sum()
-        self.total += len(pick)
+        self.correct = self.correct + (box_iou(chosen.float(), gt_boxes.float()) >= self.threshold).sum()
+        self.total = self.total + len(pick)
 
     def compute(self) -> torch.Tensor:
         return self.correct.float() / self.total.clamp(min=1)

@@ -223,3 +223,21 @@ def test_unlabelled_splits_are_refused_not_scored_as_zero():
     model = VLModule(task="vqa", uniter=TINY, labels=LABELS["vqa"])
     with pytest.raises(ValueError, match="no labels.*predict"):
         model.validation_step({"unlabeled": True, "ids": ["1"]}, 0)
+
+
+def test_metrics_survive_a_validate_then_fit_cycle():
+    """IMP validates each round under inference mode, then fits again: states reset inside
+    inference mode must still accept updates outside it."""
+    cases = [
+        (SoftScore(), (torch.randn(2, 3), torch.rand(2, 3))),
+        (VcrAccuracy(), (torch.randn(8, 2), torch.tensor([[0, 1]]))),
+        (GroundingAccuracy(), (torch.randn(1, 2), torch.rand(1, 2, 4), torch.rand(1, 4))),
+    ]
+    for metric, args in cases:
+        with torch.inference_mode():
+            metric.update(*args)
+            metric.compute()
+            metric.reset()
+        with torch.no_grad():
+            metric.update(*args)
+        assert 0.0 <= float(metric.compute()) <= 1.0
