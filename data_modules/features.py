@@ -420,9 +420,22 @@ class RegionFeatureStore:
                 "or use a store extracted for the model"
             )
 
-    def missing(self, img_ids) -> list[str]:
-        index = self.index
-        return [i for i in img_ids if i not in index]
+    def require(self, uses, source: str) -> None:
+        """Every image a split uses must be in the store, checked for all at once before training.
+
+        ``uses``: ``(store key, which example uses it)`` pairs. One error names the store, how many
+        images are missing, the first few with their examples, and what the store's keys look like."""
+        missing: dict[str, str] = {}
+        for key, user in uses:
+            if key not in self.index and key not in missing:
+                missing[key] = user
+        if missing:
+            shown = "; ".join(f"{key!r} ({user})" for key, user in list(missing.items())[:5])
+            known = ", ".join(repr(k) for k in self.ids[:3])
+            raise MissingImageError(
+                f"{self.path}: {len(missing)} images used by {source} are not in the region-feature store: "
+                f"{shown}{' ...' if len(missing) > 5 else ''} (store keys look like {known}; check the data "
+                "module's image_key pattern)")
 
     def row(self, img_id: str) -> int:
         try:

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .base import VLDataModule
 from .batching import collate_rows
-from .features import MissingImageError, RegionFeatureStore
+from .features import RegionFeatureStore
 from .tokenization import encode_uniter_batch
 
 GROUP_SIZE = 3  # positive, negative image, negative caption (UNITER's negative_size 1)
@@ -128,13 +128,7 @@ def _check_in_store(keys: list[str], images: list[KarpathyImage], store: RegionF
             raise ValueError(f"{source}: images[{seen[key].position}] ({seen[key].filename!r}) and images[{im.position}] "
                              f"({im.filename!r}) both map to the store key {key!r}; check the image_key pattern")
         seen[key] = im
-    missing = [(k, im) for k, im in zip(keys, images) if k not in store]
-    if missing:
-        shown = "; ".join(f"{k!r} (images[{im.position}], {im.filename!r})" for k, im in missing[:5])
-        known = ", ".join(repr(k) for k in store.ids[:3])
-        raise MissingImageError(
-            f"{store.path}: {len(missing)} images used by {source} are not in the region-feature store: {shown}"
-            f"{' ...' if len(missing) > 5 else ''} (store keys look like {known}; check the data module's image_key pattern)")
+    store.require(((k, f"images[{im.position}], {im.filename!r}") for k, im in zip(keys, images)), source)
 
 
 class _SplitData:

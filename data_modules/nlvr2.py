@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from .base import VLDataModule
 from .batching import collate_rows
-from .features import MissingImageError, RegionFeatureStore
+from .features import RegionFeatureStore
 from .tokenization import encode_uniter_batch
 
 LABELS = {"True": 1, "False": 0}
@@ -102,19 +102,8 @@ class Nlvr2Dataset(Dataset):
     """Examples whose images are all in ``store`` (checked here, for every example at once)."""
 
     def __init__(self, examples: list[Nlvr2Example], store: RegionFeatureStore, source: str = ""):
-        missing: dict[str, str] = {}
-        for ex in examples:
-            for img in ex.images:
-                if img not in store and img not in missing:
-                    missing[img] = ex.identifier
-        if missing:
-            shown = "; ".join(f"{img!r} (example {ident})" for img, ident in list(missing.items())[:5])
-            known = ", ".join(repr(k) for k in store.ids[:3])
-            raise MissingImageError(
-                f"{store.path}: {len(missing)} images used by {source or 'the NLVR2 examples'} are not in the "
-                f"region-feature store: {shown}{' ...' if len(missing) > 5 else ''} (store keys look like {known}; "
-                "check the data module's image_key pattern)"
-            )
+        store.require(((img, f"example {ex.identifier}") for ex in examples for img in ex.images),
+                      source or "the NLVR2 examples")
         self.examples = examples
         self.store = store
         self.source = source

@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 
 from .base import VLDataModule
 from .batching import collate_rows
-from .features import MissingImageError, RegionFeatureStore
+from .features import RegionFeatureStore
 from .tokenization import encode_uniter_batch
 
 REF_FIELDS = {"ref_id": int, "ann_id": int, "image_id": int, "split": str, "sentences": list}
@@ -268,17 +268,8 @@ class RefcocoDataset(Dataset):
                 raise ValueError(f"{source}: ref {s.ref_id}: image {s.image_id} is not among the images of {coco.path}")
             gt_boxes.append(box)
             keys.append(image_key.format(image_id=s.image_id))
-        missing: dict[str, str] = {}
-        for s, key in zip(sentences, keys):
-            if key not in store and key not in missing:
-                missing[key] = f"ref {s.ref_id}, image_id {s.image_id}"
-        if missing:
-            shown = "; ".join(f"{k!r} ({what})" for k, what in list(missing.items())[:5])
-            known = ", ".join(repr(k) for k in store.ids[:3])
-            raise MissingImageError(
-                f"{store.path}: {len(missing)} images used by {source or 'the refs'} are not in the region-feature "
-                f"store: {shown}{' ...' if len(missing) > 5 else ''} (store keys look like {known}; check the data "
-                "module's image_key pattern)")
+        store.require(((key, f"ref {s.ref_id}, image_id {s.image_id}") for s, key in zip(sentences, keys)),
+                      source or "the refs")
         checked: set[str] = set()
         for s, key in zip(sentences, keys):
             if key in checked:

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from .base import VLDataModule
 from .batching import collate_rows
-from .features import MissingImageError, RegionFeatureStore
+from .features import RegionFeatureStore
 from .tokenization import encode_uniter_batch
 
 LABELS = ("contradiction", "entailment", "neutral")
@@ -97,17 +97,8 @@ class SnliVeDataset(Dataset):
     def __init__(self, examples: list[SnliVeExample], input_ids: list[list[int]], store: RegionFeatureStore,
                  pattern: str = "{flickr_id}", source: str = ""):
         keys = [store_key(ex.flickr_id, pattern) for ex in examples]
-        missing: dict[str, SnliVeExample] = {}
-        for key, ex in zip(keys, examples):
-            if key not in store and key not in missing:
-                missing[key] = ex
-        if missing:
-            shown = "; ".join(f"{k!r} (line {ex.line}, pairID {ex.pair_id})" for k, ex in list(missing.items())[:5])
-            known = ", ".join(repr(k) for k in store.ids[:3])
-            raise MissingImageError(
-                f"{store.path}: {len(missing)} images used by {source or 'the SNLI-VE pairs'} are not in the "
-                f"region-feature store: {shown}{' ...' if len(missing) > 5 else ''} (store keys look like {known}; "
-                "check the data module's image_key pattern)")
+        store.require(((key, f"line {ex.line}, pairID {ex.pair_id}") for key, ex in zip(keys, examples)),
+                      source or "the SNLI-VE pairs")
         self.examples, self.keys, self.store, self.source = examples, keys, store, source
         self.input_ids = [torch.tensor(ids, dtype=torch.long) for ids in input_ids]
 

@@ -48,7 +48,7 @@ from torch.utils.data import Dataset
 
 from .base import VLDataModule
 from .batching import collate_rows
-from .features import MissingImageError, RegionFeatureStore
+from .features import RegionFeatureStore
 from .tokenization import encode_uniter_batch
 
 NUM_CHOICES = 4
@@ -329,17 +329,7 @@ class VcrDataset(Dataset):
 
     def __init__(self, examples: list[VcrExample], store: RegionFeatureStore, cls: int, sep: int,
                  max_txt_len: int, source: str = ""):
-        missing: dict[str, str] = {}
-        for ex in examples:
-            if ex.image not in store and ex.image not in missing:
-                missing[ex.image] = ex.annot_id
-        if missing:
-            shown = "; ".join(f"{img!r} (annot_id {a})" for img, a in list(missing.items())[:5])
-            known = ", ".join(repr(k) for k in store.ids[:3])
-            raise MissingImageError(
-                f"{store.path}: {len(missing)} images used by {source or 'the VCR examples'} are not in the "
-                f"region-feature store: {shown}{' ...' if len(missing) > 5 else ''} (store keys look like {known}; "
-                "check the data module's image_key pattern)")
+        store.require(((ex.image, f"annot_id {ex.annot_id}") for ex in examples), source or "the VCR examples")
         regions: dict[str, int] = {}
         for ex in examples:
             if ex.image not in regions:

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from .answers import labels_from_ans2label, read_ans2label, soft_targets
 from .base import VLDataModule
 from .batching import collate_rows
-from .features import MissingImageError, RegionFeatureStore
+from .features import RegionFeatureStore
 from .tokenization import encode_uniter_batch
 
 log = logging.getLogger(__name__)
@@ -188,17 +188,7 @@ def join_questions(questions: list[VqaQuestion], annotations: Optional[dict[int,
 
 def check_images(examples, store: RegionFeatureStore, source: str, what: str) -> None:
     """Every example's image must be in the store (checked for all at once, before training)."""
-    missing: dict[str, str] = {}
-    for ex in examples:
-        if ex.image not in store and ex.image not in missing:
-            missing[ex.image] = ex.qid
-    if missing:
-        shown = "; ".join(f"{img!r} (question {qid})" for img, qid in list(missing.items())[:5])
-        known = ", ".join(repr(k) for k in store.ids[:3])
-        raise MissingImageError(
-            f"{store.path}: {len(missing)} images used by {source or what} are not in the region-feature store: "
-            f"{shown}{' ...' if len(missing) > 5 else ''} (store keys look like {known}; check the data module's "
-            "image_key pattern)")
+    store.require(((ex.image, f"question {ex.qid}") for ex in examples), source or what)
 
 
 class QaDataset(Dataset):

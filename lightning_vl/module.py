@@ -147,7 +147,8 @@ class VLModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         """Record the label strings and the tokenizer (path, size, sha256, special ids) the run
         trains with, next to its logs: a checkpoint is only meaningful with the same ids."""
-        log_dir = self.trainer.log_dir
+        # without a logger, Lightning's log_dir falls back to the working directory: write nothing
+        log_dir = self.trainer.log_dir if self.trainer.logger is not None else None
         if not self.trainer.is_global_zero or not log_dir:
             return
         record: dict = {"task": self.spec.name, "labels": self.labels}

@@ -51,12 +51,15 @@ def test_pruned_weights_stay_exactly_zero_through_training():
     assert changed > 0.9 * mask.num_kept  # the kept weights did train
 
 
-def test_without_masking_the_same_weights_regrow():
-    """Guards the test above: zeroing once is not enough, training revives pruned weights."""
+def test_without_masking_the_same_weights_regrow(tmp_path, monkeypatch):
+    """Guards the test above: zeroing once is not enough, training revives pruned weights.
+    (A fit without a logger also writes no run records into the working directory.)"""
+    monkeypatch.chdir(tmp_path)
     model = make_model()
     mask = half_mask(model)
     mask.apply_({n: model.get_parameter(n) for n in mask.keys()})
     tiny_trainer(3).fit(model, datamodule=RandomPairsDataModule())
+    assert list(tmp_path.iterdir()) == []
     n = next(iter(mask.keys()))
     assert bool((model.get_parameter(n).detach()[~mask[n]] != 0).any())
 
