@@ -468,6 +468,22 @@ class RegionFeatureStore:
         boxes = torch.from_numpy(self._norm_bb[start:start + n])
         return feats, torch.cat([boxes, boxes[:, 4:5] * boxes[:, 5:6]], dim=1)
 
+    def pixel_boxes(self, img_ids) -> dict[str, torch.Tensor]:
+        """Pixel x1, y1, x2, y2 (float64) of the regions ``get`` returns (``max_boxes`` applied),
+        without reading any feature: for setting up targets (RefCOCO+) at startup."""
+        self._file()
+        norm_bb = self._norm_bb[:, :4]
+        out = {}
+        for img_id in img_ids:
+            row = self.row(img_id)
+            start, n = int(self._off[row]), int(self._nbb[row])
+            if self.max_boxes is not None:
+                n = min(n, self.max_boxes)
+            w, h = (float(v) for v in self._wh[row])
+            boxes = torch.from_numpy(norm_bb[start:start + n].astype(np.float64))
+            out[img_id] = boxes * torch.tensor([w, h, w, h], dtype=torch.float64)
+        return out
+
     def image_size(self, img_id: str) -> tuple[int, int]:
         """``(width, height)`` in pixels (to map boxes back to pixels, e.g. for RefCOCO+)."""
         row = self.row(img_id)

@@ -15,7 +15,7 @@ Splits are matched **exactly**. The toolkit's ``REFER.getRefIds(split="testA")``
 both testA and testB there; no released file has such tags, and here such a ref belongs only to
 the split named ``"testAB"``.
 
-IoU here (``box_iou``) is the continuous one: boxes are real-valued x1, y1, x2, y2, area =
+IoU here (``lightning_vl.metrics.box_iou``, shared with the accuracy metric) is the continuous one: boxes are real-valued x1, y1, x2, y2, area =
 (x2 - x1) * (y2 - y1). UNITER's evaluation uses the inclusive-pixel convention (+1 on widths and
 heights) and a strict ``> 0.5``; the study's metric is IoU >= 0.5 with continuous boxes, as
 MAttNet and the usual statement of the task. The two differ only for tiny boxes or exact ties.
@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import h5py
 import numpy as np
 import torch
 from pytorch_lightning.utilities import rank_zero_info
@@ -37,40 +36,14 @@ from torch.utils.data import Dataset
 
 from .base import VLDataModule
 from .batching import collate_rows
+from lightning_vl.metrics import box_iou
+
 from .features import RegionFeatureStore
 from .tokenization import encode_uniter_batch
 
 REF_FIELDS = {"ref_id": int, "ann_id": int, "image_id": int, "split": str, "sentences": list}
 SENT_FIELDS = {"sent_id": int, "sent": str}
 IOU_THRESHOLD = 0.5
-
-
-def box_iou(a, b):
-    """Element-wise IoU of boxes ``a`` (..., 4) and ``b`` (..., 4), pixel x1, y1, x2, y2, broadcast
-    like ``a - b``; a torch tensor if either input is one, else a numpy array.
-
-    Continuous coordinates, no "+1": a box [0, 0, 2, 1] has area 2. (UNITER's ``computeIoU``
-    treats coordinates as inclusive pixel indices, adding 1 to widths and heights.) Boxes without
-    area give IoU 0, never NaN.
-    """
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        a = torch.as_tensor(a, dtype=torch.float64 if not isinstance(a, torch.Tensor) else None)
-        b = torch.as_tensor(b, dtype=a.dtype).to(a.device)
-        a, b = torch.broadcast_tensors(a, b)
-        lib_max, lib_min, clip = torch.maximum, torch.minimum, lambda x: x.clamp(min=0)
-        where = torch.where
-    else:
-        a, b = np.broadcast_arrays(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
-        lib_max, lib_min, clip, where = np.maximum, np.minimum, lambda x: np.clip(x, 0, None), np.where
-    if a.shape[-1] != 4:
-        raise ValueError(f"box_iou: boxes have shape {tuple(a.shape)}, expected (..., 4) x1, y1, x2, y2")
-    iw = clip(lib_min(a[..., 2], b[..., 2]) - lib_max(a[..., 0], b[..., 0]))
-    ih = clip(lib_min(a[..., 3], b[..., 3]) - lib_max(a[..., 1], b[..., 1]))
-    inter = iw * ih
-    area_a = clip(a[..., 2] - a[..., 0]) * clip(a[..., 3] - a[..., 1])
-    area_b = clip(b[..., 2] - b[..., 0]) * clip(b[..., 3] - b[..., 1])
-    union = area_a + area_b - inter
-    return where(union > 0, inter / where(union > 0, union, 1), inter * 0)
 
 
 def xywh_to_xyxy(bbox) -> list[float]:
@@ -224,21 +197,6 @@ def read_instances(path: str | Path) -> CocoIndex:
     return CocoIndex(str(path), ann_box, image_wh)
 
 
-def read_region_boxes(store: RegionFeatureStore, keys) -> dict[str, np.ndarray]:
-    """Pixel x1, y1, x2, y2 (float64) of the regions ``store.get(key)`` returns (``max_boxes``
-    applied), from the store's ``norm_bb`` and ``img_wh`` (layout in ``features.py``); reading
-    the boxes alone avoids loading every feature at setup."""
-    with h5py.File(store.path, "r") as f:
-        norm_bb, nbb, off, wh = f["norm_bb"][:, :4], f["num_boxes"][:], f["offsets"][:], f["img_wh"][:]
-    out = {}
-    for key in keys:
-        row = store.row(key)
-        n = int(nbb[row]) if store.max_boxes is None else min(int(nbb[row]), store.max_boxes)
-        w, h = (float(v) for v in wh[row])
-        out[key] = norm_bb[int(off[row]): int(off[row]) + n].astype(np.float64) * np.array([w, h, w, h])
-    return out
-
-
 @dataclass(frozen=True)
 class RefExample:
     id: str
@@ -281,12 +239,12 @@ class RefcocoDataset(Dataset):
                 raise ValueError(f"image {s.image_id}: {store.path} stores it as {w} x {h} pixels (key {key!r}) but "
                                  f"{coco.path} says {cw} x {ch}; region boxes would not map to COCO's pixels "
                                  "(store extracted from other images?)")
-        regions = read_region_boxes(store, checked)
+        regions = store.pixel_boxes(checked)
         input_ids = encode_uniter_batch(tokenizer, [s.sent for s in sentences], max_txt_len)
         self.examples = []
         for s, key, box, ids in zip(sentences, keys, gt_boxes, input_ids):
-            iou = box_iou(regions[key], np.asarray(box))
-            target = int(np.argmax(iou))
+            iou = box_iou(regions[key], torch.tensor(box, dtype=torch.float64))
+            target = int(torch.argmax(iou))
             self.examples.append(RefExample(s.id, tuple(ids), key, tuple(box), target, float(iou[target])))
 
     @property

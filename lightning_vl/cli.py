@@ -91,32 +91,22 @@ def make_demo(argv: list[str]) -> Path:
     """``lightning-vl demo``: the demo world plus a seeded tiny UNITER saved in UNITER's released
     checkpoint format (so the demo's ``init:`` walks the same path as ``uniter-base.pt``).
     ``.complete`` is written last; the Makefile regenerates anything without it."""
-    import argparse
-
     import torch
 
-    from data_modules.demo import generate_demo
+    from data_modules.demo import argument_parser, generate_from_args
 
     from .uniter import UniterConfig, UniterModel
 
-    ap = argparse.ArgumentParser(prog="lightning-vl demo", description="Generate the offline demo world and model.")
-    ap.add_argument("--out", default="data/demo")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n-train", type=int, default=None, help="training examples of every task (default: each task's own)")
-    ap.add_argument("--n-dev", type=int, default=None)
-    ap.add_argument("--n-test", type=int, default=None)
-    ap.add_argument("--scale", type=float, default=1.0, help="multiply every task's default sizes")
-    ap.add_argument("--tasks", nargs="+", default=None, help="demo tasks to generate (default: all)")
+    ap = argument_parser("lightning-vl demo", "Generate the offline demo world and model.")
     ap.add_argument("--model-config", default="configs/model/uniter-tiny.yaml",
-                    help="YAML with model.uniter sizes of the demo model")
+                    help="YAML with model.uniter sizes of the demo model (its img_dim sets --feat-dim)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     (out / ".complete").unlink(missing_ok=True)
     sizes = yaml.safe_load(Path(args.model_config).read_text())["model"]["uniter"]
     config = UniterConfig(**sizes)
-    task_args = {"tasks": tuple(args.tasks)} if args.tasks else {}
-    paths = generate_demo(out, seed=args.seed, feat_dim=config.img_dim, n_train=args.n_train, n_dev=args.n_dev,
-                          n_test=args.n_test, scale=args.scale, mark_complete=False, **task_args)
+    args.feat_dim = config.img_dim
+    paths = generate_from_args(args, mark_complete=False)
     torch.manual_seed(args.seed)
     core = UniterModel(config)
     torch.save({f"uniter.{k}": v for k, v in core.state_dict().items()}, out / "uniter-tiny.pt")

@@ -16,7 +16,8 @@ from data_modules.demo import generate_demo
 from data_modules.demo import refcoco as demo_refcoco
 from data_modules.demo.world import DEFAULT_WORLD
 from data_modules.features import MissingImageError, RegionFeatureWriter
-from data_modules.refcoco import RefcocoDataModule, box_iou, load_refs_file, read_instances, read_refs
+from data_modules.refcoco import RefcocoDataModule, load_refs_file, read_instances, read_refs
+from lightning_vl.metrics import box_iou
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "red", "cube", "man", "left", "blue", "ball", "cafe"]
 
@@ -24,19 +25,18 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "red", "cube", "ma
 # ---------------------------------------------------------------- box IoU
 
 def test_box_iou_values_edges_and_types():
-    a = np.array([[0, 0, 2, 1], [0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1], [5, 5, 5, 9]], dtype=float)
-    b = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [1, 0, 2, 1], [0.5, 0, 1.5, 1], [5, 5, 5, 9]], dtype=float)
+    a = torch.tensor([[0, 0, 2, 1], [0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1], [5, 5, 5, 9]], dtype=torch.float64)
+    b = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [1, 0, 2, 1], [0.5, 0, 1.5, 1], [5, 5, 5, 9]], dtype=torch.float64)
     iou = box_iou(a, b)
     # [0,0,2,1] vs [0,0,1,1]: intersection 1, union 2 -> exactly 0.5 (continuous, no +1; UNITER's
     # inclusive-pixel IoU would give 4/6 here); touching boxes 0; a zero-width box 0, not NaN.
     assert iou.tolist() == [0.5, 1.0, 0.0, 1 / 3, 0.0]
     assert (iou >= 0.5).tolist() == [True, True, False, False, False]
-    t = box_iou(torch.tensor(a, dtype=torch.float32), torch.tensor(b[1]))  # broadcast one box
-    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32
-    assert torch.allclose(t, torch.tensor([0.5, 1.0, 1.0, 1.0, 0.0]))
-    assert box_iou([10, 10, 20, 30], [15, 10, 25, 30]) == pytest.approx(100 / 300)
+    t = box_iou(a.float(), b[1].float())  # broadcast one box
+    assert t.dtype == torch.float32 and torch.allclose(t, torch.tensor([0.5, 1.0, 1.0, 1.0, 0.0]))
+    assert box_iou(torch.tensor([10.0, 10, 20, 30]), torch.tensor([15.0, 10, 25, 30])).item() == pytest.approx(100 / 300)
     with pytest.raises(ValueError, match=r"expected \(\.\.\., 4\)"):
-        box_iou(np.zeros((2, 3)), np.zeros((2, 3)))
+        box_iou(torch.zeros(2, 3), torch.zeros(2, 3))
 
 
 # ---------------------------------------------------------------- refs files
@@ -216,7 +216,8 @@ def test_batch_contract_on_a_hand_built_case(refcoco_files):
     assert "img_type_ids" not in batch and "txt_type_ids" not in batch
     val = next(iter(dm.val_dataloader()))
     assert val["ids"] == ["2-12"] and val["targets"].tolist() == [2]  # argmax IoU for a non-exact box
-    assert dm.datasets["val"].examples[0].max_iou == pytest.approx(float(box_iou(REGIONS["1"][2], [22, 12, 62, 90])))
+    assert dm.datasets["val"].examples[0].max_iou == pytest.approx(float(box_iou(
+        torch.tensor(REGIONS["1"][2], dtype=torch.float64), torch.tensor([22.0, 12, 62, 90], dtype=torch.float64))))
 
 
 def test_splits_match_exactly_and_unknown_split_lists_known(refcoco_files, caplog):

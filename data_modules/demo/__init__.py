@@ -135,8 +135,10 @@ def generate_demo(
     return paths
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m data_modules.demo", description="Generate the offline demo world.")
+def argument_parser(prog: str = "python -m data_modules.demo",
+                    description: str = "Generate the offline demo world.") -> argparse.ArgumentParser:
+    """The world's options; ``lightning-vl demo`` adds the demo model's on top."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
     ap.add_argument("--out", default="data/demo", help="output folder (default data/demo)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--feat-dim", type=int, default=128, help="region feature dimension")
@@ -154,14 +156,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="0-1: how much images over-represent what statements mention (higher = harder)")
     ap.add_argument("--nlvr2-templates", nargs="+", default=list(nlvr2_demo.TEMPLATES),
                     choices=list(nlvr2_demo.TEMPLATES))
-    return ap.parse_args(argv)
+    return ap
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return argument_parser().parse_args(argv)
+
+
+def generate_from_args(args: argparse.Namespace, mark_complete: bool = True) -> dict[str, str]:
+    """``generate_demo`` with the options of ``argument_parser``."""
+    return generate_demo(args.out, args.seed, args.feat_dim, args.n_train, args.n_dev, args.n_test,
+                         tasks=tuple(args.tasks), scale=args.scale, num_colors=args.num_colors,
+                         num_shapes=args.num_shapes, min_objects=args.min_objects, max_objects=args.max_objects,
+                         noise=args.noise, focus=args.focus, nlvr2_templates=tuple(args.nlvr2_templates),
+                         mark_complete=mark_complete)
 
 
 def main(argv: list[str] | None = None) -> dict[str, str]:
     args = parse_args(argv)
-    paths = generate_demo(args.out, args.seed, args.feat_dim, args.n_train, args.n_dev, args.n_test,
-                          tasks=tuple(args.tasks), scale=args.scale, num_colors=args.num_colors, num_shapes=args.num_shapes,
-                          min_objects=args.min_objects, max_objects=args.max_objects, noise=args.noise, focus=args.focus,
-                          nlvr2_templates=tuple(args.nlvr2_templates))
+    paths = generate_from_args(args)
     print(f"demo world written to {args.out}: " + ", ".join(sorted(paths)))
     return paths
