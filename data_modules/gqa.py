@@ -78,21 +78,11 @@ class GqaDataModule(VLDataModule):
         train_file: str,
         val_file: str,
         ans2label: str,
-        features: str,
-        tokenizer: str,
         test_file: Optional[str] = None,
         image_key: str = "{image_id}",
-        img_dim: int = 2048,
-        batch_size: int = 32,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        max_txt_len: int = 60,
-        max_boxes: Optional[int] = None,
-        do_lower_case: bool = False,
-        pin_memory: bool = False,
+        **kwargs,
     ):
-        super().__init__(features, tokenizer, img_dim, batch_size, eval_batch_size, num_workers,
-                         max_txt_len, max_boxes, do_lower_case, pin_memory)
+        super().__init__(**kwargs)
         format_image_key(image_key, image_id="2375429")
         self.train_file, self.val_file, self.test_file = train_file, val_file, test_file
         self.ans2label_path = ans2label

@@ -296,24 +296,14 @@ class RefcocoDataModule(VLDataModule):
         self,
         refs_file: str,
         instances_file: str,
-        features: str,
-        tokenizer: str,
         train_split: str = "train",
         val_split: str = "val",
         test_split: Optional[str] = "testA",
         image_key: str = "{image_id}",
         eval_features: Optional[str] = None,
-        img_dim: int = 2048,
-        batch_size: int = 32,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        max_txt_len: int = 60,
-        max_boxes: Optional[int] = None,
-        do_lower_case: bool = False,
-        pin_memory: bool = False,
+        **kwargs,
     ):
-        super().__init__(features, tokenizer, img_dim, batch_size, eval_batch_size, num_workers,
-                         max_txt_len, max_boxes, do_lower_case, pin_memory)
+        super().__init__(**kwargs)
         try:
             image_key.format(image_id=1)
         except (KeyError, IndexError, ValueError) as err:

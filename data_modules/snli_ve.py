@@ -130,21 +130,11 @@ class SnliVeDataModule(VLDataModule):
         self,
         train_file: str,
         val_file: str,
-        features: str,
-        tokenizer: str,
         test_file: Optional[str] = None,
         image_key: str = "{flickr_id}",
-        img_dim: int = 2048,
-        batch_size: int = 32,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        max_txt_len: int = 60,
-        max_boxes: Optional[int] = None,
-        do_lower_case: bool = False,
-        pin_memory: bool = False,
+        **kwargs,
     ):
-        super().__init__(features, tokenizer, img_dim, batch_size, eval_batch_size, num_workers,
-                         max_txt_len, max_boxes, do_lower_case, pin_memory)
+        super().__init__(**kwargs)
         try:
             probe = store_key("3416050480", image_key)
         except (KeyError, IndexError, ValueError) as err:

@@ -384,23 +384,14 @@ class VcrDataModule(VLDataModule):
         self,
         train_file: str,
         val_file: str,
-        features: str,
-        tokenizer: str,
         test_file: Optional[str] = None,
         image_key: str = "{img_id}",
         object_token_offset: Optional[int] = None,
         num_object_tokens: int = 81,
-        img_dim: int = 2048,
-        batch_size: int = 32,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
         max_txt_len: int = 220,
-        max_boxes: Optional[int] = None,
-        do_lower_case: bool = False,
-        pin_memory: bool = False,
+        **kwargs,
     ):
-        super().__init__(features, tokenizer, img_dim, batch_size, eval_batch_size, num_workers,
-                         max_txt_len, max_boxes, do_lower_case, pin_memory)
+        super().__init__(max_txt_len=max_txt_len, **kwargs)
         check_image_key(image_key)
         if num_object_tokens < 0 or (object_token_offset is not None and object_token_offset < 0):
             raise ValueError(f"need num_object_tokens >= 0 and object_token_offset >= 0 (or None), got "

@@ -253,24 +253,14 @@ class VqaDataModule(VLDataModule):
         val_questions: str,
         val_annotations: str,
         ans2label: str,
-        features: str,
-        tokenizer: str,
         test_questions: Optional[str] = None,
         test_annotations: Optional[str] = None,
         val_ids: Optional[str] = None,
         train_exclude_ids: Optional[str] = None,
         image_key: str = "{image_id}",
-        img_dim: int = 2048,
-        batch_size: int = 32,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        max_txt_len: int = 60,
-        max_boxes: Optional[int] = None,
-        do_lower_case: bool = False,
-        pin_memory: bool = False,
+        **kwargs,
     ):
-        super().__init__(features, tokenizer, img_dim, batch_size, eval_batch_size, num_workers,
-                         max_txt_len, max_boxes, do_lower_case, pin_memory)
+        super().__init__(**kwargs)
         train_questions = [train_questions] if isinstance(train_questions, str) else list(train_questions)
         train_annotations = [train_annotations] if isinstance(train_annotations, str) else list(train_annotations)
         if not train_questions or len(train_questions) != len(train_annotations):

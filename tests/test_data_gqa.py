@@ -136,7 +136,8 @@ def test_demo_files_have_the_public_schema(demo):
     vocab = read_ans2label(paths["gqa_ans2label"])
     assert list(vocab) == sorted(vocab) and set(vocab) == {r["answer"] for r in records.values()} | {
         r["answer"] for r in json.loads(Path(paths["gqa_dev"]).read_text()).values()}
-    dm = GqaDataModule(paths["gqa_train"], paths["gqa_dev"], paths["gqa_ans2label"], paths["features"], paths["tokenizer"],
+    dm = GqaDataModule(paths["gqa_train"], paths["gqa_dev"], paths["gqa_ans2label"], features=paths["features"],
+                       tokenizer=paths["tokenizer"],
                        test_file=paths["gqa_test"], img_dim=16, batch_size=8)
     dm.setup("fit")
     batch = next(iter(dm.val_dataloader()))

@@ -367,7 +367,8 @@ def test_every_expression_singles_out_its_object_among_distractors():
 
 def test_no_region_order_or_box_size_shortcut(demo):
     out, paths = demo
-    dm = RefcocoDataModule(paths["refcoco+_refs"], paths["refcoco+_instances"], paths["features"], paths["tokenizer"],
+    dm = RefcocoDataModule(paths["refcoco+_refs"], paths["refcoco+_instances"], features=paths["features"],
+                           tokenizer=paths["tokenizer"],
                            img_dim=16, batch_size=8)
     dm.setup("fit")
     data = dm.datasets["train"]

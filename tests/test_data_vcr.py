@@ -157,7 +157,7 @@ def test_image_key_fields_and_bad_patterns():
         with pytest.raises(ValueError, match="image_key"):
             check_image_key(bad)
     with pytest.raises(ValueError, match=r"image_key '\{annot_id\}' must be .* got fields \['annot_id'\]"):
-        VcrDataModule("a.jsonl", "b.jsonl", "f.h5", "tok", image_key="{annot_id}")
+        VcrDataModule("a.jsonl", "b.jsonl", features="f.h5", tokenizer="tok", image_key="{annot_id}")
 
 
 def test_truncation_removes_from_the_longest_part_first():
@@ -290,7 +290,7 @@ def test_demo_metadata_and_store_hold_objects_first_in_order(demo):
 
 def test_demo_datamodule_batches(demo):
     root, paths = demo
-    dm = VcrDataModule(paths["vcr_train"], paths["vcr_dev"], paths["features"], paths["tokenizer"],
+    dm = VcrDataModule(paths["vcr_train"], paths["vcr_dev"], features=paths["features"], tokenizer=paths["tokenizer"],
                        test_file=paths["vcr_test"], img_dim=16, batch_size=4, eval_batch_size=16, max_txt_len=60)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))

@@ -271,7 +271,8 @@ def test_demo_files_have_the_public_schema_and_store_keys(demo):
     ans2label = read_ans2label(paths["vqa_ans2label"])
     assert set(ans2label) == {a.multiple_choice_answer for a in annotations.values()} >= {"0", "yes", "no", "metal"}
     dm = VqaDataModule([paths["vqa_train_questions"]], [paths["vqa_train_annotations"]], paths["vqa_dev_questions"],
-                       paths["vqa_dev_annotations"], paths["vqa_ans2label"], paths["features"], paths["tokenizer"],
+                       paths["vqa_dev_annotations"], paths["vqa_ans2label"], features=paths["features"],
+                       tokenizer=paths["tokenizer"],
                        test_questions=paths["vqa_test_questions"], test_annotations=paths["vqa_test_annotations"],
                        img_dim=16, batch_size=8)
     dm.setup("test")
