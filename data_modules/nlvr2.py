@@ -8,7 +8,6 @@ stores converted from UNITER's img_db).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -19,6 +18,7 @@ from torch.utils.data import Dataset
 from .base import VLDataModule
 from .batching import collate_rows
 from .features import RegionFeatureStore
+from .jsonl import read_json_lines
 from .tokenization import encode_uniter_batch
 
 LABELS = {"True": 1, "False": 0}
@@ -49,41 +49,26 @@ def image_keys(identifier: str, image_key: str = "{stem}-img{side}") -> tuple[st
 
 def read_nlvr2_records(path: str | Path) -> list[Nlvr2Record]:
     """Parse a JSON-lines file; a malformed line is an error naming file, line and expectation."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"NLVR2 annotation file {path} does not exist")
     records = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); "
-                                 "expected one NLVR2 JSON object per line") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{where}: a JSON {type(rec).__name__}, expected an object with "
-                                 f"{', '.join(REQUIRED_FIELDS)}")
-            ident = rec.get("identifier")
-            label_of = f" (identifier {ident!r})" if isinstance(ident, str) else ""
-            for field in REQUIRED_FIELDS:
-                if not isinstance(rec.get(field), str):
-                    got = "missing" if field not in rec else f"{type(rec[field]).__name__} {rec[field]!r}"
-                    raise ValueError(f"{where}{label_of}: field {field!r} is {got}; expected a string "
-                                     "(identifier, sentence, and label \"True\" or \"False\")")
-            if rec["label"] not in LABELS:
-                raise ValueError(f"{where}{label_of}: label {rec['label']!r}, expected \"True\" or \"False\"")
-            parts = ident.split("-")
-            if len(parts) < 4 or not all(parts[1:]):
-                raise ValueError(f"{where}: identifier {ident!r} is not split-set-pair-sentence "
-                                 "(e.g. 'dev-850-0-0')")
-            if ident in seen:
-                raise ValueError(f"{where}: identifier {ident!r} already used on line {seen[ident]}")
-            seen[ident] = lineno
-            records.append(Nlvr2Record(ident, rec["sentence"], LABELS[rec["label"]], lineno))
+    for lineno, where, rec in read_json_lines(path, "NLVR2", ", ".join(REQUIRED_FIELDS)):
+        ident = rec.get("identifier")
+        label_of = f" (identifier {ident!r})" if isinstance(ident, str) else ""
+        for field in REQUIRED_FIELDS:
+            if not isinstance(rec.get(field), str):
+                got = "missing" if field not in rec else f"{type(rec[field]).__name__} {rec[field]!r}"
+                raise ValueError(f"{where}{label_of}: field {field!r} is {got}; expected a string "
+                                 "(identifier, sentence, and label \"True\" or \"False\")")
+        if rec["label"] not in LABELS:
+            raise ValueError(f"{where}{label_of}: label {rec['label']!r}, expected \"True\" or \"False\"")
+        parts = ident.split("-")
+        if len(parts) < 4 or not all(parts[1:]):
+            raise ValueError(f"{where}: identifier {ident!r} is not split-set-pair-sentence "
+                             "(e.g. 'dev-850-0-0')")
+        if ident in seen:
+            raise ValueError(f"{where}: identifier {ident!r} already used on line {seen[ident]}")
+        seen[ident] = lineno
+        records.append(Nlvr2Record(ident, rec["sentence"], LABELS[rec["label"]], lineno))
     if not records:
         raise ValueError(f"{path} holds no NLVR2 examples; expected JSON lines with "
                          f"{', '.join(REQUIRED_FIELDS)}")

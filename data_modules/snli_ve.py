@@ -7,7 +7,6 @@ One row per hypothesis: ``[CLS] sentence2 [SEP]`` + the regions of the Flickr30k
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -18,6 +17,7 @@ from torch.utils.data import Dataset
 from .base import VLDataModule
 from .batching import collate_rows
 from .features import RegionFeatureStore
+from .jsonl import read_json_lines
 from .tokenization import encode_uniter_batch
 
 LABELS = ("contradiction", "entailment", "neutral")
@@ -37,49 +37,35 @@ class SnliVeExample:
 
 def read_snli_ve(path: str | Path) -> list[SnliVeExample]:
     """Parse a JSON-lines file; a malformed line is an error naming file, line, pairID and expectation."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"SNLI-VE file {path} does not exist (expected snli_ve_<split>.jsonl)")
     examples: list[SnliVeExample] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); "
-                                 "expected one SNLI-VE JSON object per line") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{where}: a JSON {type(rec).__name__}, expected an object with pairID, "
-                                 "Flickr30K_ID, sentence2, gold_label")
-            pair_id = rec.get("pairID")
-            if not isinstance(pair_id, str) or not pair_id:
-                got = "missing" if pair_id is None else repr(pair_id)
-                raise ValueError(f"{where}: pairID is {got}; expected a non-empty string (e.g. '3416050480.jpg#4r1n')")
-            where = f"{where} (pairID {pair_id!r})"
-            image_field = next((k for k in IMAGE_ID_FIELDS if k in rec), None)
-            flickr_id = rec.get(image_field) if image_field else None
-            if isinstance(flickr_id, int) and not isinstance(flickr_id, bool):
-                flickr_id = str(flickr_id)
-            if not isinstance(flickr_id, str) or not flickr_id:
-                got = "missing" if image_field is None else f"{image_field}={flickr_id!r}"
-                raise ValueError(f"{where}: image id is {got}; expected a Flickr30k id string in Flickr30K_ID "
-                                 "(or Flikr30kID), e.g. '3416050480'")
-            hypothesis = rec.get("sentence2")
-            if not isinstance(hypothesis, str):
-                got = "missing" if hypothesis is None else f"{type(hypothesis).__name__} {hypothesis!r}"
-                raise ValueError(f"{where}: sentence2 (the hypothesis) is {got}; expected a string")
-            label = rec.get("gold_label")
-            if label not in LABEL_INDEX:
-                raise ValueError(f"{where}: gold_label {label!r}, expected one of {list(LABELS)} "
-                                 "(SNLI's '-' pairs are not part of SNLI-VE)")
-            if pair_id in seen:
-                raise ValueError(f"{where}: pairID already used on line {seen[pair_id]}")
-            seen[pair_id] = lineno
-            examples.append(SnliVeExample(pair_id, flickr_id, hypothesis, LABEL_INDEX[label], lineno))
+    for lineno, where, rec in read_json_lines(path, "SNLI-VE", "pairID, Flickr30K_ID, sentence2, gold_label",
+                                              missing_hint=" (expected snli_ve_<split>.jsonl)"):
+        pair_id = rec.get("pairID")
+        if not isinstance(pair_id, str) or not pair_id:
+            got = "missing" if pair_id is None else repr(pair_id)
+            raise ValueError(f"{where}: pairID is {got}; expected a non-empty string (e.g. '3416050480.jpg#4r1n')")
+        where = f"{where} (pairID {pair_id!r})"
+        image_field = next((k for k in IMAGE_ID_FIELDS if k in rec), None)
+        flickr_id = rec.get(image_field) if image_field else None
+        if isinstance(flickr_id, int) and not isinstance(flickr_id, bool):
+            flickr_id = str(flickr_id)
+        if not isinstance(flickr_id, str) or not flickr_id:
+            got = "missing" if image_field is None else f"{image_field}={flickr_id!r}"
+            raise ValueError(f"{where}: image id is {got}; expected a Flickr30k id string in Flickr30K_ID "
+                             "(or Flikr30kID), e.g. '3416050480'")
+        hypothesis = rec.get("sentence2")
+        if not isinstance(hypothesis, str):
+            got = "missing" if hypothesis is None else f"{type(hypothesis).__name__} {hypothesis!r}"
+            raise ValueError(f"{where}: sentence2 (the hypothesis) is {got}; expected a string")
+        label = rec.get("gold_label")
+        if label not in LABEL_INDEX:
+            raise ValueError(f"{where}: gold_label {label!r}, expected one of {list(LABELS)} "
+                             "(SNLI's '-' pairs are not part of SNLI-VE)")
+        if pair_id in seen:
+            raise ValueError(f"{where}: pairID already used on line {seen[pair_id]}")
+        seen[pair_id] = lineno
+        examples.append(SnliVeExample(pair_id, flickr_id, hypothesis, LABEL_INDEX[label], lineno))
     if not examples:
         raise ValueError(f"{path} holds no SNLI-VE pairs; expected JSON lines with pairID, Flickr30K_ID, "
                          "sentence2, gold_label")

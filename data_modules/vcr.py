@@ -36,7 +36,6 @@ survive intact and no part is emptied while another is longer.
 """
 from __future__ import annotations
 
-import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +48,7 @@ from torch.utils.data import Dataset
 from .base import VLDataModule
 from .batching import collate_rows
 from .features import RegionFeatureStore
+from .jsonl import read_json_lines
 from .tokenization import encode_uniter_batch
 
 NUM_CHOICES = 4
@@ -123,9 +123,6 @@ def _check_sentence(value, where: str, field: str, num_objects: int) -> tuple:
 
 
 def _parse_record(rec, where: str, require_labels: bool, lineno: int) -> VcrRecord:
-    if not isinstance(rec, dict):
-        raise ValueError(f"{where}: a JSON {type(rec).__name__}, expected an object with "
-                         f"{', '.join(STRING_FIELDS + ('objects',) + SENTENCE_FIELDS)}")
     annot = rec.get("annot_id")
     if isinstance(annot, str):
         where = f"{where} (annot_id {annot!r})"
@@ -170,25 +167,14 @@ def _parse_record(rec, where: str, require_labels: bool, lineno: int) -> VcrReco
 def read_vcr_records(path: str | Path, require_labels: bool = True) -> list[VcrRecord]:
     """Parse a VCR JSON-lines file; a malformed line is an error naming file, line and expectation.
     ``require_labels=False`` (test files) accepts lines without answer/rationale labels."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"VCR annotation file {path} does not exist")
     records, seen = [], {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); "
-                                 "expected one VCR JSON object per line") from None
-            record = _parse_record(rec, where, require_labels, lineno)
-            if record.annot_id in seen:
-                raise ValueError(f"{where}: annot_id {record.annot_id!r} already used on line {seen[record.annot_id]}")
-            seen[record.annot_id] = lineno
-            records.append(record)
+    fields = ", ".join(STRING_FIELDS + ("objects",) + SENTENCE_FIELDS)
+    for lineno, where, rec in read_json_lines(path, "VCR", fields):
+        record = _parse_record(rec, where, require_labels, lineno)
+        if record.annot_id in seen:
+            raise ValueError(f"{where}: annot_id {record.annot_id!r} already used on line {seen[record.annot_id]}")
+        seen[record.annot_id] = lineno
+        records.append(record)
     if not records:
         raise ValueError(f"{path} holds no VCR examples; expected JSON lines with "
                          f"{', '.join(STRING_FIELDS + ('objects',) + SENTENCE_FIELDS)}")
