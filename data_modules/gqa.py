@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .answers import labels_from_ans2label, read_ans2label
 from .base import VLDataModule
 from .tokenization import encode_uniter_batch
-from .vqa import QaDataset, QaExample, format_image_key
+from .vqa import AnswerVocabulary, QaDataset, QaExample, format_image_key
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ def read_gqa_questions(path: str | Path, require_answers: bool = True) -> list[G
     return out
 
 
-class GqaDataModule(VLDataModule):
+class GqaDataModule(AnswerVocabulary, VLDataModule):
     """GQA balanced questions. ``train_file`` / ``val_file`` / ``test_file`` (testdev, the study's
     column) are ``*_balanced_questions.json``; ``ans2label``: ``{answer: index}`` JSON (e.g. the
     1,842 answers of train + val). ``image_key`` maps ``{image_id}`` (the ``imageId`` string) to the
@@ -87,19 +86,7 @@ class GqaDataModule(VLDataModule):
         self.train_file, self.val_file, self.test_file = train_file, val_file, test_file
         self.ans2label_path = ans2label
         self.image_key = image_key
-        self._ans2label: Optional[dict[str, int]] = None
         self.out_of_vocabulary: dict[str, int] = {}
-
-    @property
-    def ans2label(self) -> dict[str, int]:
-        if self._ans2label is None:
-            self._ans2label = read_ans2label(self.ans2label_path)
-        return self._ans2label
-
-    @property
-    def labels(self) -> list[str]:
-        """Answer strings in index order (read from ``ans2label`` on first use)."""
-        return labels_from_ans2label(self.ans2label)
 
     def split_files(self) -> dict[str, Optional[str]]:
         return {"train": self.train_file, "val": self.val_file, "test": self.test_file}

@@ -234,7 +234,26 @@ def format_image_key(image_key: str, **fields) -> str:
                          f"{', '.join('{' + k + '}' for k in fields)} ({err!r})") from None
 
 
-class VqaDataModule(VLDataModule):
+class AnswerVocabulary:
+    """Answer classification (VQA, GQA): the ``ans2label`` file, read on first use, gives the
+    label strings the CLI hands to the model. Needs ``self.ans2label_path``."""
+
+    ans2label_path: str
+    _ans2label: Optional[dict[str, int]] = None
+
+    @property
+    def ans2label(self) -> dict[str, int]:
+        if self._ans2label is None:
+            self._ans2label = read_ans2label(self.ans2label_path)
+        return self._ans2label
+
+    @property
+    def labels(self) -> list[str]:
+        """Answer strings in index order."""
+        return labels_from_ans2label(self.ans2label)
+
+
+class VqaDataModule(AnswerVocabulary, VLDataModule):
     """VQA v2 in its public format.
 
     ``train_questions`` / ``train_annotations``: paired lists (UNITER trains on train2014 and most
@@ -276,18 +295,6 @@ class VqaDataModule(VLDataModule):
         self.val_ids, self.train_exclude_ids = val_ids, train_exclude_ids
         self.ans2label_path = ans2label
         self.image_key = image_key
-        self._ans2label: Optional[dict[str, int]] = None
-
-    @property
-    def ans2label(self) -> dict[str, int]:
-        if self._ans2label is None:
-            self._ans2label = read_ans2label(self.ans2label_path)
-        return self._ans2label
-
-    @property
-    def labels(self) -> list[str]:
-        """Answer strings in index order (read from ``ans2label`` on first use)."""
-        return labels_from_ans2label(self.ans2label)
 
     def split_files(self) -> dict[str, Optional[str]]:
         return {"train": " + ".join(self.train_questions), "val": self.val_questions, "test": self.test_questions}
