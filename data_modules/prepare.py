@@ -90,11 +90,12 @@ def prepare_task(task: str, src: str | Path, config: Optional[str | Path] = None
             found.setdefault(path.name, path)
     report: dict = {"task": task, "config": str(config), "src": str(src.resolve()), "linked": {}, "built": {},
                     "absent_optional": [], "checks": {}}
-    missing, to_build = [], []
+    missing, to_build, targets = [], [], []
     for key, value in init.items():
         if key in NOT_FILES:
             continue
         for target in _paths(value):
+            targets.append(target)
             dest = Path(target)
             name = dest.name
             if key in ID_LISTS:
@@ -123,8 +124,8 @@ def prepare_task(task: str, src: str | Path, config: Optional[str | Path] = None
         path, what = DERIVED[(task, key)](init, min_count)
         report["built"][str(path)] = what
     if check:
-        report["checks"] = check_task(data, [p for p in report["absent_optional"]])
-    out = Path(_paths(next(v for k, v in init.items() if k not in NOT_FILES and _paths(v)))[0]).parent
+        report["checks"] = check_task(data, report["absent_optional"])
+    out = Path(targets[0]).parent  # the task's annotation folder, e.g. data/vqa
     out.mkdir(parents=True, exist_ok=True)
     (out / "prepared.json").write_text(json.dumps(report, indent=1) + "\n")
     report["report"] = str(out / "prepared.json")
