@@ -88,8 +88,10 @@ class VLCli(LightningCLI):
 
 
 def make_demo(argv: list[str]) -> Path:
-    """``lightning-vl demo``: the demo world plus a seeded tiny UNITER saved in UNITER's released
-    checkpoint format (so the demo's ``init:`` walks the same path as ``uniter-base.pt``).
+    """``lightning-vl demo``: the demo world plus a tiny UNITER pre-trained on it
+    (``lightning_vl.pretraining``), saved in UNITER's released checkpoint format so the demo's
+    ``init:`` walks the same path as ``uniter-base.pt``; ``--pretrain-steps 0`` saves the seeded
+    random initialisation instead. ``pretraining.json`` records the recipe and its final losses.
     ``.complete`` is written last; the Makefile regenerates anything without it."""
     import torch
 
@@ -100,7 +102,13 @@ def make_demo(argv: list[str]) -> Path:
     ap = argument_parser("lightning-vl demo", "Generate the offline demo world and model.")
     ap.add_argument("--model-config", default="configs/model/uniter-tiny.yaml",
                     help="YAML with model.uniter sizes of the demo model (its img_dim sets --feat-dim)")
+    ap.add_argument("--pretrain-steps", type=int, default=1000, help="pre-training steps of the demo model (0: none)")
+    ap.add_argument("--pretrain-batch-size", type=int, default=64)
+    ap.add_argument("--pretrain-scenes", type=int, default=20000, help="captioned scenes to pre-train on")
+    ap.add_argument("--pretrain-lr", type=float, default=1e-3)
     args = ap.parse_args(argv)
+    if args.pretrain_steps < 0:
+        ap.error(f"--pretrain-steps must be >= 0, got {args.pretrain_steps}")
     out = Path(args.out)
     (out / ".complete").unlink(missing_ok=True)
     sizes = yaml.safe_load(Path(args.model_config).read_text())["model"]["uniter"]
@@ -108,11 +116,43 @@ def make_demo(argv: list[str]) -> Path:
     args.feat_dim = config.img_dim
     paths = generate_from_args(args, mark_complete=False)
     torch.manual_seed(args.seed)
-    core = UniterModel(config)
-    torch.save({f"uniter.{k}": v for k, v in core.state_dict().items()}, out / "uniter-tiny.pt")
+    if args.pretrain_steps:
+        state, record = pretrain_demo_model(config, args)
+        (out / "pretraining.json").write_text(json.dumps(record, indent=1) + "\n")
+        paths["pretraining"] = str(out / "pretraining.json")
+    else:
+        state = {f"uniter.{k}": v for k, v in UniterModel(config).state_dict().items()}
+    torch.save(state, out / "uniter-tiny.pt")
     (out / ".complete").write_text(json.dumps({**paths, "model": str(out / "uniter-tiny.pt")}, indent=1))
     print(f"demo world and model written to {out}")
     return out
+
+
+def pretrain_demo_model(config, args) -> tuple[dict, dict]:
+    """Pre-train the demo model on fresh scenes of the world ``args`` describes (same feature
+    prototypes as the task files); returns its state dict and a record for ``pretraining.json``."""
+    import pytorch_lightning as pl
+
+    from data_modules.demo import world_from_args
+    from data_modules.demo.pretraining import make_corpus
+    from data_modules.demo.world import FeatureRenderer
+    from data_modules.tokenization import load_tokenizer
+
+    from .pretraining import DemoPretraining, PretrainingBatches, pretrain
+
+    world = world_from_args(args)
+    renderer = FeatureRenderer(config.img_dim, args.seed, noise=world.noise)
+    corpus = make_corpus(args.pretrain_scenes, args.seed, world, renderer)
+    tokenizer = load_tokenizer(Path(args.out) / "tokenizer")
+    batches = PretrainingBatches(corpus, tokenizer, config.vocab_size, args.pretrain_batch_size,
+                                 args.pretrain_steps, seed=args.seed)
+    pl.seed_everything(args.seed, verbose=False)
+    model = DemoPretraining(config, num_attributes=len(corpus.attribute_names), max_count=world.max_objects,
+                            lr=args.pretrain_lr)
+    final = pretrain(model, batches)
+    record = {"steps": args.pretrain_steps, "batch_size": args.pretrain_batch_size, "scenes": args.pretrain_scenes,
+              "lr": args.pretrain_lr, "seed": args.seed, "objectives": ["mlm", "itm", "bow", "image"], "final": final}
+    return model.uniter_state_dict(), record
 
 
 def main(argv: list[str] | None = None) -> None:
