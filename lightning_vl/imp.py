@@ -33,6 +33,7 @@ from typing import Literal, Optional
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 from callbacks import Mask, MaskedTraining, magnitude_prune, random_prune, sparsity_schedule
@@ -117,6 +118,26 @@ def atomic_write_text(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+class LastValidation(pl.Callback):
+    """Keeps the ``val/*`` metrics of a fit's latest validation and the step it ran at, so a round
+    whose fit ended on a validation reuses it instead of scoring the same weights again (a full
+    VQA or retrieval evaluation is minutes on real data)."""
+
+    def __init__(self) -> None:
+        self.step = -1
+        self.metrics: dict[str, float] = {}
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self.step = trainer.global_step
+        self.metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+    def metrics_at(self, step: int) -> dict[str, float]:
+        """The latest validation's metrics if it ran at ``step``, else nothing."""
+        return dict(self.metrics) if self.step == step else {}
 
 
 class ImpRunner:
@@ -217,10 +238,13 @@ class ImpRunner:
             rewind_step=self.cfg.rewind_step if capture else None,
             rewind_path=self.run_dir / "rewind.pt" if capture else None,
         )
-        trainer = self.make_trainer(rdir, [masking])
+        last_val = LastValidation()
+        trainer = self.make_trainer(rdir, [masking, last_val])
         trainer.fit(self.module, datamodule=self.datamodule)
-        val = trainer.validate(self.module, datamodule=self.datamodule, verbose=False)
-        metrics = {k: float(v) for k, v in (val[0] if val else {}).items()}
+        metrics = last_val.metrics_at(trainer.global_step)
+        if self.module.monitor not in metrics:  # the fit did not end on a validation: score the final weights
+            val = trainer.validate(self.module, datamodule=self.datamodule, verbose=False)
+            metrics = {k: float(v) for k, v in (val[0] if val else {}).items()}
 
         achieved = self._check_sparsity(mask)
         if self.cfg.head_reset == "keep" and self.is_rank_zero:

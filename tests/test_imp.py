@@ -154,3 +154,39 @@ def test_bad_imp_config_is_rejected():
         ImpConfig(target_sparsity=1.2)
     with pytest.raises(ValueError, match="rewind_step"):
         ImpConfig(rewind_step=-1)
+
+
+class CountValidations(pl.Callback):
+    def __init__(self):
+        self.in_fit = 0
+        self.standalone = 0
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.state.fn == "fit":
+            self.in_fit += 1
+        else:
+            self.standalone += 1
+
+
+@pytest.mark.parametrize("val_every, standalone_per_round", [(4, 0), (3, 1)])
+def test_round_score_reuses_a_validation_at_the_fits_last_step(tmp_path, val_every, standalone_per_round):
+    """A fit that ends on a validation is not scored twice; one that does not is validated after it.
+    Either way the round's metrics are those of its final weights."""
+    pl.seed_everything(0, verbose=False)
+    model = VLModule(uniter=TINY, lr=1e-3, warmup_steps=1)
+    data = RandomPairsDataModule()
+    count = CountValidations()
+
+    def make_trainer(round_dir, callbacks):
+        return tiny_trainer(4, val_check_interval=val_every, check_val_every_n_epoch=None,
+                            callbacks=callbacks + [count])
+
+    runner = ImpRunner(ImpConfig(wandb="disabled", target_sparsity=0.2), model, data, make_trainer,
+                       tmp_path / "run", config_yaml="x: 1\n", seed=7)
+    results = runner.run()
+    assert count.in_fit == len(results)
+    assert count.standalone == standalone_per_round * len(results)
+    final = tiny_trainer(4).validate(model, datamodule=data, verbose=False)[0]
+    assert results[-1]["metrics"].keys() == final.keys()
+    for key, value in final.items():
+        assert results[-1]["metrics"][key] == pytest.approx(value, abs=1e-6), key
