@@ -18,11 +18,22 @@ from pathlib import Path
 
 import yaml
 from pytorch_lightning import LightningDataModule
-from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import CSVLogger
 
 from .imp import ImpConfig, ImpRunner, config_hash
 from .module import VLModule
+
+
+class SaveConfigToRunDir(SaveConfigCallback):
+    """Saves the resolved config beside the run's logs. A fit without a logger has no run folder,
+    so nothing is written (Lightning would otherwise drop ``config.yaml`` into the working
+    directory, where the next run overwrites it)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.logger is None:
+            return
+        super().setup(trainer, pl_module, stage)
 
 
 class VLCli(LightningCLI):
@@ -173,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         VLModule,
         LightningDataModule,
         subclass_mode_data=True,
+        save_config_callback=SaveConfigToRunDir,
         save_config_kwargs={"overwrite": True},
         args=argv,  # None: Lightning reads sys.argv itself
     )

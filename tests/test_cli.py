@@ -1,11 +1,14 @@
 """End to end through the CLI on the demo world: `lightning-vl prune`, resume, `fit` with a ticket."""
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
 from callbacks import Mask
 from lightning_vl.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli_args(world, tmp_path, *extra):
@@ -66,3 +69,20 @@ def test_bad_option_is_a_clear_error(demo_world, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["prune", *cli_args(demo_world, tmp_path), "--imp.method", "magnitude"])
     assert "magnitude" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("logger", [True, False])
+def test_fit_saves_its_config_beside_the_logs_and_never_in_the_working_directory(
+        demo_world, tmp_path, monkeypatch, logger):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    args = ["fit", *cli_args(demo_world, tmp_path), "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+            "--trainer.logger", str(logger).lower()]
+    args = [a if not a.startswith("configs/") else str(ROOT / a) for a in args]
+    monkeypatch.chdir(cwd)
+    main(args)
+    assert list(cwd.iterdir()) == []
+    saved = list((tmp_path / "logs").rglob("config.yaml"))
+    assert len(saved) == (1 if logger else 0)
+    if logger:
+        assert "max_steps: 2" in saved[0].read_text()
