@@ -15,10 +15,11 @@ Splits are matched **exactly**. The toolkit's ``REFER.getRefIds(split="testA")``
 both testA and testB there; no released file has such tags, and here such a ref belongs only to
 the split named ``"testAB"``.
 
-IoU here (``lightning_vl.metrics.box_iou``, shared with the accuracy metric) is the continuous one: boxes are real-valued x1, y1, x2, y2, area =
-(x2 - x1) * (y2 - y1). UNITER's evaluation uses the inclusive-pixel convention (+1 on widths and
-heights) and a strict ``> 0.5``; the study's metric is IoU >= 0.5 with continuous boxes, as
-MAttNet and the usual statement of the task. The two differ only for tiny boxes or exact ties.
+IoU here (``data_modules.boxes.box_iou``, which the accuracy metric in ``lightning_vl.metrics``
+shares) is the continuous one: boxes are real-valued x1, y1, x2, y2, area = (x2 - x1) * (y2 - y1).
+UNITER's evaluation uses the inclusive-pixel convention (+1 on widths and heights) and a strict
+``> 0.5``; the study's metric is IoU >= 0.5 with continuous boxes, as MAttNet and the usual
+statement of the task. The two differ only for tiny boxes or exact ties.
 """
 from __future__ import annotations
 
@@ -36,8 +37,7 @@ from torch.utils.data import Dataset
 
 from .base import VLDataModule
 from .batching import collate_rows
-from lightning_vl.metrics import box_iou
-
+from .boxes import box_iou
 from .features import RegionFeatureStore
 from .tokenization import encode_uniter_batch
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from data_modules.boxes import box_iou
 from data_modules.demo import generate_demo
 from data_modules.demo import refcoco as demo_refcoco
 from data_modules.demo.world import DEFAULT_WORLD
 from data_modules.features import MissingImageError, RegionFeatureWriter
 from data_modules.refcoco import RefcocoDataModule, load_refs_file, read_instances, read_refs
-from lightning_vl.metrics import box_iou
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "red", "cube", "man", "left", "blue", "ball", "cafe"]
 
