@@ -29,6 +29,8 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
 
+from .jsonl import read_json
+
 PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
 NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
                 "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
@@ -151,7 +153,7 @@ def build_gqa_vocabulary(paths: Iterable[str | Path]) -> list[str]:
     sorted. LXMERT builds it from train + val (1,842 answers)."""
     answers: set[str] = set()
     for path in paths:
-        data = _load_json(path, "GQA question file")
+        data = read_json(path, "a GQA question file (<split>_balanced_questions.json)")
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a JSON {type(data).__name__}, expected an object keyed by question id")
         for qid, rec in data.items():
@@ -163,21 +165,9 @@ def build_gqa_vocabulary(paths: Iterable[str | Path]) -> list[str]:
     return sorted(answers)
 
 
-def _load_json(path: str | Path, what: str):
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
-                         f"expected a {what}") from None
-
-
 def read_ans2label(path: str | Path) -> dict[str, int]:
     """``{answer: index}`` with indices exactly 0..A-1 (UNITER's ``utils/ans2label.json`` format)."""
-    data = _load_json(path, "ans2label file")
+    data = read_json(path, "an ans2label file (a JSON object answer -> index)")
     if not isinstance(data, dict) or not data:
         raise ValueError(f"{path}: expected a non-empty JSON object mapping answer -> index, got "
                          f"{type(data).__name__}{'' if data else ' (empty)'}")

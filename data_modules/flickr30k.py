@@ -15,7 +15,6 @@ padding are harmless: the metric keeps one score per (txt_index, img_index)).
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .base import VLDataModule
 from .batching import collate_rows
 from .features import RegionFeatureStore
+from .jsonl import read_json
 from .tokenization import encode_uniter_batch
 
 GROUP_SIZE = 3  # positive, negative image, negative caption (UNITER's negative_size 1)
@@ -61,13 +61,7 @@ def read_karpathy(path: str | Path) -> list[KarpathyImage]:
     ``imgid`` or ``sentid``, or ``sentids`` disagreeing with the sentences is an error that names
     the file, the image (position, filename) and what was expected."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Karpathy split file {path} does not exist (expected dataset_flickr30k.json)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
-                         "expected Karpathy's {\"dataset\": ..., \"images\": [...]}") from None
+    data = read_json(path, "a Karpathy split file (dataset_flickr30k.json: {\"dataset\": ..., \"images\": [...]})")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"{path}: expected a JSON object with an \"images\" list (Karpathy's dataset_flickr30k.json)")
     images: list[KarpathyImage] = []

@@ -9,13 +9,13 @@ Store keys come from the string ``imageId`` through ``image_key`` (default ``"{i
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from .base import VLDataModule
+from .jsonl import read_json
 from .tokenization import encode_uniter_batch
 from .vqa import AnswerVocabulary, QaDataset, QaExample, format_image_key
 
@@ -34,14 +34,7 @@ def read_gqa_questions(path: str | Path, require_answers: bool = True) -> list[G
     """Records of a balanced-questions file, in file order. ``require_answers=False`` accepts
     records without ``answer`` (test files)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"GQA question file {path} does not exist (expected <split>_balanced_questions.json)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
-                         "expected a GQA question file") from None
+    data = read_json(path, "a GQA question file (<split>_balanced_questions.json)")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a JSON {type(data).__name__}, expected an object keyed by question id "
                          "({qid: {question, imageId, answer, ...}})")

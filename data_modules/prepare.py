@@ -44,7 +44,7 @@ def _build_vqa_ans2label(init: dict, min_count: int) -> tuple[Path, str]:
 
     annotations = []
     for path in init["train_annotations"]:
-        annotations += _load_object(path, "VQA annotations", "annotations")
+        annotations += _load_object(path, "annotations", "annotations")
     answers = build_vqa_vocabulary(annotations, min_count=min_count, source=", ".join(init["train_annotations"]))
     write_ans2label(init["ans2label"], answers)
     return Path(init["ans2label"]), f"{len(answers)} answers with >= {min_count} questions"

@@ -24,7 +24,6 @@ statement of the task. The two differ only for tiny boxes or exact ties.
 from __future__ import annotations
 
 import io
-import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from .base import VLDataModule
 from .batching import collate_rows
 from .boxes import box_iou
 from .features import RegionFeatureStore
+from .jsonl import read_json
 from .tokenization import encode_uniter_batch
 
 REF_FIELDS = {"ref_id": int, "ann_id": int, "image_id": int, "split": str, "sentences": list}
@@ -80,16 +80,13 @@ def _decode_py2(value: Any) -> Any:
 def load_refs_file(path: str | Path) -> list:
     """The raw list of refs from ``refs(*).p`` (restricted unpickling) or a ``.json`` copy."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"refs file {path} does not exist (expected the refer toolkit's refs(unc).p "
-                                "or a .json list of the same refs)")
-    raw = path.read_bytes()
     if path.suffix.lower() == ".json":
-        try:
-            refs = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: not valid UTF-8 JSON ({err}); expected a JSON list of ref objects") from None
+        refs = read_json(path, "a refs file (a JSON list of ref objects, as in the refer toolkit's refs(unc).p)")
     else:
+        if not path.is_file():
+            raise FileNotFoundError(f"refs file {path} does not exist (expected the refer toolkit's refs(unc).p "
+                                    "or a .json list of the same refs)")
+        raw = path.read_bytes()
         try:
             refs = _decode_py2(_NoGlobalsUnpickler(io.BytesIO(raw), encoding="bytes").load())
         except Exception as err:  # any unpickling failure: corrupt, truncated, or a refused global
@@ -169,12 +166,7 @@ class CocoIndex:
 def read_instances(path: str | Path) -> CocoIndex:
     """Annotation boxes (xywh → x1y1x2y2) and image sizes, validated."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"COCO instances file {path} does not exist (expected the refer toolkit's instances.json)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); expected COCO instances {{images, annotations, categories}}") from None
+    data = read_json(path, "a COCO instances file {images, annotations, categories} (the refer toolkit's instances.json)")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
         raise ValueError(f"{path}: expected a COCO instances object with lists 'images' and 'annotations'")
     image_wh: dict[int, tuple[int, int]] = {}

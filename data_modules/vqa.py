@@ -11,7 +11,6 @@ for predictions). Store keys come from the int ``image_id`` through ``image_key`
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from .answers import labels_from_ans2label, read_ans2label, soft_targets
 from .base import VLDataModule
 from .batching import collate_rows
 from .features import RegionFeatureStore
+from .jsonl import parse_json, read_json, read_text
 from .tokenization import encode_uniter_batch
 
 log = logging.getLogger(__name__)
@@ -62,15 +62,7 @@ def _is_int(value) -> bool:
 
 def _load_object(path: str | Path, what: str, list_key: str) -> list:
     """The list under ``list_key`` of a JSON object file, with file-naming errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"VQA {what} file {path} does not exist")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
-                         f"expected a VQA {what} file") from None
+    data = read_json(path, f"a VQA {what} file")
     if not isinstance(data, dict) or not isinstance(data.get(list_key), list):
         got = type(data).__name__ if not isinstance(data, dict) else f"keys {sorted(data)[:6]}"
         raise ValueError(f"{path}: expected a JSON object with a {list_key!r} list (a VQA {what} file), got {got}")
@@ -138,14 +130,12 @@ def read_vqa_annotations(path: str | Path) -> dict[int, VqaAnnotation]:
 def read_question_ids(path: str | Path) -> set[int]:
     """Question ids from a JSON list of ints or a text file (ints separated by whitespace or commas)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"question-id file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    expected = "a question-id file (a JSON list of ints, or ints separated by whitespace or commas)"
+    text = read_text(path, expected)
     if text.lstrip().startswith("["):
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); expected a list of question ids") from None
+        values = parse_json(text, path, "a JSON list of question ids")
+        if not isinstance(values, list):
+            raise ValueError(f"{path}: a JSON {type(values).__name__}, expected a list of question ids")
         for i, v in enumerate(values):
             if not _is_int(v):
                 raise ValueError(f"{path}: entry {i} is {v!r}; expected an int question id")

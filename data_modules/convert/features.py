@@ -76,6 +76,7 @@ import h5py
 import numpy as np
 
 from ..features import RegionFeatureWriter, partial_path
+from ..jsonl import read_json
 from . import sources as S
 
 FORMATS = ("tsv", "butd-h5", "img-db", "npz")
@@ -158,8 +159,8 @@ class KeyMapper:
 def load_image_sizes(path: Path) -> dict[str, tuple[int, int]]:
     """``{key: (width, height)}`` from ``{key: [w, h]}``, ``{key: {"width", "height"}}`` or COCO
     ``{"images": [{"id", "width", "height", "file_name"}]}`` (keyed by id and file stem)."""
-    with open(path) as f:
-        data = json.load(f)
+    data = read_json(path, "an image-size file (JSON {key: [w, h]}, {key: {width, height}} or COCO "
+                           "{images: [{id, width, height, file_name}]})")
     out: dict[str, tuple[int, int]] = {}
 
     def size(where, w, h):

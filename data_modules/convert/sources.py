@@ -13,7 +13,6 @@ import binascii
 import csv
 import glob
 import io
-import json
 import pickle
 import re
 import zipfile
@@ -23,6 +22,8 @@ from typing import Callable, Iterator
 
 import h5py
 import numpy as np
+
+from ..jsonl import read_json
 
 Skip = Callable[[str, str], bool]
 
@@ -227,16 +228,15 @@ class _RefusingUnpickler(pickle.Unpickler):
 def load_imgid2idx(path: Path) -> dict[str, int]:
     """``image_id -> row`` from a ``*_imgid2idx.pkl`` (read without running code: a dict of int
     to int only) or its JSON equivalent (``{"42": 0, ...}``)."""
-    try:
-        if path.suffix == ".json":
-            with open(path) as f:
-                mapping = json.load(f)
-        else:
+    if path.suffix == ".json":
+        mapping = read_json(path, "an image-id mapping (JSON {\"image_id\": row})")
+    else:
+        try:
             with open(path, "rb") as f:
                 mapping = _RefusingUnpickler(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable image-id mapping ({err}); expected a pickled dict of int -> int "
-                         "(or JSON {\"image_id\": row}); convert one holding numpy ints to JSON first") from None
+        except (pickle.UnpicklingError, EOFError, ValueError) as err:
+            raise ValueError(f"{path}: not a readable image-id mapping ({err}); expected a pickled dict of int -> int "
+                             "(or JSON {\"image_id\": row}); convert one holding numpy ints to JSON first") from None
     if not isinstance(mapping, dict) or not mapping:
         raise ValueError(f"{path}: expected a non-empty dict image_id -> row, got {type(mapping).__name__}")
     out = {}
@@ -460,8 +460,7 @@ class ImgDbSource:
             if env_box_policy(env) == policy:
                 js = env.parent / ("nbb" + env.name.removesuffix("_compressed")[len("feat"):] + ".json")
                 if js.exists():
-                    with open(js) as f:
-                        table = json.load(f)
+                    table = read_json(js, "UNITER's nbb json (a dict npz name -> number of boxes)")
                     if not isinstance(table, dict):
                         raise ValueError(f"{js}: expected a dict npz name -> number of boxes")
             self.nbb.append(table)
