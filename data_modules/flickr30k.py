@@ -27,10 +27,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .base import VLDataModule
 from .batching import collate_rows
 from .features import RegionFeatureStore
+from .image_keys import ImageKeyPattern, key_pattern
 from .jsonl import read_json
 from .tokenization import encode_uniter_batch
 
 GROUP_SIZE = 3  # positive, negative image, negative caption (UNITER's negative_size 1)
+# image_key fields with sample values
+IMAGE_KEY_FIELDS = {"stem": "1000092795", "filename": "1000092795.jpg", "imgid": 0}
 
 
 @dataclass(frozen=True)
@@ -43,10 +46,16 @@ class KarpathyImage:
     position: int  # index in the file's ``images`` list (for error messages)
 
 
-def store_key(image: KarpathyImage, pattern: str = "{stem}") -> str:
+def image_key_pattern(image_key: str | ImageKeyPattern = "{stem}") -> ImageKeyPattern:
+    """Flickr30k's ``image_key`` checked: fields ``{stem}``, ``{filename}``, ``{imgid}``."""
+    return key_pattern(image_key, IMAGE_KEY_FIELDS, "Flickr30k image_key")
+
+
+def store_key(image: KarpathyImage, pattern: str | ImageKeyPattern = "{stem}") -> str:
     """The store key of an image: ``pattern`` with ``{stem}`` (file name without extension),
     ``{filename}`` and ``{imgid}``."""
-    return pattern.format(stem=os.path.splitext(image.filename)[0], filename=image.filename, imgid=image.imgid)
+    return image_key_pattern(pattern).format(stem=os.path.splitext(image.filename)[0], filename=image.filename,
+                                             imgid=image.imgid)
 
 
 def _check_type(value, kind, where: str, what: str):
@@ -128,8 +137,9 @@ def _check_in_store(keys: list[str], images: list[KarpathyImage], store: RegionF
 class _SplitData:
     """A split's captions (image-major) and images, tokenised and mapped to store keys."""
 
-    def __init__(self, images: list[KarpathyImage], tokenizer, max_txt_len: int, pattern: str,
+    def __init__(self, images: list[KarpathyImage], tokenizer, max_txt_len: int, pattern: str | ImageKeyPattern,
                  store: RegionFeatureStore, source: str):
+        pattern = image_key_pattern(pattern)
         self.image_keys = [store_key(im, pattern) for im in images]
         _check_in_store(self.image_keys, images, store, source)
         self.filenames = [im.filename for im in images]
@@ -280,13 +290,7 @@ class Flickr30kDataModule(VLDataModule):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        try:
-            image_key_probe = image_key.format(stem="1000092795", filename="1000092795.jpg", imgid=0)
-        except (KeyError, IndexError, ValueError) as err:
-            raise ValueError(f"image_key {image_key!r} is not a format string using only {{stem}}, {{filename}} "
-                             f"and {{imgid}} ({err!r})") from None
-        if not image_key_probe:
-            raise ValueError(f"image_key {image_key!r} gives empty store keys")
+        self.key_pattern = image_key_pattern(image_key)  # a bad pattern fails here, at start-up
         if max_eval_images is not None and max_eval_images <= 0:
             raise ValueError(f"max_eval_images must be positive or None, got {max_eval_images}")
         self.karpathy_file = karpathy_file
@@ -310,7 +314,7 @@ class Flickr30kDataModule(VLDataModule):
         source = f"{path} (split {name!r})"
         limit = self.max_eval_images if split == "val" else None
         images = select_split(self.karpathy_images(), name, str(path), limit)
-        data = _SplitData(images, self.tokenizer, self.max_txt_len, self.image_key, self.store, source)
+        data = _SplitData(images, self.tokenizer, self.max_txt_len, self.key_pattern, self.store, source)
         if split == "train":
             seed = self.neg_seed if self.neg_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
             return Flickr30kTrainDataset(data, seed)

@@ -17,9 +17,16 @@ from typing import Optional
 from .base import VLDataModule
 from .jsonl import read_json
 from .tokenization import encode_uniter_batch
-from .vqa import AnswerVocabulary, QaDataset, QaExample, format_image_key
+from .image_keys import ImageKeyPattern, key_pattern
+from .vqa import AnswerVocabulary, QaDataset, QaExample
 
 log = logging.getLogger(__name__)
+IMAGE_KEY_FIELDS = {"image_id": "2375429"}  # image_key fields with sample values (imageId is a string)
+
+
+def image_key_pattern(image_key: str | ImageKeyPattern = "{image_id}") -> ImageKeyPattern:
+    """GQA's ``image_key`` checked: field ``{image_id}`` (a string: ``{image_id:012d}`` is refused)."""
+    return key_pattern(image_key, IMAGE_KEY_FIELDS, "GQA image_key")
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,7 @@ class GqaDataModule(AnswerVocabulary, VLDataModule):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        format_image_key(image_key, image_id="2375429")
+        self.key_pattern = image_key_pattern(image_key)  # a bad pattern fails here, at start-up
         self.train_file, self.val_file, self.test_file = train_file, val_file, test_file
         self.ans2label_path = ans2label
         self.image_key = image_key
@@ -96,7 +103,7 @@ class GqaDataModule(AnswerVocabulary, VLDataModule):
                     target = ((ans2label[q.answer], 1.0),)
                 else:
                     oov += 1
-            examples.append(QaExample(q.qid, tuple(ids), format_image_key(self.image_key, image_id=q.image_id), target))
+            examples.append(QaExample(q.qid, tuple(ids), self.key_pattern.format(image_id=q.image_id), target))
         self.out_of_vocabulary[split] = oov
         if oov:
             log.warning("GQA %s (%s): %d of %d answers are not in the %d-answer vocabulary %s; their targets are "

@@ -18,11 +18,15 @@ from torch.utils.data import Dataset
 from .base import VLDataModule
 from .batching import collate_rows
 from .features import RegionFeatureStore
+from .image_keys import ImageKeyPattern, key_pattern
 from .jsonl import read_json_lines
 from .tokenization import encode_uniter_batch
 
 LABELS = {"True": 1, "False": 0}
 REQUIRED_FIELDS = ("identifier", "sentence", "label")
+# image_key fields with sample values: the identifier without its sentence number, 0 left / 1 right
+IMAGE_KEY_FIELDS = {"stem": "dev-850-0", "side": 0}
+DEFAULT_IMAGE_KEY = "{stem}-img{side}"
 
 
 @dataclass(frozen=True)
@@ -41,10 +45,16 @@ class Nlvr2Example:
     label: int
 
 
-def image_keys(identifier: str, image_key: str = "{stem}-img{side}") -> tuple[str, str]:
+def image_key_pattern(image_key: str | ImageKeyPattern = DEFAULT_IMAGE_KEY) -> ImageKeyPattern:
+    """NLVR2's ``image_key`` checked: fields ``{stem}`` and ``{side}``."""
+    return key_pattern(image_key, IMAGE_KEY_FIELDS, "NLVR2 image_key")
+
+
+def image_keys(identifier: str, image_key: str | ImageKeyPattern = DEFAULT_IMAGE_KEY) -> tuple[str, str]:
     """Store keys of the left and right image: the identifier without its sentence number."""
+    pattern = image_key_pattern(image_key)
     stem = identifier.rsplit("-", 1)[0]
-    return image_key.format(stem=stem, side=0), image_key.format(stem=stem, side=1)
+    return pattern.format(stem=stem, side=0), pattern.format(stem=stem, side=1)
 
 
 def read_nlvr2_records(path: str | Path) -> list[Nlvr2Record]:
@@ -75,8 +85,10 @@ def read_nlvr2_records(path: str | Path) -> list[Nlvr2Record]:
     return records
 
 
-def read_nlvr2(path: str | Path, tokenizer, max_txt_len: int, image_key: str = "{stem}-img{side}") -> list[Nlvr2Example]:
+def read_nlvr2(path: str | Path, tokenizer, max_txt_len: int,
+               image_key: str | ImageKeyPattern = DEFAULT_IMAGE_KEY) -> list[Nlvr2Example]:
     """Records of ``path`` tokenised the UNITER way, with their image keys."""
+    image_key = image_key_pattern(image_key)
     records = read_nlvr2_records(path)
     input_ids = encode_uniter_batch(tokenizer, [r.sentence for r in records], max_txt_len)
     return [Nlvr2Example(r.identifier, tuple(ids), image_keys(r.identifier, image_key), r.label)
@@ -128,15 +140,11 @@ class Nlvr2DataModule(VLDataModule):
         train_file: str,
         val_file: str,
         test_file: Optional[str] = None,
-        image_key: str = "{stem}-img{side}",
+        image_key: str = DEFAULT_IMAGE_KEY,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        try:
-            image_keys("split-0-0-0", image_key)
-        except (KeyError, IndexError, ValueError) as err:
-            raise ValueError(f"image_key {image_key!r} is not a format string using only {{stem}} and {{side}} "
-                             f"({err!r})") from None
+        self.key_pattern = image_key_pattern(image_key)  # a bad pattern fails here, at start-up
         self.train_file, self.val_file, self.test_file = train_file, val_file, test_file
         self.image_key = image_key
 
@@ -144,5 +152,5 @@ class Nlvr2DataModule(VLDataModule):
         return {"train": self.train_file, "val": self.val_file, "test": self.test_file}
 
     def build_dataset(self, split: str, path: str) -> Nlvr2Dataset:
-        examples = read_nlvr2(path, self.tokenizer, self.max_txt_len, self.image_key)
+        examples = read_nlvr2(path, self.tokenizer, self.max_txt_len, self.key_pattern)
         return Nlvr2Dataset(examples, self.store, source=str(path))

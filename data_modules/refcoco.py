@@ -38,12 +38,19 @@ from .base import VLDataModule
 from .batching import collate_rows
 from .boxes import box_iou
 from .features import RegionFeatureStore
+from .image_keys import ImageKeyPattern, key_pattern
 from .jsonl import read_json
 from .tokenization import encode_uniter_batch
 
 REF_FIELDS = {"ref_id": int, "ann_id": int, "image_id": int, "split": str, "sentences": list}
 SENT_FIELDS = {"sent_id": int, "sent": str}
 IOU_THRESHOLD = 0.5
+IMAGE_KEY_FIELDS = {"image_id": 1}  # image_key fields with sample values (COCO's int image_id)
+
+
+def image_key_pattern(image_key: str | ImageKeyPattern = "{image_id}") -> ImageKeyPattern:
+    """RefCOCO's ``image_key`` checked: field ``{image_id}`` (an int)."""
+    return key_pattern(image_key, IMAGE_KEY_FIELDS, "RefCOCO image_key")
 
 
 def xywh_to_xyxy(bbox) -> list[float]:
@@ -203,8 +210,9 @@ class RefcocoDataset(Dataset):
     """Examples of one split whose images are all in ``store`` with the sizes COCO gives."""
 
     def __init__(self, sentences: list[RefSentence], coco: CocoIndex, store: RegionFeatureStore, tokenizer,
-                 max_txt_len: int, image_key: str = "{image_id}", source: str = ""):
+                 max_txt_len: int, image_key: str | ImageKeyPattern = "{image_id}", source: str = ""):
         self.store, self.source = store, source
+        image_key = image_key_pattern(image_key)
         gt_boxes, keys = [], []
         for s in sentences:
             if s.ann_id not in coco.ann_box:
@@ -296,10 +304,7 @@ class RefcocoDataModule(VLDataModule):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        try:
-            image_key.format(image_id=1)
-        except (KeyError, IndexError, ValueError) as err:
-            raise ValueError(f"image_key {image_key!r} is not a format string using only {{image_id}} ({err!r})") from None
+        self.key_pattern = image_key_pattern(image_key)  # a bad pattern fails here, at start-up
         self.refs_file, self.instances_file = refs_file, instances_file
         self.split_names = {"train": train_split, "val": val_split, "test": test_split}
         self.image_key = image_key
@@ -332,7 +337,7 @@ class RefcocoDataModule(VLDataModule):
             known = sorted({s.split for s in self._refs})
             raise ValueError(f"{path}: no refs in split {name!r} (the {split} split); the file's splits are {known}")
         store = self.store if split == "train" else self.eval_store
-        dataset = RefcocoDataset(sentences, self._coco, store, self.tokenizer, self.max_txt_len, self.image_key,
+        dataset = RefcocoDataset(sentences, self._coco, store, self.tokenizer, self.max_txt_len, self.key_pattern,
                                  source=f"{path} split {name!r}")
         poor = dataset.poor_matches
         rank_zero_info(f"RefCOCO {split} ({name}): {len(dataset)} expressions from {len({s.ref_id for s in sentences})} "

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from .base import VLDataModule
 from .batching import collate_rows
 from .features import RegionFeatureStore
+from .image_keys import ImageKeyPattern, key_pattern
 from .jsonl import read_json_lines
 from .tokenization import encode_uniter_batch
 
@@ -24,6 +25,7 @@ LABELS = ("contradiction", "entailment", "neutral")
 LABEL_INDEX = {name: i for i, name in enumerate(LABELS)}
 # The public files say Flickr30K_ID; the SNLI-VE repository's own sample reader says Flikr30kID.
 IMAGE_ID_FIELDS = ("Flickr30K_ID", "Flikr30kID")
+IMAGE_KEY_FIELDS = {"flickr_id": "3416050480"}  # image_key fields with sample values
 
 
 @dataclass(frozen=True)
@@ -72,16 +74,22 @@ def read_snli_ve(path: str | Path) -> list[SnliVeExample]:
     return examples
 
 
-def store_key(flickr_id: str, pattern: str = "{flickr_id}") -> str:
+def image_key_pattern(image_key: str | ImageKeyPattern = "{flickr_id}") -> ImageKeyPattern:
+    """SNLI-VE's ``image_key`` checked: field ``{flickr_id}``."""
+    return key_pattern(image_key, IMAGE_KEY_FIELDS, "SNLI-VE image_key")
+
+
+def store_key(flickr_id: str, pattern: str | ImageKeyPattern = "{flickr_id}") -> str:
     """The store key of a Flickr30k id under ``pattern`` (``{flickr_id}``)."""
-    return pattern.format(flickr_id=flickr_id)
+    return image_key_pattern(pattern).format(flickr_id=flickr_id)
 
 
 class SnliVeDataset(Dataset):
     """Hypotheses whose images are all in ``store`` (checked here, for every pair at once)."""
 
     def __init__(self, examples: list[SnliVeExample], input_ids: list[list[int]], store: RegionFeatureStore,
-                 pattern: str = "{flickr_id}", source: str = ""):
+                 pattern: str | ImageKeyPattern = "{flickr_id}", source: str = ""):
+        pattern = image_key_pattern(pattern)
         keys = [store_key(ex.flickr_id, pattern) for ex in examples]
         store.require(((key, f"line {ex.line}, pairID {ex.pair_id}") for key, ex in zip(keys, examples)),
                       source or "the SNLI-VE pairs")
@@ -121,12 +129,7 @@ class SnliVeDataModule(VLDataModule):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        try:
-            probe = store_key("3416050480", image_key)
-        except (KeyError, IndexError, ValueError) as err:
-            raise ValueError(f"image_key {image_key!r} is not a format string using only {{flickr_id}} ({err!r})") from None
-        if not probe:
-            raise ValueError(f"image_key {image_key!r} gives empty store keys")
+        self.key_pattern = image_key_pattern(image_key)  # a bad pattern fails here, at start-up
         self.train_file, self.val_file, self.test_file = train_file, val_file, test_file
         self.image_key = image_key
 
@@ -136,4 +139,4 @@ class SnliVeDataModule(VLDataModule):
     def build_dataset(self, split: str, path: str) -> SnliVeDataset:
         examples = read_snli_ve(path)
         input_ids = encode_uniter_batch(self.tokenizer, [ex.hypothesis for ex in examples], self.max_txt_len)
-        return SnliVeDataset(examples, input_ids, self.store, self.image_key, source=str(path))
+        return SnliVeDataset(examples, input_ids, self.store, self.key_pattern, source=str(path))

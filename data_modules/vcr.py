@@ -36,7 +36,6 @@ survive intact and no part is emptied while another is longer.
 """
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -48,6 +47,7 @@ from torch.utils.data import Dataset
 from .base import VLDataModule
 from .batching import collate_rows
 from .features import RegionFeatureStore
+from .image_keys import ImageKeyPattern, key_pattern
 from .jsonl import read_json_lines
 from .tokenization import encode_uniter_batch
 
@@ -55,7 +55,10 @@ NUM_CHOICES = 4
 STRING_FIELDS = ("annot_id", "img_id", "img_fn", "movie")
 SENTENCE_FIELDS = ("question", "answer_choices", "rationale_choices")
 LABEL_FIELDS = ("answer_label", "rationale_label")
-IMAGE_KEY_FIELDS = ("img_id", "img_fn", "img_fn_stem", "movie")
+# image_key fields with sample values
+IMAGE_KEY_FIELDS = {"img_id": "val-3", "img_fn": "lsmdc_1054_Harry_Potter/1054_Harry_Potter_00.01.21.867@12.jpg",
+                    "img_fn_stem": "lsmdc_1054_Harry_Potter/1054_Harry_Potter_00.01.21.867@12",
+                    "movie": "1054_Harry_Potter"}
 # text type ids (uniter-reference §2.4): question (with [CLS]), answer, rationale
 TYPE_QUESTION, TYPE_ANSWER, TYPE_RATIONALE = 0, 2, 3
 IMAGE_TYPE = 1
@@ -181,23 +184,16 @@ def read_vcr_records(path: str | Path, require_labels: bool = True) -> list[VcrR
     return records
 
 
-def image_key_of(record: VcrRecord, image_key: str = "{img_id}") -> str:
+def image_key_pattern(image_key: str | ImageKeyPattern = "{img_id}") -> ImageKeyPattern:
+    """VCR's ``image_key`` checked: fields ``{img_id}``, ``{img_fn}``, ``{img_fn_stem}``, ``{movie}``."""
+    return key_pattern(image_key, IMAGE_KEY_FIELDS, "VCR image_key")
+
+
+def image_key_of(record: VcrRecord, image_key: str | ImageKeyPattern = "{img_id}") -> str:
     """The store key of a record's image (see the module docstring for the fields)."""
     stem = record.img_fn.rsplit(".", 1)[0] if "." in record.img_fn.rsplit("/", 1)[-1] else record.img_fn
-    return image_key.format(img_id=record.img_id, img_fn=record.img_fn, img_fn_stem=stem, movie=record.movie)
-
-
-def check_image_key(image_key: str) -> None:
-    """Refuse a pattern that uses fields other than img_id, img_fn, img_fn_stem and movie."""
-    try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(image_key) if name is not None]
-    except ValueError as err:
-        fields, bad = [], [str(err)]
-    else:
-        bad = [f for f in fields if f not in IMAGE_KEY_FIELDS]
-    if bad or not image_key:
-        raise ValueError(f"image_key {image_key!r} must be a non-empty format string using only "
-                         f"{', '.join('{' + f + '}' for f in IMAGE_KEY_FIELDS)}; got fields {bad or fields}")
+    return image_key_pattern(image_key).format(img_id=record.img_id, img_fn=record.img_fn, img_fn_stem=stem,
+                                               movie=record.movie)
 
 
 class MixedTokenEncoder:
@@ -289,9 +285,11 @@ def build_rows(example: VcrExample, cls: int, sep: int, max_txt_len: int) -> lis
     return rows
 
 
-def read_vcr(path: str | Path, tokenizer, image_key: str = "{img_id}", object_token_offset: Optional[int] = None,
-             num_object_tokens: int = 81, require_labels: bool = True) -> list[VcrExample]:
+def read_vcr(path: str | Path, tokenizer, image_key: str | ImageKeyPattern = "{img_id}",
+             object_token_offset: Optional[int] = None, num_object_tokens: int = 81,
+             require_labels: bool = True) -> list[VcrExample]:
     """Records of ``path`` word-pieced (object mentions as object tokens), with their store keys."""
+    image_key = image_key_pattern(image_key)
     offset = len(tokenizer) if object_token_offset is None else object_token_offset
     if offset < len(tokenizer):
         raise ValueError(f"object_token_offset {offset} is below the tokenizer's {len(tokenizer)} tokens: object "
@@ -378,7 +376,7 @@ class VcrDataModule(VLDataModule):
         **kwargs,
     ):
         super().__init__(max_txt_len=max_txt_len, **kwargs)
-        check_image_key(image_key)
+        self.key_pattern = image_key_pattern(image_key)  # a bad pattern fails here, at start-up
         if num_object_tokens < 0 or (object_token_offset is not None and object_token_offset < 0):
             raise ValueError(f"need num_object_tokens >= 0 and object_token_offset >= 0 (or None), got "
                              f"{num_object_tokens} and {object_token_offset}")
@@ -391,7 +389,7 @@ class VcrDataModule(VLDataModule):
         return {"train": self.train_file, "val": self.val_file, "test": self.test_file}
 
     def build_dataset(self, split: str, path: str) -> VcrDataset:
-        examples = read_vcr(path, self.tokenizer, self.image_key, self.object_token_offset, self.num_object_tokens,
+        examples = read_vcr(path, self.tokenizer, self.key_pattern, self.object_token_offset, self.num_object_tokens,
                             require_labels=split != "test")
         special = self.special_ids
         return VcrDataset(examples, self.store, special["cls"], special["sep"], self.max_txt_len, source=str(path))

@@ -23,12 +23,14 @@ from .answers import labels_from_ans2label, read_ans2label, soft_targets
 from .base import VLDataModule
 from .batching import collate_rows
 from .features import RegionFeatureStore
+from .image_keys import ImageKeyPattern, key_pattern
 from .jsonl import parse_json, read_json, read_text
 from .tokenization import encode_uniter_batch
 
 log = logging.getLogger(__name__)
 
 NUM_HUMAN_ANSWERS = 10
+IMAGE_KEY_FIELDS = {"image_id": 1}  # image_key fields with sample values (COCO's int image_id)
 
 
 @dataclass(frozen=True)
@@ -216,12 +218,9 @@ class QaDataset(Dataset):
         return batch
 
 
-def format_image_key(image_key: str, **fields) -> str:
-    try:
-        return image_key.format(**fields)
-    except (KeyError, IndexError, ValueError) as err:
-        raise ValueError(f"image_key {image_key!r} is not a format string using only "
-                         f"{', '.join('{' + k + '}' for k in fields)} ({err!r})") from None
+def image_key_pattern(image_key: str | ImageKeyPattern = "{image_id}") -> ImageKeyPattern:
+    """VQA's ``image_key`` checked: field ``{image_id}`` (an int)."""
+    return key_pattern(image_key, IMAGE_KEY_FIELDS, "VQA image_key")
 
 
 class AnswerVocabulary:
@@ -278,7 +277,7 @@ class VqaDataModule(AnswerVocabulary, VLDataModule):
                              "file per questions file")
         if test_annotations and not test_questions:
             raise ValueError("test_annotations given without test_questions")
-        format_image_key(image_key, image_id=1)
+        self.key_pattern = image_key_pattern(image_key)  # a bad pattern fails here, at start-up
         self.train_questions, self.train_annotations = train_questions, train_annotations
         self.val_questions, self.val_annotations = val_questions, val_annotations
         self.test_questions, self.test_annotations = test_questions, test_annotations
@@ -334,7 +333,7 @@ class VqaDataModule(AnswerVocabulary, VLDataModule):
         for (q, a), ids in zip(pairs, input_ids):
             target = soft_targets(a.answers, ans2label) if a is not None else {}
             unanswerable += a is not None and not target
-            examples.append(QaExample(str(q.question_id), tuple(ids), format_image_key(self.image_key, image_id=q.image_id),
+            examples.append(QaExample(str(q.question_id), tuple(ids), self.key_pattern.format(image_id=q.image_id),
                                       tuple(sorted(target.items()))))
         if unanswerable:
             log.info("VQA %s: %d of %d questions have no human answer in the %d-answer vocabulary (all-zero targets)",

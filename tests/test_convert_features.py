@@ -318,8 +318,10 @@ def test_key_mapper_fields_prefixes_and_errors():
     assert KeyMapper("{num}")("COCO_train2014_000000000042.jpg.npz") == "42"
     assert KeyMapper("{num:012d}")("42") == "000000000042"
     assert KeyMapper("{id}")("a.npz") == "a.npz"
-    with pytest.raises(ValueError, match="only the fields"):
+    with pytest.raises(ValueError, match=r"--key-format '\{image\}': unknown field \{image\}; .* only \{id\}, \{stem\}, \{num\}"):
         KeyMapper("{image}")
+    with pytest.raises(ValueError, match="uses no field"):
+        KeyMapper("x")
     with pytest.raises(Reject, match="does not start with --strip-prefix 'a_' or 'b_'"):
         KeyMapper(strip_prefix=["a_", "b_"])("c_1")
     with pytest.raises(Reject, match="no number"):

@@ -243,10 +243,12 @@ def test_split_names_and_missing_images(hand_made):
     msg = str(err.value)
     assert "3 images used by" in msg and "'flickr_1000.jpg' (images[0], '1000.jpg')" in msg and "image_key" in msg
     assert str(hand_made / "f.h5") in msg and "split 'train'" in msg
-    dm = _dm(hand_made, image_key="x")
-    with pytest.raises(ValueError, match="both map to the store key 'x'"):
+    dm = _dm(hand_made, image_key="{stem:.2}")  # "1000", "1001", ... -> "10"
+    with pytest.raises(ValueError, match="both map to the store key '10'"):
         dm.setup("fit")
-    with pytest.raises(ValueError, match="only {stem}, {filename} and {imgid}"):
+    with pytest.raises(ValueError, match="Flickr30k image_key 'x': uses no field"):
+        _dm(hand_made, image_key="x")
+    with pytest.raises(ValueError, match="only {stem}, {filename}, {imgid}"):
         _dm(hand_made, image_key="{name}")
 
 

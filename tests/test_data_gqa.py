@@ -106,8 +106,10 @@ def test_missing_images_and_bad_image_key(hand_made):
         GqaDataModule(**{**args, "image_key": "{image_id}"}).setup("validate")
     msg = str(err.value)
     assert str(root / "f.h5") in msg and "'2375430' (question 1)" in msg and "'gqa_2375429'" in msg
-    with pytest.raises(ValueError, match=r"image_key '\{imageId\}' is not a format string"):
+    with pytest.raises(ValueError, match=r"GQA image_key '\{imageId\}': unknown field \{imageId\}; .* only \{image_id\}"):
         GqaDataModule(**{**args, "image_key": "{imageId}"})
+    with pytest.raises(ValueError, match=r"'\{image_id:012d\}': cannot format image_id='2375429'"):
+        GqaDataModule(**{**args, "image_key": "{image_id:012d}"})  # GQA's ids are strings
 
 
 # ---- the demo -----------------------------------------------------------------------------------

@@ -255,7 +255,7 @@ def test_missing_images_and_image_key(refcoco_files, tmp_path):
     dm = _dm(refcoco_files, features=keyed, image_key="COCO_train2014_{image_id:012d}")
     dm.setup("test")
     assert dm.datasets["test"][0]["row"]["img_feat"].shape == (2, 8)
-    with pytest.raises(ValueError, match="only {image_id}"):
+    with pytest.raises(ValueError, match="RefCOCO image_key '{img}': unknown field {img}; .*only {image_id}"):
         _dm(refcoco_files, image_key="{img}")
 
 

@@ -108,7 +108,7 @@ def test_image_key_mapping_and_missing_images(hand_made):
     msg = str(err.value)
     assert str(hand_made / "f.h5") in msg and "2 images used by" in msg and str(hand_made / "dev.jsonl") in msg
     assert "'flickr_10' (line 1, pairID 10.jpg#0r1e)" in msg and "image_key" in msg
-    with pytest.raises(ValueError, match="only {flickr_id}"):
+    with pytest.raises(ValueError, match="SNLI-VE image_key '{stem}': unknown field {stem}; .*only {flickr_id}"):
         _dm(hand_made, image_key="{stem}")
 
 

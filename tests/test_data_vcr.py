@@ -15,7 +15,7 @@ from data_modules.demo import vcr as vcr_demo
 from data_modules.demo.world import DEFAULT_WORLD
 from data_modules.features import MissingImageError, RegionFeatureStore, RegionFeatureWriter
 from data_modules.tokenization import load_tokenizer
-from data_modules.vcr import (VcrDataModule, check_image_key, image_key_of, read_vcr, read_vcr_records,
+from data_modules.vcr import (VcrDataModule, image_key_of, image_key_pattern, read_vcr, read_vcr_records,
                               truncate_longest_first)
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "?", "[", "]", "1", "Why", "is", "holding", "and",
@@ -152,11 +152,12 @@ def test_image_key_fields_and_bad_patterns():
     assert image_key_of(rec) == "val-3"
     assert image_key_of(rec, "vcr_gt_{img_fn_stem}.npz") == "vcr_gt_lsmdc_1054_Harry_Potter/1054_Harry_Potter_00.01.21.867@12.npz"
     assert image_key_of(rec, "{movie}|{img_fn}") == "1054_Harry_Potter|" + GOOD["img_fn"]
-    check_image_key("{img_id}")
-    for bad in ("{annot_id}", "{0}", "", "{img_id"):
-        with pytest.raises(ValueError, match="image_key"):
-            check_image_key(bad)
-    with pytest.raises(ValueError, match=r"image_key '\{annot_id\}' must be .* got fields \['annot_id'\]"):
+    assert image_key_pattern("{img_id}").used == ("img_id",)
+    for bad in ("{annot_id}", "{0}", "", "{img_id", "vcr"):
+        with pytest.raises(ValueError, match="VCR image_key"):
+            image_key_pattern(bad)
+    with pytest.raises(ValueError, match=r"VCR image_key '\{annot_id\}': unknown field \{annot_id\}; expected .* "
+                                         r"only \{img_id\}, \{img_fn\}, \{img_fn_stem\}, \{movie\}"):
         VcrDataModule("a.jsonl", "b.jsonl", features="f.h5", tokenizer="tok", image_key="{annot_id}")
 
 

@@ -241,7 +241,7 @@ def test_missing_images_and_bad_arguments(hand_made):
         dm.setup("validate")
     msg = str(err.value)
     assert str(root / "f.h5") in msg and "'3' (question 3001)" in msg and "image_key" in msg and "COCO_val2014_000000000001" in msg
-    with pytest.raises(ValueError, match=r"image_key '\{img\}' is not a format string using only \{image_id\}"):
+    with pytest.raises(ValueError, match=r"VQA image_key '\{img\}': unknown field \{img\}; .* using only \{image_id\}"):
         VqaDataModule(**{**args, "image_key": "{img}"})
     with pytest.raises(ValueError, match="paired lists"):
         VqaDataModule(**{**args, "train_annotations": args["train_annotations"][:1]})

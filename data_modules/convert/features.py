@@ -66,7 +66,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import string
 import sys
 import time
 from dataclasses import dataclass, field
@@ -76,13 +75,14 @@ import h5py
 import numpy as np
 
 from ..features import RegionFeatureWriter, partial_path
+from ..image_keys import ImageKeyPattern
 from ..jsonl import read_json
 from . import sources as S
 
 FORMATS = ("tsv", "butd-h5", "img-db", "npz")
 DEFAULT_POLICY = (0.2, 10, 100)  # conf_th, min_boxes, max_boxes (UNITER's defaults)
 _STRIP_EXT = (".npz", ".npy", ".jpg", ".jpeg", ".png")
-_KEY_FIELDS = {"id", "stem", "num"}
+_KEY_FIELDS = {"id": "x_1.npz", "stem": "x_1", "num": 1}  # --key-format fields with sample values
 _SWAP_HINT = "width and height look swapped"
 
 CLI_DESCRIPTION = __doc__
@@ -119,13 +119,8 @@ class KeyMapper:
     """Source id -> store key (``--key-format``, ``--strip-prefix``)."""
 
     def __init__(self, key_format: str = "{stem}", strip_prefix: list[str] | tuple[str, ...] = ()):
-        try:
-            used = {f.split(".")[0].split("[")[0] for _, f, _, _ in string.Formatter().parse(key_format) if f is not None}
-        except ValueError as err:
-            raise ValueError(f"--key-format {key_format!r} is not a format string ({err})") from None
-        if not used or used - _KEY_FIELDS:
-            raise ValueError(f"--key-format {key_format!r} must use only the fields {{id}}, {{stem}}, {{num}} "
-                             f"(got {sorted(used) or 'none'})")
+        self.pattern = ImageKeyPattern(key_format, _KEY_FIELDS, where="--key-format")  # the task modules' check
+        used = set(self.pattern.used)
         self.key_format, self.prefixes, self.used = key_format, tuple(strip_prefix), used
         try:
             self("x_1.npz") if "num" in used else self("x")
@@ -150,7 +145,7 @@ class KeyMapper:
             if not digits:
                 raise Reject("id has no number for {num} in --key-format")
             num = int(digits[-1])
-        key = self.key_format.format(id=raw_id, stem=stem, num=num)
+        key = self.pattern.format(id=raw_id, stem=stem, num=num)
         if not key:
             raise Reject(f"--key-format {self.key_format!r} gives an empty key")
         return key
