@@ -86,6 +86,13 @@ class VLDataModule(pl.LightningDataModule):
         return self._tokenizer
 
     @property
+    def tokenizer_size(self) -> int:
+        """``len(tokenizer)``: the word-piece ids the data uses are 0 .. tokenizer_size - 1 (the
+        model's ``vocab_size`` must cover them; VCR's object tokens come after, see
+        ``VcrDataModule.object_token_ids``). Loads the tokenizer."""
+        return len(self.tokenizer)
+
+    @property
     def special_ids(self) -> dict[str, int]:
         return self.tokenizer.uniter_special_ids
 

@@ -17,10 +17,13 @@ their QA→R rows on answer choice 0 — a placeholder, only the Q→A scores of
 Mixed tokens. VCR sentences are lists whose items are words or JSON lists of 0-based indices into
 ``objects`` (object mentions; a string such as ``"[1]"`` is just a word). As in UNITER, a mention
 of object i < ``num_object_tokens`` (81) becomes ONE token id ``object_token_offset + i`` (UNITER
-appends 81 rows to the word table: 28996 → 29077; the model extends its table for VCR). A mention
-of several objects ``[0, 2]`` becomes their tokens joined by the word "and". An index
->= ``num_object_tokens`` has no token of its own and falls back to the word-pieces of its class
-name in ``objects`` (e.g. "person"). Words are word-pieced one by one as UNITER's prepro does.
+appends 81 rows to the word table: 28996 → 29077; the model extends its table for VCR). The
+offset defaults to ``len(tokenizer)``, which must equal the model's ``vocab_size`` for these ids to
+be the appended rows (bert-base-cased: 28996 both; the demo pads its vocabulary to the demo
+model's ``vocab_size`` for the same reason). A mention of several objects ``[0, 2]`` becomes
+their tokens joined by the word "and". An index >= ``num_object_tokens`` has no token of its own
+and falls back to the word-pieces of its class name in ``objects`` (e.g. "person"). Words are
+word-pieced one by one as UNITER's prepro does.
 
 Images. The store key comes from ``image_key``, a format string over ``{img_id}``, ``{img_fn}``,
 ``{img_fn_stem}`` (img_fn without its extension) and ``{movie}``. Per image the store must hold the
@@ -285,15 +288,28 @@ def build_rows(example: VcrExample, cls: int, sep: int, max_txt_len: int) -> lis
     return rows
 
 
+def object_token_start(tokenizer, object_token_offset: Optional[int] = None) -> int:
+    """The id of object 0's token: ``object_token_offset``, by default ``len(tokenizer)``. An
+    offset below ``len(tokenizer)`` would give object tokens the ids of real word-pieces: a
+    ``ValueError`` naming the tokenizer, its size and the offset."""
+    size = len(tokenizer)
+    if object_token_offset is None:
+        return size
+    if object_token_offset < size:
+        path = getattr(tokenizer, "uniter_vocab_path", None) or "in use"
+        raise ValueError(f"object_token_offset {object_token_offset} is below the size of tokenizer {path} "
+                         f"({size} tokens, ids 0..{size - 1}): VCR's object tokens would reuse word-piece ids; "
+                         f"expected object_token_offset >= {size}, or null for {size} (UNITER: 28996 with "
+                         "bert-base-cased)")
+    return object_token_offset
+
+
 def read_vcr(path: str | Path, tokenizer, image_key: str | ImageKeyPattern = "{img_id}",
              object_token_offset: Optional[int] = None, num_object_tokens: int = 81,
              require_labels: bool = True) -> list[VcrExample]:
     """Records of ``path`` word-pieced (object mentions as object tokens), with their store keys."""
     image_key = image_key_pattern(image_key)
-    offset = len(tokenizer) if object_token_offset is None else object_token_offset
-    if offset < len(tokenizer):
-        raise ValueError(f"object_token_offset {offset} is below the tokenizer's {len(tokenizer)} tokens: object "
-                         f"tokens would reuse word-piece ids; expected >= {len(tokenizer)} (UNITER: 28996)")
+    offset = object_token_start(tokenizer, object_token_offset)
     records = read_vcr_records(path, require_labels)
     encoder = MixedTokenEncoder(tokenizer, offset, num_object_tokens)
     encoder.prime(records)
@@ -358,7 +374,8 @@ class VcrDataModule(VLDataModule):
     may lack them → targets -1). ``batch_size`` counts examples (each is 8 rows).
     ``image_key``: store key pattern over ``{img_id}``, ``{img_fn}``, ``{img_fn_stem}``, ``{movie}``
     (the demo world stores images under their ``img_id``). ``object_token_offset``: id of the token
-    for object 0 (default: the tokenizer's size, 28996 for bert-base-cased, as UNITER);
+    for object 0 (default: the tokenizer's size, 28996 for bert-base-cased, as UNITER; smaller is
+    refused at setup, it would overlap real word-pieces — see ``object_token_ids``);
     ``num_object_tokens``: objects with a token of their own (UNITER: 81). ``max_txt_len``: word-
     pieces per row without [CLS]/[SEP]s (UNITER's VCR: 220). Other arguments: see ``VLDataModule``."""
 
@@ -387,6 +404,19 @@ class VcrDataModule(VLDataModule):
 
     def split_files(self) -> dict[str, Optional[str]]:
         return {"train": self.train_file, "val": self.val_file, "test": self.test_file}
+
+    @property
+    def object_token_ids(self) -> range:
+        """The ids of the object tokens, ``object_token_offset .. + num_object_tokens`` (offset
+        default: ``len(tokenizer)``); loads the tokenizer and refuses an offset that overlaps its
+        words. The model appends ``extra_word_rows`` (81) rows after its ``vocab_size`` for them, so
+        ``object_token_ids.start`` must equal the model's ``vocab_size`` (``VLModule.setup`` checks)."""
+        start = object_token_start(self.tokenizer, self.object_token_offset)
+        return range(start, start + self.num_object_tokens)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        object_token_start(self.tokenizer, self.object_token_offset)  # a bad offset fails before any file is read
+        super().setup(stage)
 
     def build_dataset(self, split: str, path: str) -> VcrDataset:
         examples = read_vcr(path, self.tokenizer, self.key_pattern, self.object_token_offset, self.num_object_tokens,

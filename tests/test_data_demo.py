@@ -12,6 +12,7 @@ import pytest
 
 from data_modules.demo import generate_demo, main
 from data_modules.demo.nlvr2 import TEMPLATES, make_split
+from data_modules.demo.vocab import build_vocab, pad_vocab
 from data_modules.tokenization import encode_uniter_batch, load_tokenizer
 
 
@@ -174,3 +175,35 @@ def test_world_knobs_restrict_palette_objects_and_templates(tmp_path):
     flat = WorldConfig(num_colors=1, num_shapes=1, min_objects=2, max_objects=2)  # every count is 2
     with pytest.raises(ValueError, match="too small for the 'compare' template"):
         make_split("train", 4, rng, world=flat, templates=("compare",), max_tries=50)
+
+
+def test_vocabulary_is_padded_to_the_model_vocab_size(tmp_path):
+    """With vocab_size (the demo model's model.uniter.vocab_size) the tokenizer has exactly that
+    many tokens: the real ones in the same ids, then [unused0], [unused1], ..."""
+    sizes = dict(feat_dim=8, n_train=8, n_dev=4, n_test=4, tasks=("nlvr2",))
+    plain = generate_demo(tmp_path / "plain", **sizes)
+    padded = generate_demo(tmp_path / "padded", vocab_size=512, **sizes)
+    real = (Path(plain["tokenizer"]) / "vocab.txt").read_text().splitlines()
+    vocab = (Path(padded["tokenizer"]) / "vocab.txt").read_text().splitlines()
+    assert len(real) < 512 and len(vocab) == 512 and vocab[:len(real)] == real
+    assert vocab[len(real):] == [f"[unused{i}]" for i in range(512 - len(real))]
+    assert len(load_tokenizer(padded["tokenizer"])) == 512
+    manifest = json.loads(Path(padded["manifest"]).read_text())
+    assert manifest["vocab_size"] == 512 and manifest["vocab_unused"] == 512 - len(real)
+    assert json.loads(Path(plain["manifest"]).read_text())["vocab_unused"] == 0
+    assert filecmp.cmp(plain["nlvr2_train"], padded["nlvr2_train"], shallow=False)  # only the vocabulary changes
+    exact = generate_demo(tmp_path / "exact", vocab_size=len(real), **sizes)
+    assert (Path(exact["tokenizer"]) / "vocab.txt").read_text().splitlines() == real
+    with pytest.raises(ValueError, match=rf"has {len(real)} real tokens, more than the requested vocab_size {len(real) - 1}"):
+        generate_demo(tmp_path / "small", vocab_size=len(real) - 1, **sizes)
+    with pytest.raises(ValueError, match="vocab_size must be a positive int or None, got 0"):
+        generate_demo(tmp_path / "zero", vocab_size=0, **sizes)
+
+
+def test_vocab_padding_skips_names_already_taken_and_the_cli_option(tmp_path):
+    assert pad_vocab(["[PAD]", "[unused0]", "x"], 5) == ["[PAD]", "[unused0]", "x", "[unused1]", "[unused2]"]
+    assert build_vocab(["a cube"], None) == build_vocab(["a cube"])
+    assert len(build_vocab(["a cube"], 300)) == 300
+    paths = main(["--out", str(tmp_path / "w"), "--feat-dim", "8", "--n-train", "4", "--n-dev", "2", "--n-test", "2",
+                  "--tasks", "nlvr2", "--vocab-size", "400"])
+    assert len(load_tokenizer(paths["tokenizer"])) == 400

@@ -143,8 +143,22 @@ def test_object_mentions_become_object_tokens_joined_by_and(hand):
     # objects past num_object_tokens fall back to their class name's word-pieces
     ex = read_vcr(hand / "val.jsonl", tok, num_object_tokens=2)[0]
     assert ex.part(0) == [ID["Why"], ID["is"], OBJ, ID["holding"], ID["cup"], ID["?"]]
-    with pytest.raises(ValueError, match=f"object_token_offset 5 is below the tokenizer's {len(VOCAB)} tokens"):
+    with pytest.raises(ValueError, match=f"object_token_offset 5 is below the size of tokenizer {hand / 'tok' / 'vocab.txt'} "
+                                         rf"\({len(VOCAB)} tokens, ids 0..{len(VOCAB) - 1}\)"):
         read_vcr(hand / "val.jsonl", tok, object_token_offset=5)
+
+
+def test_datamodule_refuses_an_offset_overlapping_the_tokenizer_at_setup(hand):
+    dm = _hand_dm(hand)
+    assert dm.object_token_ids == range(len(VOCAB), len(VOCAB) + 81) and dm.tokenizer_size == len(VOCAB)
+    assert _hand_dm(hand, object_token_offset=100, num_object_tokens=3).object_token_ids == range(100, 103)
+    dm = _hand_dm(hand, object_token_offset=len(VOCAB) - 1)
+    with pytest.raises(ValueError) as err:
+        dm.setup("validate")
+    msg = str(err.value)
+    assert f"object_token_offset {len(VOCAB) - 1} is below the size of tokenizer {hand / 'tok' / 'vocab.txt'}" in msg
+    assert f"({len(VOCAB)} tokens" in msg and f"expected object_token_offset >= {len(VOCAB)}" in msg
+    assert "val" not in dm.datasets
 
 
 def test_image_key_fields_and_bad_patterns():
@@ -244,10 +258,14 @@ def test_missing_images_and_too_few_regions_fail_at_setup(hand, tmp_path):
 
 
 # ---- the demo generator ------------------------------------------------------------------------
+DEMO_VOCAB_SIZE = 512  # configs/model/uniter-tiny.yaml's vocab_size
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("vcr_demo")
-    paths = generate_demo(root / "a", seed=4, feat_dim=16, n_train=48, n_dev=16, n_test=8, tasks=("vcr",))
+    paths = generate_demo(root / "a", seed=4, feat_dim=16, n_train=48, n_dev=16, n_test=8, tasks=("vcr",),
+                          vocab_size=DEMO_VOCAB_SIZE)
     return root, paths
 
 
@@ -300,6 +318,21 @@ def test_demo_datamodule_batches(demo):
     assert batch["input_ids"].ge(len(dm.tokenizer)).any()  # object tokens are there
     val = next(iter(dm.val_dataloader()))
     assert max(val["txt_lens"]) < 60 and val["targets"].shape == (16, 2)
+
+
+def test_demo_object_tokens_are_the_rows_the_model_appends(demo):
+    """The demo vocabulary is padded to the demo model's vocab_size, so object tokens start at it:
+    they are UNITER's 81 appended rows, not unused word rows."""
+    root, paths = demo
+    dm = VcrDataModule(paths["vcr_train"], paths["vcr_dev"], features=paths["features"], tokenizer=paths["tokenizer"],
+                       img_dim=16, batch_size=4, max_txt_len=60)
+    assert dm.tokenizer_size == DEMO_VOCAB_SIZE and dm.object_token_ids == range(DEMO_VOCAB_SIZE, DEMO_VOCAB_SIZE + 81)
+    real = sum(not t.startswith("[unused") for t in (Path(paths["tokenizer"]) / "vocab.txt").read_text().splitlines())
+    examples = read_vcr(paths["vcr_train"], dm.tokenizer)
+    pieces = np.concatenate([ex.pieces for ex in examples])
+    objects = pieces[pieces >= real]
+    assert len(objects) and objects.min() >= DEMO_VOCAB_SIZE and objects.max() < DEMO_VOCAB_SIZE + 81
+    assert not ((pieces >= real) & (pieces < DEMO_VOCAB_SIZE)).any()  # no [unused] word row is used
 
 
 def test_demo_answers_are_right_for_the_scene_and_labels_balanced():

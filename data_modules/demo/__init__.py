@@ -80,6 +80,7 @@ def generate_demo(
     focus: float = 0.3,
     nlvr2_templates: tuple[str, ...] = tuple(nlvr2_demo.TEMPLATES),
     scale: float = 1.0,
+    vocab_size: Optional[int] = None,
 ) -> dict[str, str]:
     """Write the demo world into ``out_dir``; returns ``{name: path}`` of what was written
     (``<task>_<file>``, e.g. ``nlvr2_train``, plus ``features``, ``tokenizer``, ``manifest``).
@@ -91,6 +92,10 @@ def generate_demo(
     ``noise`` (std of the Gaussian added to unit-variance features), ``focus`` (how much image
     pairs over-represent what their statement mentions: higher = fewer "is it there at all"
     shortcuts, harder), ``nlvr2_templates`` (a subset of count, compare, both, spatial).
+    ``vocab_size``: pad ``tokenizer/vocab.txt`` with ``[unused0]``, … to exactly this many tokens —
+    give the demo model's ``model.uniter.vocab_size``, so that ids past the tokenizer (VCR's object
+    tokens) are the rows the model appends for them; None = the real tokens only. A vocabulary
+    whose real tokens are more than ``vocab_size`` is an error naming both numbers.
     """
     for task in tasks:
         task_module(task)
@@ -98,6 +103,8 @@ def generate_demo(
     if feat_dim <= 0 or scale <= 0 or any(n is not None and n < 0 for n in given.values()):
         raise ValueError(f"need feat_dim > 0, scale > 0 and non-negative sizes, got feat_dim={feat_dim}, "
                          f"scale={scale}, n_train={n_train}, n_dev={n_dev}, n_test={n_test}")
+    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 0):
+        raise ValueError(f"vocab_size must be a positive int or None, got {vocab_size!r}")
     world = WorldConfig(num_colors, num_shapes, min_objects, max_objects, noise, focus)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,9 +131,11 @@ def generate_demo(
             manifest["tasks"][task] = {"sizes": sizes, "images": len(writer) - before, **result.manifest}
         num_images = len(writer)
     paths["features"] = str(out / "features.h5")
-    paths["tokenizer"] = str(write_vocab(out / "tokenizer", texts))
+    paths["tokenizer"] = str(write_vocab(out / "tokenizer", texts, vocab_size))
     manifest["images"] = num_images
-    manifest["vocab_size"] = len((out / "tokenizer" / "vocab.txt").read_text(encoding="utf-8").splitlines())
+    vocab = (out / "tokenizer" / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    manifest["vocab_size"] = len(vocab)
+    manifest["vocab_unused"] = sum(t.startswith("[unused") for t in vocab)  # padding to the model's vocab_size
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     paths["manifest"] = str(out / "manifest.json")
     if mark_complete:
@@ -156,6 +165,9 @@ def argument_parser(prog: str = "python -m data_modules.demo",
                     help="0-1: how much images over-represent what statements mention (higher = harder)")
     ap.add_argument("--nlvr2-templates", nargs="+", default=list(nlvr2_demo.TEMPLATES),
                     choices=list(nlvr2_demo.TEMPLATES))
+    ap.add_argument("--vocab-size", type=int, default=None,
+                    help="pad the WordPiece vocabulary with [unused0], ... to exactly this many tokens: the demo "
+                         "model's model.uniter.vocab_size (default: no padding)")
     return ap
 
 
@@ -174,7 +186,7 @@ def generate_from_args(args: argparse.Namespace, mark_complete: bool = True) -> 
                          tasks=tuple(args.tasks), scale=args.scale, num_colors=args.num_colors,
                          num_shapes=args.num_shapes, min_objects=args.min_objects, max_objects=args.max_objects,
                          noise=args.noise, focus=args.focus, nlvr2_templates=tuple(args.nlvr2_templates),
-                         mark_complete=mark_complete)
+                         vocab_size=getattr(args, "vocab_size", None), mark_complete=mark_complete)
 
 
 def main(argv: list[str] | None = None) -> dict[str, str]:
