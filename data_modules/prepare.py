@@ -15,6 +15,10 @@ The data modules read the public schemas directly, so preparing a task means:
 4. write ``data/<task>/prepared.json``: what was linked, built and checked.
 
 Nothing is downloaded; RefCOCO+'s pickle is only ever read with a class-refusing unpickler.
+
+The default config is the project's own ``configs/task/<t>.yaml``, found from this file, so the
+command works from any working directory; an explicit ``--config`` is relative to the working
+directory, as are the data paths inside a config (``data/<task>/...``).
 """
 from __future__ import annotations
 
@@ -28,9 +32,38 @@ from typing import Optional
 
 import yaml
 
+ROOT = Path(__file__).resolve().parents[1]  # the project: configs/ lives beside data_modules/
 NOT_FILES = {"features", "eval_features", "tokenizer"}
 OPTIONAL = {"test_file", "test_questions", "test_annotations"}
 ID_LISTS = {"val_ids", "train_exclude_ids"}  # VQA's mini-dev question ids
+
+
+def task_config_dir() -> Path:
+    """``configs/task`` of the project (found from this file, not from the working directory);
+    ``./configs/task`` only where the package was installed without its configs."""
+    bundled = ROOT / "configs" / "task"
+    return bundled if bundled.is_dir() else Path("configs") / "task"
+
+
+def tasks() -> list[str]:
+    """The tasks ``lightning-vl data`` prepares: one per ``configs/task/<task>.yaml``."""
+    return sorted(p.stem for p in task_config_dir().glob("*.yaml"))
+
+
+def task_config_path(task: str, config: Optional[str | Path] = None) -> Path:
+    """``config`` as given (relative to the working directory), else the project's
+    ``configs/task/<task>.yaml`` (an unknown task is an error listing the known ones)."""
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(f"task config {path} does not exist (relative to the working directory "
+                                    f"{Path.cwd()})")
+        return path
+    path = task_config_dir() / f"{task}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no task config {path}: unknown task {task!r}; the tasks are {', '.join(tasks())} "
+                                f"(one per {task_config_dir()}/<task>.yaml)")
+    return path
 
 
 def _paths(value) -> list[str]:
@@ -76,9 +109,7 @@ def _place(source: Path, dest: Path, copy: bool) -> None:
 def prepare_task(task: str, src: str | Path, config: Optional[str | Path] = None, copy: bool = False,
                  minidev: Optional[str] = None, min_count: int = 9, force: bool = False, check: bool = True) -> dict:
     """Link, build and check one task's files (see the module docstring); returns the report."""
-    config = Path(config or f"configs/task/{task}.yaml")
-    if not config.is_file():
-        raise FileNotFoundError(f"no task config {config}; tasks have configs/task/<task>.yaml")
+    config = task_config_path(task, config)
     data = yaml.safe_load(config.read_text())["data"]
     init = data["init_args"]
     src = Path(src)
@@ -158,9 +189,10 @@ def check_task(data: dict, absent: list[str]) -> dict:
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="lightning-vl data", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--task", required=True)
+    ap.add_argument("--task", required=True, help=f"one of {', '.join(tasks())}")
     ap.add_argument("--src", required=True, help="folder with the downloaded public annotation files")
-    ap.add_argument("--config", default=None, help="task config (default configs/task/<task>.yaml)")
+    ap.add_argument("--config", default=None,
+                    help="task config, relative to the working directory (default: the project's configs/task/<task>.yaml)")
     ap.add_argument("--copy", action="store_true", help="copy files instead of symlinking them")
     ap.add_argument("--minidev", default=None, help="VQA: UNITER's held-out val2014 question ids (text or JSON)")
     ap.add_argument("--min-count", type=int, default=9, help="VQA answer vocabulary: questions per kept answer")

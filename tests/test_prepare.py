@@ -76,3 +76,35 @@ def test_missing_images_are_reported_per_split_with_exit_code(demo_all, tmp_path
     assert exit_info.value.code == 1
     out = capsys.readouterr().out
     assert "check   val: PROBLEM" in out and "'999'" in out and "check   train: {'examples'" in out
+
+
+def test_the_default_config_is_found_from_any_working_directory(demo_all, tmp_path, monkeypatch):
+    """The project's configs/task/<task>.yaml, not ./configs: run from a folder without one. Data
+    paths inside the config (data/gqa/...) stay relative to the working directory."""
+    from data_modules.prepare import task_config_path, tasks
+
+    src = tmp_path / "downloads"
+    src.mkdir()
+    for name in ("train", "val", "testdev"):
+        shutil.copy(demo_all / "gqa" / f"{name}_balanced_questions.json", src)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert task_config_path("gqa") == ROOT / "configs" / "task" / "gqa.yaml"
+    assert "gqa" in tasks() and "vcr" in tasks()
+    report = prepare_task("gqa", src)
+    assert report["config"] == str(ROOT / "configs" / "task" / "gqa.yaml")
+    assert (work / "data/gqa/train_balanced_questions.json").is_symlink() and (work / "data/gqa/ans2label.json").is_file()
+    assert "skipped" in report["checks"]  # the config's store data/features/gqa.h5 is not here
+    with pytest.raises(FileNotFoundError, match=r"unknown task 'gqb'; the tasks are flickr30k-ir, .*vqa"):
+        prepare_task("gqb", src)
+
+
+def test_an_explicit_config_is_relative_to_the_working_directory(tmp_path, monkeypatch):
+    from data_modules.prepare import task_config_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.yaml").write_text("data: {}\n")
+    assert task_config_path("gqa", "mine.yaml") == Path("mine.yaml") and Path("mine.yaml").resolve().is_file()
+    with pytest.raises(FileNotFoundError, match=r"task config other.yaml does not exist \(relative to the working directory"):
+        task_config_path("gqa", "other.yaml")
