@@ -26,6 +26,10 @@ from .world import FeatureRenderer, WorldConfig
 TASK_MODULES = {"nlvr2": "nlvr2", "vqa": "vqa", "gqa": "gqa", "vcr": "vcr", "snli-ve": "snli_ve",
                 "refcoco+": "refcoco", "flickr30k": "flickr30k"}
 TASKS = tuple(TASK_MODULES)
+# model task (lightning_vl.tasks.TASKS) -> the generator above that writes its demo files
+# (configs/demo/<task>.yaml reads them); both Flickr30k retrieval directions share one split file.
+DEMO_TASKS = {"vqa": "vqa", "gqa": "gqa", "vcr": "vcr", "nlvr2": "nlvr2", "snli-ve": "snli-ve",
+              "refcoco+": "refcoco+", "flickr30k-ir": "flickr30k", "flickr30k-tr": "flickr30k"}
 SPLITS = ("train", "dev", "test")
 
 
@@ -51,6 +55,13 @@ class DemoTaskResult:
     files: dict[str, str]
     texts: list[str]
     manifest: dict
+
+
+def demo_generator(task: str) -> str:
+    """The generator (a ``TASK_MODULES`` name) of a model task's demo files."""
+    if task not in DEMO_TASKS:
+        raise ValueError(f"no demo data for task {task!r}; demo tasks: {list(DEMO_TASKS)}")
+    return DEMO_TASKS[task]
 
 
 def task_module(task: str):
