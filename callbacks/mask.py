@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .files import atomic_torch_save, atomic_write_text  # noqa: F401 (re-exported)
 
 FORMAT = "lightning-vl/mask"
 VERSION = 1
@@ -153,17 +154,3 @@ def named_parameters_by(model: torch.nn.Module, names: Iterable[str]) -> dict[st
     if missing:
         raise KeyError(f"not parameters of {type(model).__name__}: {missing[:5]}")
     return {n: params[n] for n in names}
-
-
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: never a half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,59 +1,72 @@
 """Training with a fixed pruning mask, and capturing the rewind weights θ_i.
 
 No ``torch.nn.utils.prune`` re-parametrisation and no per-forward hooks: parameters stay plain
-dense tensors with UNITER's names, the pruned entries are zeroed in place once at fit start and
-again after every optimizer step (``w *= m``, bool masks, 1 byte per weight). Under DDP the mask
-of rank 0 is broadcast at setup, so every rank trains the same sub-network even if the ranks
-computed different (e.g. random) masks.
+dense tensors with UNITER's names. The sub-network is trained exactly as if the pruned weights
+did not exist:
+
+* the pruned entries are zeroed in place once at fit start;
+* their gradients are zeroed before gradient clipping and the optimizer step
+  (``on_before_optimizer_step``, which Lightning calls after unscaling mixed-precision gradients
+  and before clipping), so the clipping norm and AdamW's moments only see the kept weights;
+* the weights are zeroed again after every step (weight decay and numerical noise cannot
+  revive them).
+
+Masks are bool tensors (1 byte per weight), applied with one fused multiply per step. Under
+DDP the mask of global rank 0 is broadcast at setup, so every rank trains the same sub-network
+even if the ranks computed different (e.g. random) masks; every rank's mask checksum is gathered
+and, with ``checksum_path``, written by rank 0 with each rank's weight checksum at the fit's end.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
 
-from .mask import Mask, atomic_torch_save, named_parameters_by
-
-
-def broadcast_mask(mask: Mask, device: torch.device) -> Mask:
-    """Rank 0's mask on every rank (identity without an initialised process group)."""
-    mask = mask.to(device)
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return mask
-    out = {}
-    for name, t in mask.items():
-        buf = t.to(torch.uint8).contiguous()
-        dist.broadcast(buf, src=0)
-        out[name] = buf.bool()
-    return Mask(out)
+from .distributed import broadcast_mask, destroy_at_exit, gather_strings, tensor_digest
+from .files import atomic_torch_save, atomic_write_text
+from .mask import Mask, named_parameters_by
 
 
 class MaskedTraining(pl.Callback):
-    """Keep ``mask``'s pruned weights exactly zero for a whole fit.
+    """Train only ``mask``'s kept weights for a whole fit: pruned weights stay exactly zero and
+    receive no gradient.
 
     Args:
         mask: the round's mask, keyed by the LightningModule's parameter names.
-        rewind_step: if given, save the module's weights after this many optimizer steps to
-            ``rewind_path`` (0 = before the first step): the θ_i later rounds rewind to.
-        rewind_path: where θ_i is written (rank 0 only, atomically).
+        rewind_step: if given, keep the module's weights after this many optimizer steps
+            (``rewind_state``, on every rank) and save them to ``rewind_path`` (global rank 0,
+            atomically): the θ_i later rounds rewind to (0 = before the first step).
+        rewind_path: where θ_i is written.
+        checksum_path: where global rank 0 writes every rank's mask and weight checksums (JSON)
+            at the end of the fit, after checking they agree.
     """
 
-    def __init__(self, mask: Mask, rewind_step: int | None = None, rewind_path: str | Path | None = None):
+    def __init__(self, mask: Mask, rewind_step: int | None = None, rewind_path: str | Path | None = None,
+                 checksum_path: str | Path | None = None):
         super().__init__()
         if (rewind_step is None) != (rewind_path is None):
             raise ValueError("rewind_step and rewind_path go together")
         self.mask = mask
         self.rewind_step = rewind_step
         self.rewind_path = Path(rewind_path) if rewind_path is not None else None
+        self.checksum_path = Path(checksum_path) if checksum_path is not None else None
+        self.rewind_state: dict[str, torch.Tensor] | None = None
+        self.mask_digests: list[str] = []
         self._params: dict[str, torch.Tensor] = {}
-        self.rewind_saved = False
+
+    @property
+    def rewind_saved(self) -> bool:
+        return self.rewind_state is not None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.mask.validate(dict(pl_module.named_parameters()), "MaskedTraining")
+        destroy_at_exit()
         self.mask = broadcast_mask(self.mask, pl_module.device)
-        params = dict(pl_module.named_parameters())
-        self.mask.validate(params, "MaskedTraining")
+        self.mask_digests = gather_strings(tensor_digest(dict(self.mask.items())))
+        if len(set(self.mask_digests)) != 1:
+            raise RuntimeError(f"ranks train different masks after the broadcast: {self.mask_digests}")
         self._params = named_parameters_by(pl_module, self.mask.keys())
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -62,12 +75,18 @@ class MaskedTraining(pl.Callback):
         self._params = named_parameters_by(pl_module, self.mask.keys())
         self.mask.apply_(self._params)
         if self.rewind_step == 0:
-            self._save_rewind(trainer, pl_module)
+            self._keep_rewind(trainer, pl_module)
+
+    @torch.no_grad()
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        names = [k for k in self.mask.keys() if self._params[k].grad is not None]
+        if names:
+            torch._foreach_mul_([self._params[k].grad for k in names], [self.mask[k] for k in names])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.mask.apply_(self._params)
         if self.rewind_step and trainer.global_step == self.rewind_step and not self.rewind_saved:
-            self._save_rewind(trainer, pl_module)
+            self._keep_rewind(trainer, pl_module)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.rewind_step is not None and not self.rewind_saved:
@@ -75,11 +94,22 @@ class MaskedTraining(pl.Callback):
                 f"rewind step {self.rewind_step} was never reached: the fit ended after "
                 f"{trainer.global_step} optimizer steps"
             )
+        if self.checksum_path is not None:
+            self._write_checksums(trainer, pl_module)
 
-    def _save_rewind(self, trainer, pl_module) -> None:
-        self.rewind_saved = True
-        state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
-        _write_rank_zero(state, self.rewind_path, trainer)
+    def _keep_rewind(self, trainer, pl_module) -> None:
+        self.rewind_state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        if trainer.is_global_zero:
+            atomic_torch_save(self.rewind_state, self.rewind_path)
+
+    def _write_checksums(self, trainer, pl_module) -> None:
+        pruned_nonzero = [k for k, p in self._params.items() if bool((p.detach()[~self.mask[k]] != 0).any())]
+        weights = gather_strings(tensor_digest(dict(pl_module.state_dict())))
+        nonzero = gather_strings(",".join(pruned_nonzero))
+        if trainer.is_global_zero:
+            record = {"world_size": len(weights), "mask_sha1": self.mask_digests, "weights_sha1": weights,
+                      "pruned_nonzero": [n.split(",") if n else [] for n in nonzero]}
+            atomic_write_text(self.checksum_path, json.dumps(record, indent=1) + "\n")
 
     # the mask travels inside Lightning checkpoints, bit-packed
     def state_dict(self) -> dict:
@@ -87,8 +117,3 @@ class MaskedTraining(pl.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.mask = Mask.from_state_dict(state_dict["mask"], "checkpoint callback state")
-
-
-def _write_rank_zero(state: dict, path: Path, trainer: pl.Trainer) -> None:
-    if trainer.is_global_zero:
-        atomic_torch_save(state, path)

@@ -142,3 +142,97 @@ def test_module_pickles_for_spawned_ranks():
     model = make_model()
     clone = pickle.loads(pickle.dumps(model))
     assert clone.spec.name == "nlvr2" and set(clone.state_dict()) == set(model.state_dict())
+
+
+class FirstBatchOnly(RandomPairsDataModule):
+    """The same first training batch every time (no shuffling), for step-by-step comparisons."""
+
+    def train_dataloader(self):
+        from torch.utils.data import DataLoader, Subset
+
+        from .synthetic import collate_pairs
+
+        return DataLoader(Subset(self.train_set, range(self.batch_size)), batch_size=self.batch_size,
+                          collate_fn=collate_pairs)
+
+
+class GradNorm(pl.Callback):
+    """The global gradient norm the clipping sees (runs after MaskedTraining's hook)."""
+
+    norm = None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        self.norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+
+def test_one_clipped_adamw_step_equals_the_same_subnetwork_trained_with_torch_prune():
+    """At 90% sparsity the gradient norm that clipping sees and the weights after one AdamW step
+    are those of the sub-network trained with ``torch.nn.utils.prune`` (real zeros: pruned entries
+    get no gradient), not those of the dense network with its pruned gradients counted."""
+    import dataclasses
+
+    import torch.nn.utils.prune as tprune
+
+    from lightning_vl.module import NO_DECAY
+
+    cfg = dataclasses.replace(TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = make_model(uniter=cfg, warmup_steps=1)
+    reference = make_model(uniter=cfg, warmup_steps=1)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+    names = model.prunable_parameter_names()
+    mask = random_prune(Mask.ones_like({n: model.get_parameter(n).detach() for n in names}), 0.9,
+                        torch.Generator().manual_seed(0))
+    data = FirstBatchOnly()
+    clip = 0.01
+
+    probe = GradNorm()
+    tiny_trainer(1, gradient_clip_val=clip, callbacks=[MaskedTraining(mask), probe]).fit(model, datamodule=data)
+
+    for n in names:  # the same sub-network by torch.nn.utils.prune: weight = weight_orig * mask
+        module_name, attr = n.rsplit(".", 1)
+        tprune.custom_from_mask(reference.get_submodule(module_name), attr, mask[n])
+    groups: dict = {}
+    for name, p in reference.named_parameters():
+        if p.requires_grad:
+            plain = name.replace("_orig", "")
+            groups.setdefault((plain.startswith("head."), any(nd in plain for nd in NO_DECAY)), []).append(p)
+    opt = torch.optim.AdamW([{"params": ps, "lr": 1e-3, "weight_decay": 0.0 if nd else 0.01}
+                             for (_, nd), ps in sorted(groups.items())], lr=1e-3, betas=(0.9, 0.98), eps=1e-6)
+    reference.train()
+    batch = next(iter(data.train_dataloader()))
+    reference.training_loss(batch).backward()
+    kept_norm = float(torch.linalg.vector_norm(torch.stack(
+        [torch.linalg.vector_norm(reference.get_submodule(n.rsplit(".", 1)[0]).weight_orig.grad) for n in names])))
+    params = [p for p in reference.parameters() if p.grad is not None]
+    norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+    opt.step()
+
+    assert probe.norm == pytest.approx(norm, rel=1e-5)
+    assert norm > 5 * clip  # clipping was active, so the norm decides the step size
+    after = reference.state_dict()
+    for k, v in model.state_dict().items():
+        expected = after[k + "_orig"] * after[k + "_mask"] if k + "_orig" in after else after[k]
+        torch.testing.assert_close(v, expected, rtol=1e-5, atol=1e-7, msg=k)
+
+    # guard: counting the pruned entries' gradients (what clipping saw before they were masked)
+    # gives a ~sqrt(1 / 0.1) times larger norm over the prunable weights at 90% sparsity
+    dense = make_model(uniter=cfg, warmup_steps=1)
+    mask.apply_({n: dense.get_parameter(n) for n in names})
+    dense.train()
+    dense.training_loss(batch).backward()
+    dense_norm = float(torch.linalg.vector_norm(torch.stack(
+        [torch.linalg.vector_norm(dense.get_parameter(n).grad) for n in names])))
+    assert dense_norm > 2 * kept_norm
+
+
+def test_pruned_weights_get_no_gradient_and_no_adam_moments():
+    model = make_model()
+    mask = half_mask(model)
+    masking = MaskedTraining(mask)
+    trainer = tiny_trainer(3, callbacks=[masking])
+    trainer.fit(model, datamodule=RandomPairsDataModule())
+    state = trainer.optimizers[0].state
+    for n in mask.keys():
+        p = model.get_parameter(n)
+        assert bool((state[p]["exp_avg"][~mask[n]] == 0).all()) and bool((state[p]["exp_avg_sq"][~mask[n]] == 0).all())

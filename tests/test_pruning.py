@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from callbacks import Mask, magnitude_prune, mask_overlap, random_prune, shuffle_mask, sparsity_schedule
+from callbacks import (STRATEGIES, Mask, PruningInputs, get_strategy, lamp_scores, magnitude_prune, mask_overlap,
+                       random_prune, schedule_level, shuffle_mask, snip_scores, sparsity_schedule)
 from callbacks.pruning import prune_count
 
 
@@ -19,20 +20,28 @@ def weights(seed=0):
 
 def test_linear_schedule_is_the_papers_axis():
     assert sparsity_schedule(0.9) == pytest.approx([0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
-    assert sparsity_schedule(0.75) == pytest.approx([0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75])
     assert sparsity_schedule(0.0) == [0.0]
+
+
+def test_a_level_does_not_depend_on_the_target():
+    """The target only says how many levels run: 0.75 runs up to the first level past it, and the
+    levels of a shorter run are the first levels of a longer one."""
+    assert sparsity_schedule(0.75) == pytest.approx([0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    assert sparsity_schedule(0.7) == sparsity_schedule(0.9)[:8]
+    assert sparsity_schedule(0.5, "geometric") == sparsity_schedule(0.9, "geometric")[:8]
+    assert [schedule_level(k) for k in range(10)] == sparsity_schedule(0.9)
 
 
 def test_geometric_schedule_prunes_a_fraction_of_what_remains():
     levels = sparsity_schedule(0.5, "geometric")
     assert levels[:4] == pytest.approx([0, 0.1, 0.19, 0.271])
-    assert levels[-1] == 0.5 and all(a < b for a, b in zip(levels, levels[1:]))
-    remaining = [1 - s for s in levels[:-1]]
+    assert levels[-1] == pytest.approx(1 - 0.9 ** 7) and levels[-2] < 0.5 <= levels[-1]
+    remaining = [1 - s for s in levels]
     assert all(math.isclose(b / a, 0.9) for a, b in zip(remaining, remaining[1:]))
 
 
 @pytest.mark.parametrize("bad", [dict(target=1.0), dict(target=-0.1), dict(target=0.5, schedule="cubic"),
-                                 dict(target=0.5, rate=0.0)])
+                                 dict(target=0.5, rate=0.0), dict(target=0.95)])
 def test_schedule_rejects_bad_input(bad):
     with pytest.raises(ValueError):
         sparsity_schedule(**bad)
@@ -148,3 +157,52 @@ def test_apply_zeroes_in_place_without_copies():
     for k in w:
         assert w[k].data_ptr() == ptrs[k]
         assert bool((w[k][~mask[k]] == 0).all()) and bool((w[k][mask[k]] != 0).all())
+
+
+def test_lamp_scores_by_hand():
+    """Weights 1, -2, 3 (squares 1, 4, 9): suffix sums 14, 13, 9 give 1/14, 4/13, 1; a pruned
+    entry scores 0 and is left out of the sums."""
+    w = {"a": torch.tensor([3.0, 1.0, -2.0]), "b": torch.tensor([0.5, 5.0])}
+    mask = Mask({"a": torch.ones(3, dtype=torch.bool), "b": torch.tensor([True, False])})
+    s = lamp_scores(w, mask)
+    assert s["a"].tolist() == pytest.approx([1.0, 1 / 14, 4 / 13])
+    assert s["b"].tolist() == pytest.approx([1.0, 0.0])  # every tensor keeps its largest kept weight
+
+
+def test_lamp_prunes_layer_adaptively_but_keeps_every_layers_largest_weight():
+    w = weights()
+    lamp = get_strategy("lamp").prune(PruningInputs(weights=w), Mask.ones_like(w), 0.9)
+    imp = get_strategy("imp").prune(PruningInputs(weights=w), Mask.ones_like(w), 0.9)
+    assert lamp.num_kept == imp.num_kept
+    for k in w:
+        assert bool(lamp[k].reshape(-1)[w[k].abs().reshape(-1).argmax()])
+    assert imp.layer_sparsity()["l1.weight"] == 1.0 and lamp.layer_sparsity()["l1.weight"] < 1.0
+
+
+def test_snip_scores_are_weight_times_gradient():
+    w = {"a": torch.tensor([1.0, -2.0, 0.5])}
+    g = {"a": torch.tensor([0.1, 0.1, -4.0])}
+    assert snip_scores(w, g)["a"].tolist() == pytest.approx([0.1, 0.2, 2.0])
+    mask = get_strategy("snip").prune(PruningInputs(init_weights=w, gradients=g), Mask.ones_like(w), 1 / 3)
+    assert mask["a"].tolist() == [False, True, True]
+
+
+def test_one_shot_strategies_prune_from_dense_and_iterative_ones_from_the_previous_mask():
+    w = weights()
+    previous = random_prune(Mask.ones_like(w), 0.5, torch.Generator().manual_seed(0))
+    omp = get_strategy("omp").prune(PruningInputs(weights=w), previous, 0.6)
+    assert omp == magnitude_prune(w, Mask.ones_like(w), 0.6)  # ignores the previous mask
+    imp = get_strategy("imp").prune(PruningInputs(weights=w), previous, 0.6)
+    assert all(bool((imp[k] <= previous[k]).all()) for k in w) and imp != omp
+
+
+def test_strategy_registry_and_missing_inputs():
+    assert set(STRATEGIES) == {"imp", "omp", "lamp", "snip", "random", "random-layerwise"}
+    with pytest.raises(ValueError, match="unknown pruning strategy 'magnitude'"):
+        get_strategy("magnitude")
+    with pytest.raises(ValueError, match="needs trained"):
+        get_strategy("imp").prune(PruningInputs(), Mask.ones_like(weights()), 0.5)
+    with pytest.raises(ValueError, match="not finite"):
+        w = weights()
+        w["l0.weight"][0, 0] = float("nan")
+        magnitude_prune(w, Mask.ones_like(w), 0.5)
