@@ -1,10 +1,14 @@
-"""``lightning-vl``: LightningCLI with YAML configs, plus ``prune`` (IMP / random pruning rounds)
-and ``demo`` (generate the offline demo world).
+"""``lightning-vl``: LightningCLI with YAML configs, plus ``prune`` (lottery rounds), ``branch``
+(controls and transfers of a trained round), ``demo`` (generate the offline demo world) and
+``data`` (link, build and check a task's public files).
 
-    lightning-vl fit   --config configs/task/nlvr2.yaml --config configs/demo.yaml --config configs/demo/nlvr2.yaml
-    lightning-vl prune --config configs/task/nlvr2.yaml --config configs/demo.yaml --config configs/demo/nlvr2.yaml --imp.method random
-    lightning-vl demo  --out data/demo
-    lightning-vl data  --task vqa --src ~/downloads/vqa     (link, build and check a task's files)
+    lightning-vl fit    --config configs/task/nlvr2.yaml --config configs/model/uniter-tiny.yaml \
+                        --config configs/demo.yaml --config configs/demo/nlvr2.yaml
+    lightning-vl prune  (the same configs) --imp.method random
+    lightning-vl branch --from runs/nlvr2/imp-…/round_07 --kind shuffle
+    lightning-vl branch --from runs/nlvr2/imp-…/round_07 --kind transfer (the target task's configs)
+    lightning-vl demo   --out data/demo
+    lightning-vl data   --task vqa --src ~/downloads/vqa
 
 Every Trainer flag passes through (``--trainer.max_steps 500``, ``--trainer.strategy ddp``…).
 """
@@ -21,8 +25,12 @@ from pytorch_lightning import LightningDataModule
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import CSVLogger
 
-from .imp import ImpConfig, ImpRunner, config_hash
+from .lottery import BranchConfig, BranchRunner, ImpConfig, LotteryRunner, RunFolder
+from .lottery.identity import BRANCH_KEYS, identity_hash, results_identity
 from .module import VLModule
+
+ROOT = Path(__file__).resolve().parents[1]
+LOTTERY_COMMANDS = {"prune": "prune", "branch": "run_branch"}  # subcommand -> method of VLCli
 
 
 class SaveConfigToRunDir(SaveConfigCallback):
@@ -44,45 +52,67 @@ class VLCli(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {**LightningCLI.subcommands(), "prune": {"model", "datamodule"}}
+        return {**LightningCLI.subcommands(), **{name: {"model", "datamodule"} for name in LOTTERY_COMMANDS}}
 
     def _add_subcommands(self, parser, **kwargs) -> None:
-        """Lightning adds the Trainer-method subcommands; ``prune`` is a method of this class."""
+        """Lightning adds the Trainer-method subcommands; ``prune`` and ``branch`` are methods of this class."""
         self._subcommand_parsers = {}
         subcommands = parser.add_subcommands()
         for name in self.subcommands():
-            klass = type(self) if name == "prune" else self.trainer_class
-            description = (getattr(klass, name).__doc__ or "").strip().splitlines()[0]
+            klass = type(self) if name in LOTTERY_COMMANDS else self.trainer_class
+            description = (getattr(klass, LOTTERY_COMMANDS.get(name, name)).__doc__ or "").strip().splitlines()[0]
             sub_kwargs = {**kwargs.get(name, {}), "description": description}
             sub_parser = self._prepare_subcommand_parser(klass, name, **sub_kwargs)
             self._subcommand_parsers[name] = sub_parser
             subcommands.add_subcommand(name, sub_parser, help=description)
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
+        """As Lightning's, with the method of a lottery subcommand named by ``LOTTERY_COMMANDS``
+        (``branch`` is run by ``run_branch``: its ``--branch.*`` group cannot share the method's name)."""
+        if subcommand not in LOTTERY_COMMANDS:
+            return super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        parser = self.init_parser(**kwargs)
+        self._add_arguments(parser)
+        skip = set(self.subcommands()[subcommand])
+        self._subcommand_method_arguments[subcommand] = parser.add_method_arguments(
+            klass, LOTTERY_COMMANDS[subcommand], skip=skip)
+        return parser
+
     def _run_subcommand(self, subcommand: str) -> None:
-        if subcommand != "prune":
+        if subcommand not in LOTTERY_COMMANDS:
             return super()._run_subcommand(subcommand)
-        self.prune(**self._prepare_subcommand_kwargs(subcommand))
+        getattr(self, LOTTERY_COMMANDS[subcommand])(**self._prepare_subcommand_kwargs(subcommand))
+
+    def _resolved(self, subcommand: str) -> tuple[str, dict, dict]:
+        """The subcommand's resolved configuration as YAML and as a dict, and the parser's defaults."""
+        parser = self._parser(subcommand)
+        config_yaml = parser.dump(self.config[subcommand], skip_none=False)
+        defaults = yaml.safe_load(parser.dump(parser.get_defaults(), skip_none=False, skip_validation=True))
+        return config_yaml, yaml.safe_load(config_yaml), defaults
 
     def prune(self, model: VLModule, datamodule: LightningDataModule, imp: ImpConfig = ImpConfig()) -> None:
-        """Find lottery tickets: rounds of fine-tuning and pruning (IMP or random), resumable."""
+        """Find lottery tickets: levels of fine-tuning and pruning (IMP or another strategy), resumable."""
         if isinstance(imp, dict):  # jsonargparse may hand the group over as a namespace/dict
             imp = ImpConfig(**imp)
-        parser = self._parser("prune")
-        config_yaml = parser.dump(self.config["prune"], skip_none=False)
-        config = yaml.safe_load(config_yaml)
-        run_name = imp.name or f"{imp.method}-{config_hash(config)}"
-        run_dir = Path(imp.root) / model.spec.name / run_name
-        runner = ImpRunner(
-            imp,
-            model,
-            datamodule,
-            make_trainer=self._round_trainer,
-            run_dir=run_dir,
-            config=config,
-            config_yaml=config_yaml,
-            seed=int(self.config["prune"].get("seed_everything") or 0),
-        )
-        runner.run()
+        config_yaml, config, defaults = self._resolved("prune")
+        identity = results_identity(config, defaults)
+        folder = RunFolder(Path(imp.root) / model.task_name / (imp.name or f"{imp.method}-{identity_hash(identity)}"))
+        LotteryRunner(imp, model, datamodule, self._round_trainer, folder, config_yaml=config_yaml,
+                      identity=identity, seed=self._seed("prune"), wandb_config=config).run()
+
+    def run_branch(self, model: VLModule, datamodule: LightningDataModule, branch: BranchConfig) -> None:
+        """Fine-tune a variant of a trained round's ticket: random or shuffled mask, other init, other task."""
+        if isinstance(branch, dict):
+            branch = BranchConfig(**branch)
+        config_yaml, config, defaults = self._resolved("branch")
+        identity = results_identity(config, defaults, section="branch", keys=BRANCH_KEYS)
+        kind = f"transfer-{model.task_name}" if branch.kind == "transfer" else branch.kind
+        BranchRunner(branch, model, datamodule, self._round_trainer, branch.name or f"{kind}-{identity_hash(identity)}",
+                     config_yaml=config_yaml, identity=identity, seed=self._seed("branch"),
+                     wandb_config=config).run()
+
+    def _seed(self, subcommand: str) -> int:
+        return int(self.config[subcommand].get("seed_everything") or 0)
 
     def _round_trainer(self, round_dir: Path, callbacks: list):
         """A fresh Trainer per round from the configured flags: own callbacks copied, a CSV log
@@ -98,6 +128,46 @@ class VLCli(LightningCLI):
         return self.trainer_class(**cfg)
 
 
+def _option(args: list[str], *names: str) -> str | None:
+    """The value of the last ``--name value`` / ``--name=value`` among ``args``."""
+    value = None
+    for i, a in enumerate(args):
+        for n in names:
+            if a == n and i + 1 < len(args):
+                value = args[i + 1]
+            elif a.startswith(n + "="):
+                value = a[len(n) + 1:]
+    return value
+
+
+def branch_arguments(args: list[str]) -> list[str]:
+    """``branch`` shorthands: ``--from R`` = ``--branch.source R``, ``--kind K`` = ``--branch.kind K``;
+    for every kind but ``transfer`` the source run's own configuration comes first (its ``imp``
+    section dropped), so the branch trains as the source's rounds did unless told otherwise."""
+    out = []
+    renames = {"--from": "--branch.source", "--kind": "--branch.kind"}
+    for a in args:
+        key, eq, value = a.partition("=")
+        out.append(renames[key] + eq + value if key in renames else a)
+    source = _option(out, "--branch.source")
+    kind = _option(out, "--branch.kind") or "random"
+    if source is None:
+        raise SystemExit("lightning-vl branch: --from (--branch.source) is required: a round folder such as "
+                         "runs/nlvr2/imp-…/round_07")
+    if kind == "transfer":
+        if _option(out, "--config") is None:
+            raise SystemExit("lightning-vl branch --kind transfer: give the target task's configs with --config "
+                             "(e.g. the stack `make prune TASK=<task>` uses)")
+        return out
+    config_file = Path(source).resolve().parent / "config.yaml"
+    if not config_file.exists():
+        raise SystemExit(f"lightning-vl branch: {config_file} is missing; is {source} a round of a lottery run?")
+    config = yaml.safe_load(config_file.read_text())
+    for key in ("imp", "config", "branch"):
+        config.pop(key, None)
+    return ["--config", yaml.safe_dump(config), *out]
+
+
 def make_demo(argv: list[str]) -> Path:
     """``lightning-vl demo``: the demo world plus a tiny UNITER pre-trained on it
     (``lightning_vl.pretraining``), saved in UNITER's released checkpoint format so the demo's
@@ -111,8 +181,9 @@ def make_demo(argv: list[str]) -> Path:
     from .uniter import UniterConfig, UniterModel
 
     ap = argument_parser("lightning-vl demo", "Generate the offline demo world and model.")
-    ap.add_argument("--model-config", default="configs/model/uniter-tiny.yaml",
-                    help="YAML with model.uniter sizes of the demo model (its img_dim sets --feat-dim)")
+    ap.add_argument("--model-config", default=str(ROOT / "configs" / "model" / "uniter-tiny.yaml"),
+                    help="YAML with model.uniter sizes of the demo model (its img_dim sets --feat-dim, its "
+                         "vocab_size --vocab-size; default: the project's configs/model/uniter-tiny.yaml)")
     ap.add_argument("--pretrain-steps", type=int, default=1000, help="pre-training steps of the demo model (0: none)")
     ap.add_argument("--pretrain-batch-size", type=int, default=64)
     ap.add_argument("--pretrain-scenes", type=int, default=20000, help="captioned scenes to pre-train on")
@@ -125,6 +196,10 @@ def make_demo(argv: list[str]) -> Path:
     sizes = yaml.safe_load(Path(args.model_config).read_text())["model"]["uniter"]
     config = UniterConfig(**sizes)
     args.feat_dim = config.img_dim
+    if args.vocab_size is not None and args.vocab_size != config.vocab_size:
+        ap.error(f"--vocab-size {args.vocab_size} differs from the demo model's vocab_size {config.vocab_size} "
+                 f"({args.model_config}); leave it out, the model's is used")
+    args.vocab_size = config.vocab_size  # the demo vocabulary fills the model's word table exactly
     paths = generate_from_args(args, mark_complete=False)
     torch.manual_seed(args.seed)
     if args.pretrain_steps:
@@ -173,6 +248,9 @@ def main(argv: list[str] | None = None) -> None:
     if args[:1] == ["demo"]:
         make_demo(args[1:])
         return
+    if args[:1] == ["branch"]:
+        args = ["branch", *branch_arguments(args[1:])]
+        argv = args
     if args[:1] == ["data"]:
         from data_modules.prepare import main as prepare_main
 

@@ -97,9 +97,21 @@ class VLModule(pl.LightningModule):
         self.uniter.extend_type_embeddings(self._type_rows, self.spec.type_rows_from)
         self.uniter.extend_word_embeddings(self._word_rows)
 
+    # the lottery runner's interface (lightning_vl.lottery.Prunable) ---------------------------
+    @property
+    def task_name(self) -> str:
+        return self.spec.name
+
     @property
     def monitor(self) -> str:
         return self.spec.monitor
+
+    @staticmethod
+    def is_head_parameter(name: str) -> bool:
+        return name.startswith("head.")
+
+    def training_loss(self, batch: dict) -> torch.Tensor:
+        return self.spec.loss(self(batch), batch)
 
     def prunable_parameter_names(self, include: tuple[str, ...] = ("encoder",)) -> list[str]:
         """Parameter names of the prunable set; ``encoder`` = the 6 Linear weights per layer,
@@ -134,6 +146,9 @@ class VLModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Refuse a tokenizer whose ids (plus the task's extra tokens) the word table cannot hold."""
+        from callbacks.distributed import destroy_at_exit
+
+        destroy_at_exit()  # a gloo group alive at exit can abort the process
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         tokenizer = getattr(datamodule, "tokenizer", None)
         rows = self.uniter.embeddings.word_embeddings.num_embeddings
@@ -143,6 +158,22 @@ class VLModule(pl.LightningModule):
                 f"tokenizer {getattr(datamodule, 'tokenizer_path', '')} has {len(tokenizer)} tokens{extra}, more "
                 f"than the model's {rows} word embeddings (model.uniter.vocab_size)"
             )
+        extra = self.spec.extra_word_rows
+        if tokenizer is not None and extra:
+            words = self._word_rows - extra  # model.uniter.vocab_size, before the task's rows were appended
+            if len(tokenizer) != words:
+                raise ValueError(
+                    f"task {self.spec.name!r} appends {extra} word rows after the model's {words} words "
+                    f"(model.uniter.vocab_size), but tokenizer {getattr(datamodule, 'tokenizer_path', '')} has "
+                    f"{len(tokenizer)} tokens; expected exactly {words}, so that the task's tokens (ids from "
+                    f"len(tokenizer) on) are the appended rows (an old demo world? `make demo` regenerates it "
+                    "with its vocabulary padded to the model's vocab_size)")
+            ids = getattr(datamodule, "object_token_ids", None)  # VCR: object_token_offset .. + num_object_tokens
+            if ids is not None and (ids.start != words or len(ids) > extra):
+                raise ValueError(
+                    f"the data's object tokens have ids {ids.start}..{ids.stop - 1} but the model appends rows "
+                    f"{words}..{words + extra - 1} for them; set data.init_args.object_token_offset: null "
+                    f"(= len(tokenizer) = {words}) and num_object_tokens <= {extra}")
 
     def on_fit_start(self) -> None:
         """Record the label strings and the tokenizer (path, size, sha256, special ids) the run
@@ -201,7 +232,7 @@ class VLModule(pl.LightningModule):
         self.log_dict({k: v.float() for k, v in values.items()}, prog_bar=True, sync_dist=False)
 
     def training_step(self, batch, batch_idx):
-        loss = self.spec.loss(self(batch), batch)
+        loss = self.training_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=self._batch_size(batch))
         return loss
 

@@ -1,4 +1,5 @@
-"""The IMP driver: round structure, exact sparsities, rewinding, files, and resume equivalence."""
+"""The lottery runner: level structure, exact sparsities, rewinding, files, resume equivalence,
+continuing to a larger target, and every pruning strategy end to end."""
 import csv
 import json
 
@@ -7,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 
 from callbacks import Mask
-from lightning_vl.imp import ImpConfig, ImpRunner, config_hash
+from lightning_vl.lottery import ImpConfig, LotteryRunner, RunFolder
 from lightning_vl.module import VLModule
 
 from .synthetic import TINY, RandomPairsDataModule, tiny_trainer
@@ -41,7 +42,9 @@ def run(tmp_path, name="run", steps=4, crash_round=None, starts=None, **imp):
             extra.append(Crash())
         return tiny_trainer(steps, callbacks=callbacks + extra)
 
-    runner = ImpRunner(cfg, model, RandomPairsDataModule(), make_trainer, tmp_path / name, config_yaml="x: 1\n", seed=7)
+    runner = LotteryRunner(cfg, model, RandomPairsDataModule(), make_trainer, RunFolder(tmp_path / name),
+                           config_yaml="x: 1\n", seed=7)
+    runner.rounds_run = rounds
     return runner, runner.run()
 
 
@@ -53,7 +56,7 @@ def stable(results):
 def test_rounds_reach_each_scheduled_sparsity_with_nested_masks(tmp_path, method):
     runner, results = run(tmp_path, method=method, target_sparsity=0.3)
     assert [r["target_sparsity"] for r in results] == pytest.approx([0, 0.1, 0.2, 0.3])
-    masks = [Mask.load(runner.round_dir(r) / "mask.pt") for r in range(4)]
+    masks = [Mask.load(runner.folder.round_dir(r) / "mask.pt") for r in range(4)]
     for r, (res, mask) in enumerate(zip(results, masks)):
         assert mask.sparsity == pytest.approx(res["target_sparsity"], abs=len(mask) / mask.num_total)  # per-tensor rounding
         assert res["sparsity"] == mask.sparsity and res["metric"] is not None
@@ -61,28 +64,28 @@ def test_rounds_reach_each_scheduled_sparsity_with_nested_masks(tmp_path, method
             assert all(bool((mask[k] <= masks[r - 1][k]).all()) for k in mask.keys())
     if method == "random-layerwise":
         assert set(round(s, 3) for s in masks[-1].layer_sparsity().values()) == {0.3}
-    with open(runner.run_dir / "summary.csv") as f:
+    with open(runner.folder.path / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert [float(r["sparsity"]) for r in rows] == pytest.approx([0, 0.1, 0.2, 0.3], abs=1e-3)
     assert "val/acc" in rows[0]
     for name in ["config.yaml", "init.pt", "summary.json"]:
-        assert (runner.run_dir / name).exists()
-    assert json.loads((runner.round_dir(2) / "sparsity.json").read_text())["tensors"] == 12
+        assert (runner.folder.path / name).exists()
+    assert json.loads((runner.folder.round_dir(2) / "sparsity.json").read_text())["tensors"] == 12
 
 
 def test_imp_prunes_by_trained_magnitude(tmp_path):
     starts = []
     runner, _ = run(tmp_path, target_sparsity=0.1, starts=starts)
-    mask = Mask.load(runner.round_dir(1) / "mask.pt")
+    mask = Mask.load(runner.folder.round_dir(1) / "mask.pt")
     # the round-1 mask removed the weights smallest in magnitude *after* round 0's training —
     # recompute from the trained weights: they are what round 1 did not start from, so rerun round 0
     pl.seed_everything(0, verbose=False)
     model = VLModule(uniter=TINY, lr=1e-3, warmup_steps=1)
-    model.load_state_dict(torch.load(runner.run_dir / "init.pt", weights_only=True))
+    model.load_state_dict(torch.load(runner.folder.path / "init.pt", weights_only=True))
     pl.seed_everything(7, workers=True, verbose=False)
     from callbacks import MaskedTraining, magnitude_prune
 
-    dense = Mask.load(runner.round_dir(0) / "mask.pt")
+    dense = Mask.load(runner.folder.round_dir(0) / "mask.pt")
     tiny_trainer(4, callbacks=[MaskedTraining(dense)]).fit(model, datamodule=RandomPairsDataModule())
     weights = {k: model.get_parameter(k).detach() for k in dense.keys()}
     assert magnitude_prune(weights, dense, 0.1) == mask
@@ -92,11 +95,11 @@ def test_imp_prunes_by_trained_magnitude(tmp_path):
 def test_every_round_starts_from_the_rewind_weights(tmp_path, rewind_step):
     starts = []
     runner, _ = run(tmp_path, starts=starts, rewind_step=rewind_step, target_sparsity=0.2)
-    theta0 = torch.load(runner.run_dir / "init.pt", weights_only=True)
-    theta_i = torch.load(runner.run_dir / "rewind.pt", weights_only=True) if rewind_step else theta0
-    assert (runner.run_dir / "rewind.pt").exists() == bool(rewind_step)
+    theta0 = torch.load(runner.folder.path / "init.pt", weights_only=True)
+    theta_i = torch.load(runner.folder.path / "rewind.pt", weights_only=True) if rewind_step else theta0
+    assert (runner.folder.path / "rewind.pt").exists() == bool(rewind_step)
     for r in (1, 2):
-        mask = Mask.load(runner.round_dir(r) / "mask.pt")
+        mask = Mask.load(runner.folder.round_dir(r) / "mask.pt")
         for k, v in starts[r].items():
             if k.startswith("head."):
                 expected = theta0[k]  # head_reset=init: φ_0 every round
@@ -113,7 +116,7 @@ def test_every_round_starts_from_the_rewind_weights(tmp_path, rewind_step):
 def test_head_reset_keep_carries_the_trained_head(tmp_path):
     starts = []
     runner, _ = run(tmp_path, starts=starts, head_reset="keep", target_sparsity=0.1)
-    kept = torch.load(runner.round_dir(0) / "head.pt", weights_only=True)
+    kept = torch.load(runner.folder.round_dir(0) / "head.pt", weights_only=True)
     for k, v in kept.items():
         assert torch.equal(starts[1][k], v)
 
@@ -127,24 +130,16 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
     runner, resumed = run(tmp_path, "resumed", target_sparsity=0.3)
     assert stable(resumed) == stable(full)
     for r in range(4):
-        assert Mask.load(runner.round_dir(r) / "mask.pt") == Mask.load(tmp_path / "full" / f"round_{r:02d}" / "mask.pt")
+        assert Mask.load(runner.folder.round_dir(r) / "mask.pt") == Mask.load(tmp_path / "full" / f"round_{r:02d}" / "mask.pt")
     assert not list((tmp_path / "resumed").rglob(".*.tmp"))
 
 
 def test_resume_with_a_missing_mask_names_the_file(tmp_path):
     runner, _ = run(tmp_path, target_sparsity=0.2)
-    (runner.round_dir(2) / "metrics.json").unlink()
-    (runner.round_dir(2) / "mask.pt").unlink()
+    (runner.folder.round_dir(2) / "metrics.json").unlink()
+    (runner.folder.round_dir(2) / "mask.pt").unlink()
     with pytest.raises(FileNotFoundError, match="round_02/mask.pt"):
         run(tmp_path, target_sparsity=0.2)
-
-
-def test_config_hash_ignores_presentation_only_keys():
-    a = {"model": {"lr": 1e-3}, "imp": {"root": "runs", "wandb": "offline"}, "trainer": {"max_steps": 5}}
-    b = {"model": {"lr": 1e-3}, "imp": {"root": "elsewhere", "wandb": "disabled"}, "trainer": {"max_steps": 5}}
-    c = {"model": {"lr": 2e-3}, "imp": {"root": "runs", "wandb": "offline"}, "trainer": {"max_steps": 5}}
-    assert config_hash(a) == config_hash(b) != config_hash(c)
-    assert config_hash(a) == "f1d1b0a4" or len(config_hash(a)) == 8
 
 
 def test_bad_imp_config_is_rejected():
@@ -181,8 +176,8 @@ def test_round_score_reuses_a_validation_at_the_fits_last_step(tmp_path, val_eve
         return tiny_trainer(4, val_check_interval=val_every, check_val_every_n_epoch=None,
                             callbacks=callbacks + [count])
 
-    runner = ImpRunner(ImpConfig(wandb="disabled", target_sparsity=0.2), model, data, make_trainer,
-                       tmp_path / "run", config_yaml="x: 1\n", seed=7)
+    runner = LotteryRunner(ImpConfig(wandb="disabled", target_sparsity=0.2), model, data, make_trainer,
+                           RunFolder(tmp_path / "run"), config_yaml="x: 1\n", seed=7)
     results = runner.run()
     assert count.in_fit == len(results)
     assert count.standalone == standalone_per_round * len(results)
@@ -190,3 +185,49 @@ def test_round_score_reuses_a_validation_at_the_fits_last_step(tmp_path, val_eve
     assert results[-1]["metrics"].keys() == final.keys()
     for key, value in final.items():
         assert results[-1]["metrics"][key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_a_larger_target_continues_the_same_levels(tmp_path):
+    """SPARSITY=0.4 after SPARSITY=0.2: only the new levels train, and the result equals one
+    uninterrupted run to 0.4."""
+    short, _ = run(tmp_path, "cont", target_sparsity=0.2)
+    assert short.rounds_run == ["round_00", "round_01", "round_02"]
+    assert (short.folder.mask_path(3)).exists()  # the next level's mask is always written
+    longer, continued = run(tmp_path, "cont", target_sparsity=0.4)
+    assert longer.rounds_run == ["round_03", "round_04"]
+    _, full = run(tmp_path, "full", target_sparsity=0.4)
+    assert stable(continued) == stable(full)
+    # a smaller target afterwards trains nothing and reports the levels it asks for
+    again, fewer = run(tmp_path, "cont", target_sparsity=0.1)
+    assert again.rounds_run == [] and [r["round"] for r in fewer] == [0, 1]
+    with open(again.folder.path / "summary.csv") as f:
+        assert len(list(csv.DictReader(f))) == 5  # the summary shows every finished level
+
+
+@pytest.mark.parametrize("method", ["omp", "lamp", "snip"])
+def test_every_strategy_runs_its_levels(tmp_path, method):
+    runner, results = run(tmp_path, method=method, target_sparsity=0.2)
+    masks = [Mask.load(runner.folder.mask_path(r)) for r in range(3)]
+    assert [round(m.sparsity, 2) for m in masks] == [0.0, 0.1, 0.2]
+    assert all(r["method"] == method and r["metric"] is not None for r in results)
+    if method == "omp":  # every level one-shot from the dense level's fine-tuned weights
+        from callbacks import magnitude_prune
+
+        dense_trained = torch.load(runner.folder.weights_path(0), weights_only=True)
+        assert masks[2] == magnitude_prune(dense_trained, masks[0], 0.2)
+    if method == "snip":  # scores at θ_0: independent of training, recomputed identically
+        from lightning_vl.lottery.fitting import init_gradients
+        from callbacks import get_strategy, PruningInputs
+
+        theta0, grads = init_gradients(runner.module, runner.datamodule, runner.init_state, runner.names, 4, 7)
+        assert masks[2] == get_strategy("snip").prune(PruningInputs(init_weights=theta0, gradients=grads),
+                                                      masks[0], 0.2)
+
+
+def test_head_reset_rewind_starts_every_level_from_phi_i(tmp_path):
+    starts = []
+    runner, _ = run(tmp_path, starts=starts, rewind_step=2, head_reset="rewind", target_sparsity=0.1)
+    theta_i = torch.load(runner.folder.rewind, weights_only=True)
+    for k, v in starts[1].items():
+        if k.startswith("head."):
+            assert torch.equal(v, theta_i[k]), k

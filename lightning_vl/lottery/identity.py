@@ -1,0 +1,103 @@
+"""Run identity: which settings determine a run's results, hashed into its folder name.
+
+open_lth's idea with an *allowlist*: a run folder is named by the MD5 of exactly the settings that
+change what a level computes — the model (size, init, recipe), the data, the optimisation and
+training length, the seed, and the pruning method, schedule, rate, rewind step, head reset and
+prunable set. Everything else is presentation or reach: where runs go, loggers, progress bars,
+evaluation batch size, data-loading workers, and the target sparsity, which only says how many
+levels to run (so ``SPARSITY=0.9`` after ``SPARSITY=0.7`` continues the same folder).
+
+Settings equal to their parser default are left out of the hash (``defaults``), so adding a new
+option with a neutral default never orphans existing runs. Changing a default's *value* is a
+breaking change: bump ``IDENTITY_VERSION``. ``tests/test_identity.py`` pins hashes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Optional
+
+IDENTITY_VERSION = 1
+
+# Trainer flags that change what a fit computes (the effective batch, the steps, clipping,
+# precision, which validations run — each iterator creation draws from the RNG — and callbacks).
+TRAINER_KEYS = (
+    "devices", "num_nodes", "precision", "callbacks", "fast_dev_run", "max_epochs", "min_epochs", "max_steps",
+    "min_steps", "max_time", "limit_train_batches", "limit_val_batches", "overfit_batches", "val_check_interval",
+    "check_val_every_n_epoch", "num_sanity_val_steps", "accumulate_grad_batches", "gradient_clip_val",
+    "gradient_clip_algorithm", "use_distributed_sampler", "sync_batchnorm", "reload_dataloaders_every_n_epochs",
+    "plugins",
+)
+# Data-module arguments that only change how fast data arrives or how evaluation is batched.
+DATA_DISPLAY_KEYS = ("num_workers", "eval_batch_size", "pin_memory", "persistent_workers", "prefetch_factor")
+# Lottery settings that determine levels (target_sparsity, root, name and W&B do not).
+IMP_KEYS = ("method", "schedule", "rate", "rewind_step", "head_reset", "prunable", "snip_batches")
+BRANCH_KEYS = ("kind", "strategy", "seed")
+
+
+def _prune_defaults(node: Any, default: Any) -> Any:
+    """``node`` without the entries equal to ``default``'s (recursively for dicts)."""
+    if isinstance(node, dict) and isinstance(default, dict):
+        out = {}
+        for k, v in node.items():
+            if k in default and _canonical(v) == _canonical(default[k]):
+                continue
+            out[k] = _prune_defaults(v, default.get(k))
+        return out
+    return node
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def results_identity(config: dict, defaults: Optional[dict] = None, section: str = "imp",
+                     keys: tuple[str, ...] = IMP_KEYS) -> dict:
+    """The part of a resolved CLI configuration that determines results.
+
+    Args:
+        config: the resolved configuration (``seed_everything``, ``model``, ``data``,
+            ``trainer``, ``optimizer``, ``lr_scheduler`` and the lottery section).
+        defaults: the parser's defaults in the same shape; entries equal to them are dropped.
+        section, keys: the lottery section (``imp`` or ``branch``) and its identity fields.
+    """
+    defaults = defaults or {}
+    ident: dict[str, Any] = {"identity_version": IDENTITY_VERSION}
+    if config.get("seed_everything") is not None:
+        ident["seed_everything"] = config["seed_everything"]
+    for name in ("model", "optimizer", "lr_scheduler"):
+        if config.get(name) is not None:
+            ident[name] = _prune_defaults(config[name], defaults.get(name))
+    data = config.get("data")
+    if isinstance(data, dict):
+        init_args = {k: v for k, v in (data.get("init_args") or {}).items() if k not in DATA_DISPLAY_KEYS}
+        ident["data"] = {"class_path": data.get("class_path"), "init_args": init_args}
+    elif data is not None:
+        ident["data"] = data
+    trainer = {k: v for k, v in (config.get("trainer") or {}).items() if k in TRAINER_KEYS}
+    ident["trainer"] = _prune_defaults(trainer, defaults.get("trainer"))
+    lottery = {k: v for k, v in (config.get(section) or {}).items() if k in keys}
+    ident[section] = _prune_defaults(lottery, defaults.get(section))
+    return ident
+
+
+def identity_hash(identity: dict) -> str:
+    """Short, stable hash of an identity (8 hex digits of its canonical JSON's MD5)."""
+    return hashlib.md5(_canonical(identity).encode()).hexdigest()[:8]
+
+
+def config_hash(config: dict, defaults: Optional[dict] = None) -> str:
+    """The hash of a lottery run's configuration (its folder is ``<method>-<hash>``)."""
+    return identity_hash(results_identity(config, defaults))
+
+
+def differing_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two identities (for error messages)."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += differing_keys(va, vb, f"{prefix}{k}.")
+        elif _canonical(va) != _canonical(vb):
+            out.append(f"{prefix}{k}")
+    return out

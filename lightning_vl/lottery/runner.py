@@ -1,0 +1,173 @@
+"""The lottery runner: levels of masked fine-tuning and pruning (Algorithm 1 of Gan et al.), in the
+shape of open_lth's ``LotteryRunner``.
+
+Every level is a fresh ``Trainer.fit`` (new optimizer, scheduler and step counter) from the rewind
+weights θ_i with the level's fixed mask; the next mask is computed *between* fits by the level's
+pruning strategy (``callbacks.pruning``). Each step is idempotent: a level whose ``metrics.json``
+exists is not run again, so re-running a command resumes after the last finished level with the
+same result as an uninterrupted run (every fit is seeded identically), and a larger target
+sparsity continues the same folder.
+
+Under Lightning's ``ddp`` launcher every rank runs this loop. Before the first fit the ranks read
+the same files (rank 0 waits in the process-group rendezvous while the others start); after it,
+nothing is read back: rank 0 computes each mask and broadcasts it, only rank 0 writes, and the
+ranks meet at a barrier once a level's files are written. Under ``ddp_spawn``/``ddp_fork`` the loop
+runs in the launching process alone.
+"""
+from __future__ import annotations
+
+import torch
+import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+
+from callbacks import Mask, PruningInputs, get_strategy, schedule_level
+from callbacks.distributed import barrier, broadcast_mask
+
+from .config import ImpConfig
+from .fitting import MakeTrainer, check_sparsity, fit_and_score, init_gradients, state_of
+from .folder import RunFolder
+from .prunable import Prunable
+from .report import WandbRun, progress_line, write_summary
+
+
+class LotteryRunner:
+    """Runs the levels of one experiment in ``folder``.
+
+    Args:
+        make_trainer: builds a fresh Trainer for a level, given its folder and the callbacks to add.
+        config_yaml: the resolved configuration, written to ``config.yaml``.
+        identity: the settings the folder's name hashes (``identity.json``).
+        seed: every level's fit is seeded with it, so a resumed run equals an uninterrupted one.
+        wandb_config: the configuration logged with the W&B run.
+    """
+
+    def __init__(self, cfg: ImpConfig, module: Prunable, datamodule: pl.LightningDataModule,
+                 make_trainer: MakeTrainer, folder: RunFolder, config_yaml: str = "", identity: dict | None = None,
+                 seed: int = 0, wandb_config: dict | None = None):
+        self.cfg, self.module, self.datamodule, self.make_trainer = cfg, module, datamodule, make_trainer
+        self.folder, self.config_yaml, self.identity, self.seed = folder, config_yaml, identity, seed
+        self.strategy = get_strategy(cfg.method)
+        self.levels = cfg.levels
+        self.names = module.prunable_parameter_names(tuple(cfg.prunable))
+        self.is_zero = rank_zero_only.rank == 0  # the global rank once a Trainer exists
+        self.wandb = WandbRun(cfg.wandb, cfg.wandb_project, module.task_name, f"{module.task_name}/{folder.path.name}",
+                              f"{module.task_name}-{folder.path.name}", cfg.method, [cfg.method, cfg.schedule],
+                              str(folder.path), wandb_config)
+        self.rewind_state: dict | None = None
+        self.kept_head: dict | None = None
+        self.dense_weights: dict | None = None
+        self.snip_inputs: tuple | None = None
+
+    def run(self) -> list[dict]:
+        self.init_state = self._establish_initial_weights()
+        done = self.folder.completed_levels()
+        rank_zero_info(
+            f"{self.cfg.method} on {self.module.task_name}: {len(self.levels)} rounds to sparsity "
+            f"{self.levels[-1]:.1%} ({self.cfg.schedule}), {len(self.names)} prunable tensors, "
+            f"{sum(self.module.get_parameter(n).numel() for n in self.names):,} weights · {self.folder.path}"
+        )
+        for result in self.folder.results()[: len(self.levels)]:
+            rank_zero_info(progress_line(result, len(self.levels)) + " (done earlier)")
+        mask = (self.folder.mask(done) if done else self._dense_mask()) if done < len(self.levels) else None
+        for level in range(done, len(self.levels)):
+            mask = self._run_level(level, mask)
+        results = self.folder.results()
+        if self.is_zero:
+            write_summary(self.folder, results)
+        self.wandb.finish({"rounds_completed": len(results)})
+        return results[: len(self.levels)]
+
+    def _establish_initial_weights(self) -> dict[str, torch.Tensor]:
+        """θ_0 and φ_0: read back when the folder has them (every rank reads the same file), else
+        the module's own weights, saved by rank 0 with the configuration."""
+        if self.folder.init.exists():
+            self.module.load_state_dict(self.folder.tensors(self.folder.init))
+        elif self.is_zero:
+            self.folder.save_tensors(self.folder.init, state_of(self.module))
+        if self.is_zero:
+            self.folder.write_text(self.folder.config, self.config_yaml)
+            if self.identity is not None:
+                self.folder.write_json(self.folder.identity, self.identity)
+        return state_of(self.module)
+
+    def _dense_mask(self) -> Mask:
+        mask = Mask.ones_like({n: self.module.get_parameter(n).detach().cpu() for n in self.names})
+        if self.is_zero:
+            mask.save(self.folder.mask_path(0))
+        return mask
+
+    def _run_level(self, level: int, mask: Mask) -> Mask:
+        mask.validate(dict(self.module.named_parameters()), str(self.folder.mask_path(level)))
+        self.module.load_state_dict(self._level_weights(level))
+        capture = level == 0 and self.cfg.rewind_step > 0
+        fit = fit_and_score(self.module, self.datamodule, self.make_trainer, self.folder.round_dir(level), mask,
+                            self.seed, rewind_step=self.cfg.rewind_step if capture else None,
+                            rewind_path=self.folder.rewind if capture else None,
+                            checksum_path=self.folder.ranks_path(level))
+        sparsity = check_sparsity(self.module, mask)
+        if capture:
+            self.rewind_state = fit.masking.rewind_state or self.folder.tensors(self.folder.rewind)
+        if self.cfg.head_reset == "keep":
+            self.kept_head = state_of(self.module, [k for k in self.module.state_dict()
+                                                    if self.module.is_head_parameter(k)])
+        if level == 0 and self.strategy.needs == "dense-trained":
+            self.dense_weights = state_of(self.module, self.names)
+            if self.is_zero:
+                self.folder.save_tensors(self.folder.weights_path(0), self.dense_weights)
+        nxt = self._next_mask(level + 1, mask)
+        result = {
+            "round": level, "task": self.module.task_name, "method": self.cfg.method,
+            "target_sparsity": self.levels[level], "sparsity": sparsity, "kept": mask.num_kept,
+            "total": mask.num_total, "monitor": self.module.monitor, "metric": fit.metrics.get(self.module.monitor),
+            "metrics": fit.metrics, "steps": fit.steps, "seconds": fit.seconds,
+        }
+        if self.is_zero:
+            if self.kept_head is not None:
+                self.folder.save_tensors(self.folder.head_path(level), self.kept_head)
+            if nxt is not None:
+                nxt.save(self.folder.mask_path(level + 1))
+            self.folder.write_json(self.folder.round_dir(level) / "sparsity.json", mask.report())
+            self.folder.write_json(self.folder.metrics_path(level), result)  # last: marks the level done
+            write_summary(self.folder, self.folder.results())
+            self.wandb.log_result(result)
+        barrier()
+        rank_zero_info(progress_line(result, len(self.levels)))
+        return nxt
+
+    def _level_weights(self, level: int) -> dict[str, torch.Tensor]:
+        """Core → θ_i (θ_0 when rewind_step is 0); head → φ_0, φ_i or the last level's, as configured."""
+        if level == 0:
+            return self.init_state
+        if self.cfg.rewind_step > 0 and self.rewind_state is None:
+            self.rewind_state = self.folder.tensors(self.folder.rewind)
+        rewind = self.rewind_state if self.cfg.rewind_step > 0 else self.init_state
+        head = {"init": self.init_state, "rewind": rewind}.get(self.cfg.head_reset)
+        if head is None:
+            head = self.kept_head if self.kept_head is not None else self.folder.tensors(self.folder.head_path(level - 1))
+        is_head = self.module.is_head_parameter
+        return {k: (head[k] if is_head(k) else v) for k, v in rewind.items()}
+
+    def _next_mask(self, level: int, mask: Mask) -> Mask | None:
+        """Rank 0 prunes to the next level's sparsity (past 100%: none); every rank gets its mask."""
+        sparsity = schedule_level(level, self.cfg.schedule, self.cfg.rate)
+        if sparsity >= 1.0 - 1e-9:
+            return None
+        nxt = mask
+        if self.is_zero:
+            nxt = self.strategy.prune(self._pruning_inputs(level), mask, sparsity)
+        return broadcast_mask(nxt)
+
+    def _pruning_inputs(self, level: int) -> PruningInputs:
+        needs = self.strategy.needs
+        if needs == "trained":
+            return PruningInputs(weights={n: self.module.get_parameter(n).detach().cpu() for n in self.names})
+        if needs == "dense-trained":
+            if self.dense_weights is None:
+                self.dense_weights = self.folder.tensors(self.folder.weights_path(0))
+            return PruningInputs(weights=self.dense_weights)
+        if needs == "init-gradients":
+            if self.snip_inputs is None:
+                self.snip_inputs = init_gradients(self.module, self.datamodule, self.init_state, self.names,
+                                                  self.cfg.snip_batches, self.seed)
+            return PruningInputs(init_weights=self.snip_inputs[0], gradients=self.snip_inputs[1])
+        return PruningInputs(generator=torch.Generator().manual_seed(self.seed * 1000 + level))

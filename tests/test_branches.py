@@ -1,0 +1,122 @@
+"""Branches of a trained round, end to end through ``lightning-vl branch`` on a small demo world:
+every kind runs, lands under its source round with its own hash, is idempotent, and trains the mask
+it should."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from callbacks import Mask
+from lightning_vl.cli import main
+from lightning_vl.lottery.branches import transfer_core
+from lightning_vl.module import VLModule
+
+from .synthetic import TINY
+from .test_tasks_demo import demo_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def task_args(task: str, world: Path, tmp_path: Path) -> list[str]:
+    return [
+        "--config", str(ROOT / "configs" / "task" / f"{task}.yaml"),
+        "--config", str(ROOT / "configs" / "model" / "uniter-tiny.yaml"),
+        "--config", str(ROOT / "configs" / "demo.yaml"),
+        "--config", str(demo_config(task, world, tmp_path)),
+        "--model.init", str(world / "uniter-tiny.pt"),
+        "--data.init_args.batch_size", "4",
+        "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
+        "--trainer.enable_progress_bar", "false",
+    ]
+
+
+@pytest.fixture(scope="module")
+def source_round(demo_all, tmp_path_factory):
+    """Round 2 (20%) of an NLVR2 IMP run on the small demo world."""
+    tmp = tmp_path_factory.mktemp("branches")
+    main(["prune", *task_args("nlvr2", demo_all, tmp), "--imp.target_sparsity", "0.2",
+          "--imp.root", str(tmp / "runs"), "--imp.wandb", "disabled"])
+    (run,) = list((tmp / "runs" / "nlvr2").iterdir())
+    return run / "round_02"
+
+
+def branch(source: Path, *extra: str) -> dict:
+    main(["branch", "--from", str(source), "--branch.wandb", "disabled", "--trainer.enable_progress_bar", "false",
+          *extra])
+
+
+def only_branch(source: Path, prefix: str) -> Path:
+    found = [p for p in (source / "branches").iterdir() if p.name.startswith(prefix + "-")]
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, extra", [("random", []), ("random", ["--branch.strategy", "layerwise"]),
+                                         ("shuffle", [])])
+def test_mask_controls_keep_the_sparsity_and_change_the_mask(source_round, kind, extra, caplog):
+    branch(source_round, "--kind", kind, *extra)
+    folders = [p for p in (source_round / "branches").iterdir() if p.name.startswith(kind + "-")]
+    folder = max(folders, key=lambda p: p.stat().st_mtime)
+    result = json.loads((folder / "metrics.json").read_text())
+    source_mask, mask = Mask.load(source_round / "mask.pt"), Mask.load(folder / "mask.pt")
+    assert result["kind"] == kind and result["source_round"] == 2 and result["metric"] is not None
+    assert mask != source_mask
+    assert abs(mask.num_kept - source_mask.num_kept) <= (len(mask) if extra else 0)  # layer-wise: per-tensor rounding
+    if kind == "shuffle":
+        assert mask.layer_sparsity() == pytest.approx(source_mask.layer_sparsity())
+    if extra:
+        assert set(round(v, 2) for v in mask.layer_sparsity().values()) == {0.2}
+    ranks = json.loads((folder / "ranks.json").read_text())
+    assert ranks["pruned_nonzero"] == [[]]
+    caplog.clear()
+    branch(source_round, "--kind", kind, *extra)  # idempotent
+    assert "(done earlier)" in caplog.text
+
+
+@pytest.mark.slow
+def test_reinit_trains_the_same_mask_on_another_init(source_round, demo_all):
+    init = f"shuffled:{demo_all / 'uniter-tiny.pt'}"
+    branch(source_round, "--kind", "reinit", "--model.init", init)
+    folder = only_branch(source_round, "reinit")
+    result = json.loads((folder / "metrics.json").read_text())
+    assert result["init"] == init
+    assert Mask.load(folder / "mask.pt") == Mask.load(source_round / "mask.pt")
+    with pytest.raises(ValueError, match="reinit needs another --model.init"):
+        branch(source_round, "--kind", "reinit")
+
+
+@pytest.mark.slow
+def test_transfer_trains_the_ticket_on_another_task(source_round, demo_all, tmp_path):
+    main(["branch", *task_args("refcoco+", demo_all, tmp_path), "--from", str(source_round), "--kind", "transfer",
+          "--branch.wandb", "disabled"])
+    folder = only_branch(source_round, "transfer-refcoco+")
+    result = json.loads((folder / "metrics.json").read_text())
+    assert result["task"] == "refcoco+" and result["monitor"] == "val/acc" and result["metric"] is not None
+    assert Mask.load(folder / "mask.pt") == Mask.load(source_round / "mask.pt")
+    # NLVR2's 3-row type table: the target takes the 2 rows it has
+    assert result["partial_transfer"] == ["uniter.embeddings.token_type_embeddings.weight (2 of 2 rows)"]
+    with pytest.raises(SystemExit, match="target task's configs"):
+        main(["branch", "--from", str(source_round), "--kind", "transfer"])
+
+
+def test_transfer_core_copies_the_core_and_the_rows_both_tables_have():
+    torch.manual_seed(0)
+    target = VLModule(task="vcr", uniter=TINY)  # 4 type rows, TINY.vocab_size + 81 word rows
+    source_model = VLModule(task="nlvr2", uniter=TINY)  # 3 type rows
+    source = {k: v.clone() for k, v in source_model.state_dict().items()}
+    head_before = {k: v.clone() for k, v in target.state_dict().items() if k.startswith("head.")}
+    words_before = target.uniter.embeddings.word_embeddings.weight.detach().clone()
+    notes = transfer_core(target, source)
+    state = target.state_dict()
+    assert torch.equal(state["uniter.encoder.layer.0.attention.self.query.weight"],
+                       source["uniter.encoder.layer.0.attention.self.query.weight"])
+    assert all(torch.equal(state[k], v) for k, v in head_before.items())  # the head stays fresh
+    types = state["uniter.embeddings.token_type_embeddings.weight"]
+    assert torch.equal(types[:3], source["uniter.embeddings.token_type_embeddings.weight"])
+    words = state["uniter.embeddings.word_embeddings.weight"]
+    assert torch.equal(words[:TINY.vocab_size], source["uniter.embeddings.word_embeddings.weight"])
+    assert torch.equal(words[TINY.vocab_size:], words_before[TINY.vocab_size:])
+    assert sorted(notes) == [f"uniter.embeddings.token_type_embeddings.weight (3 of 4 rows)",
+                             f"uniter.embeddings.word_embeddings.weight ({TINY.vocab_size} of {TINY.vocab_size + 81} rows)"]
