@@ -7,6 +7,9 @@ from importlib import import_module
 
 _EXPORTS = {
     "MissingImageError": "features",
+    "NonFiniteFeaturesError": "features",
+    "StoreError": "features",
+    "UnreadableStoreError": "features",
     "RegionFeatureStore": "features",
     "RegionFeatureWriter": "features",
     "collate_rows": "batching",

@@ -79,6 +79,12 @@ class VLDataModule(pl.LightningDataModule):
         return self._store
 
     @property
+    def store_feat_dim(self) -> int:
+        """The store's ``feat_dim`` attribute (its features' size); opening the store checks that
+        it equals ``img_dim``, so a model compares its own ``img_dim`` with either."""
+        return self.store.feat_dim
+
+    @property
     def tokenizer(self):
         """The WordPiece tokenizer, loaded (and its size checked) on first use."""
         if self._tokenizer is None:

@@ -216,8 +216,9 @@ class Flickr30kTrainDataset(Dataset):
         d = self.data
         img = int(d.txt2img[i])
         neg_img, neg_txt = self.negatives(i, epoch)
-        pos_feats = d.store.get(d.image_keys[img])
-        rows = [d.row(i, pos_feats), d.row(i, d.store.get(d.image_keys[neg_img])), d.row(neg_txt, pos_feats)]
+        pos_feats = d.store.get(d.image_keys[img], example=f"caption sentid {d.sentids[i]}")
+        neg_feats = d.store.get(d.image_keys[neg_img], example=f"the negative image of caption sentid {d.sentids[i]}")
+        rows = [d.row(i, pos_feats), d.row(i, neg_feats), d.row(neg_txt, pos_feats)]
         return {"rows": rows, "id": str(d.sentids[i])}
 
     @staticmethod
@@ -244,7 +245,7 @@ class Flickr30kEvalDataset(Dataset):
 
     def features(self, img: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._cached is None or self._cached[0] != img:
-            self._cached = (img, self.data.store.get(self.data.image_keys[img]))
+            self._cached = (img, self.data.store.get(self.data.image_keys[img], example=f"evaluation image {img}"))
         return self._cached[1]
 
     def __getitem__(self, r: int) -> dict:

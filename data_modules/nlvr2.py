@@ -113,7 +113,7 @@ class Nlvr2Dataset(Dataset):
         ids = torch.tensor(ex.input_ids, dtype=torch.long)
         rows = []
         for side, img in enumerate(ex.images):
-            feat, pos = self.store.get(img)
+            feat, pos = self.store.get(img, example=f"example {ex.identifier}")
             rows.append({"input_ids": ids, "img_feat": feat, "img_pos_feat": pos,
                          "img_type_ids": torch.full((len(feat),), side + 1, dtype=torch.long)})
         return {"rows": rows, "target": ex.label, "id": ex.identifier}

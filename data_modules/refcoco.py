@@ -257,7 +257,7 @@ class RefcocoDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         ex = self.examples[i]
-        feat, pos = self.store.get(ex.image)
+        feat, pos = self.store.get(ex.image, example=f"sentence {ex.id}")
         w, h = self.store.image_size(ex.image)
         row = {"input_ids": torch.tensor(ex.input_ids, dtype=torch.long), "img_feat": feat, "img_pos_feat": pos}
         # The inverse of the writer's normalisation (x / W, y / H): the regions' pixel boxes.

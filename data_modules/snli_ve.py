@@ -100,8 +100,8 @@ class SnliVeDataset(Dataset):
         return len(self.examples)
 
     def __getitem__(self, i: int) -> dict:
-        feat, pos = self.store.get(self.keys[i])
         ex = self.examples[i]
+        feat, pos = self.store.get(self.keys[i], example=f"line {ex.line}, pairID {ex.pair_id}")
         return {"row": {"input_ids": self.input_ids[i], "img_feat": feat, "img_pos_feat": pos},
                 "target": ex.label, "id": ex.pair_id}
 

@@ -350,7 +350,7 @@ class VcrDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         ex = self.examples[i]
-        feat, pos = self.store.get(ex.image)
+        feat, pos = self.store.get(ex.image, example=f"annot_id {ex.annot_id}")
         img_types = torch.full((len(feat),), IMAGE_TYPE, dtype=torch.long)
         rows = [{"input_ids": torch.tensor(ids, dtype=torch.long), "txt_type_ids": torch.tensor(types, dtype=torch.long),
                  "img_feat": feat, "img_pos_feat": pos, "img_type_ids": img_types}

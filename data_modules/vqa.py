@@ -200,7 +200,7 @@ class QaDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         ex = self.examples[i]
-        feat, pos = self.store.get(ex.image)
+        feat, pos = self.store.get(ex.image, example=f"question {ex.qid}")
         target = torch.zeros(self.num_labels, dtype=torch.float32)
         for label, score in ex.target:
             target[label] = score

@@ -1,4 +1,5 @@
 """The HDF5 region-feature store: values round-trip, bad input is refused with names."""
+import os
 import pickle
 
 import h5py
@@ -6,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from data_modules.features import MissingImageError, RegionFeatureStore, RegionFeatureWriter
+from data_modules.features import (MissingImageError, NonFiniteFeaturesError, RegionFeatureStore, RegionFeatureWriter,
+                                   UnreadableStoreError)
 
 
 def write_store(path, n_images=5, dim=8, seed=0):
@@ -172,3 +174,118 @@ def test_empty_store_has_no_images(tmp_path):
         pass
     store = RegionFeatureStore(tmp_path / "s.h5")
     assert len(store) == 0 and store.ids == [] and "x" not in store
+
+
+# ------------------------------------------------------------------ faults in a store at read time
+
+def corrupt(path, img_id, dataset="features", value=np.nan, region=1):
+    """Write ``value`` into one region of ``img_id`` with h5py directly, bypassing the writer."""
+    with h5py.File(path, "a") as f:
+        row = list(f["img_ids"].asstr()[:]).index(img_id)
+        f[dataset][int(f["offsets"][row]) + region, 0] = value
+
+
+@pytest.mark.parametrize("dataset, value, what", [
+    ("features", np.nan, "region features hold NaN"),
+    ("features", np.inf, "region features hold inf"),
+    ("norm_bb", -np.inf, "norm_bb boxes hold inf"),
+])
+def test_non_finite_rows_are_an_error_naming_store_image_and_example(tmp_path, dataset, value, what):
+    truth = write_store(tmp_path / "s.h5", n_images=5, seed=3)
+    img = next(k for k, (f, _) in truth.items() if len(f) >= 2)
+    corrupt(tmp_path / "s.h5", img, dataset, value)
+    store = RegionFeatureStore(tmp_path / "s.h5")  # opening stays cheap: values are checked as read
+    with pytest.raises(NonFiniteFeaturesError) as err:
+        store.get(img, example="question 7")
+    msg = str(err.value)
+    assert msg.startswith(f"{tmp_path / 's.h5'}: image {img!r} (used by question 7): {what} in 1 of ")
+    assert "first: region 1" in msg and f"python -m data_modules.check_store {tmp_path / 's.h5'}" in msg
+    assert isinstance(err.value, ValueError)  # what the data preparation checks catch
+    with pytest.raises(NonFiniteFeaturesError, match=rf"s\.h5: image {img!r}: {what}"):
+        store.get(img)  # without an example: still the store and the image
+    others = [k for k in truth if k != img]
+    for k in others:  # the other images read as before
+        np.testing.assert_array_equal(store.get(k)[0].numpy(), truth[k][0].astype(np.float16).astype(np.float32))
+    if dataset == "norm_bb":
+        with pytest.raises(NonFiniteFeaturesError, match=rf"s\.h5: image {img!r}: norm_bb boxes hold NaN or inf"):
+            store.pixel_boxes([img])
+
+
+def test_a_datasets_read_names_its_example(tmp_path):
+    from data_modules.vqa import QaDataset, QaExample
+
+    write_store(tmp_path / "s.h5", n_images=3)
+    corrupt(tmp_path / "s.h5", "img1", region=0)
+    ds = QaDataset([QaExample("q0", (1, 2), "img0", ()), QaExample("q1", (1, 2), "img1", ())],
+                   RegionFeatureStore(tmp_path / "s.h5"), num_labels=2)
+    assert ds[0]["id"] == "q0"
+    with pytest.raises(NonFiniteFeaturesError, match=r"s\.h5: image 'img1' \(used by question q1\)"):
+        ds[1]
+
+
+def _damaged(tmp_path, how):
+    write_store(tmp_path / "s.h5", n_images=20)
+    path = tmp_path / "s.h5"
+    if how == "truncated":
+        os.truncate(path, path.stat().st_size // 2)
+    elif how == "empty":
+        os.truncate(path, 0)
+    else:
+        path.write_text("image_id\tboxes\n1\t2\n")
+    return path
+
+
+DAMAGE = {
+    "truncated": r"s\.h5 is truncated: [\d,]+ bytes on disk, but its HDF5 header says [\d,]+ .*copy or convert it again",
+    "empty": r"s\.h5 is empty \(0 bytes\)",
+    "not-hdf5": r"s\.h5 is not an HDF5 file \([\d,]+ bytes starting b'image_id', no HDF5 signature\)",
+}
+
+
+@pytest.mark.parametrize("how", sorted(DAMAGE))
+def test_unreadable_store_at_open_names_the_file_and_what_is_wrong(tmp_path, how):
+    path = _damaged(tmp_path, how)
+    with pytest.raises(UnreadableStoreError, match=DAMAGE[how]) as err:
+        RegionFeatureStore(path)
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no h5py traceback attached
+    assert "Unable to synchronously open" not in str(err.value)
+
+
+@pytest.mark.parametrize("how", sorted(DAMAGE))
+def test_store_damaged_after_open_fails_at_read_in_a_worker(tmp_path, how):
+    write_store(tmp_path / "s.h5", n_images=20)
+    store = RegionFeatureStore(tmp_path / "s.h5")  # the parent checked it; a worker opens it later
+    worker = pickle.loads(pickle.dumps(store))
+    _damaged(tmp_path, how)
+    with pytest.raises(UnreadableStoreError, match=DAMAGE[how] + r".*\[while reading image 'img3' for question 9\]"):
+        worker.get("img3", example="question 9")
+
+
+def test_read_failing_mid_file_names_file_image_and_rows(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "s.h5"
+    with RegionFeatureWriter(path, 64) as w:
+        for i in range(400):
+            w.add(f"img{i}", rng.standard_normal((30, 64)), np.tile([0, 0, 10, 10], (30, 1)), 20, 20)
+    store = RegionFeatureStore(path)
+    before = store.get("img0")[0]
+    os.truncate(path, path.stat().st_size // 2)  # cut while open: later chunks' index is gone
+    with pytest.raises(UnreadableStoreError) as err:
+        store.get("img399", example="caption sentid 5")
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: image 'img399' (used by caption sentid 5): rows 11970..11999 cannot be read (")
+    assert "the file is damaged" in msg and "check_store" in msg and "Traceback" not in msg
+    assert torch.equal(store.get("img0")[0], before)  # what is still readable reads right
+
+
+def test_data_module_img_dim_against_the_stores_feat_dim(tmp_path):
+    from data_modules.base import VLDataModule
+
+    write_store(tmp_path / "s.h5", dim=8)
+    dm = VLDataModule(features=str(tmp_path / "s.h5"), tokenizer=str(tmp_path / "tok"), img_dim=2048)
+    assert dm.img_dim == 2048
+    with pytest.raises(ValueError, match=r"s\.h5: the store's feat_dim is 8 .*but data\.init_args\.img_dim is 2048.*"
+                                         r"set data\.init_args\.img_dim and model\.uniter\.img_dim to 8"):
+        dm.store
+    dm = VLDataModule(features=str(tmp_path / "s.h5"), tokenizer=str(tmp_path / "tok"), img_dim=8)
+    assert dm.store_feat_dim == 8 == dm.store.feat_dim

@@ -211,7 +211,8 @@ def test_eval_reads_each_image_once_per_run_of_rows(hand_made, monkeypatch):
     val = dm.datasets["val"]
     reads = []
     real_get = RegionFeatureStore.get
-    monkeypatch.setattr(RegionFeatureStore, "get", lambda self, key: reads.append(key) or real_get(self, key))
+    monkeypatch.setattr(RegionFeatureStore, "get",
+                        lambda self, key, example=None: reads.append(key) or real_get(self, key, example=example))
     list(dm.val_dataloader())
     assert reads == ["1003", "1004"]
 
