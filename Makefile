@@ -23,10 +23,11 @@ export TOKENIZERS_PARALLELISM ?= false
 
 TASKS := vqa gqa vcr nlvr2 snli-ve refcoco+ flickr30k-ir flickr30k-tr
 
-.PHONY: install demo prune finetune features data test bench clean help check-task
+.PHONY: install demo prune branch finetune features data test bench clean help check-task
 
 help:
-	@echo "make prune TASK=<task> [PRUNE=imp|random|random-layerwise] [SPARSITY=0.7] [SCHEDULE=linear|geometric] [REWIND=0] [INIT=ckpt]"
+	@echo "make prune TASK=<task> [PRUNE=imp|omp|lamp|snip|random|random-layerwise] [SPARSITY=0.7] [SCHEDULE=linear|geometric] [REWIND=0] [INIT=ckpt]"
+	@echo "make branch FROM=runs/<task>/<run>/round_NN KIND=random|shuffle|reinit|transfer [TO=<task> (transfer)] [INIT=<init>|none (reinit)] [STRATEGY=global|layerwise] [SEED=0]"
 	@echo "make finetune TASK=<task> [MASK=round_NN/mask.pt] [INIT=ckpt]"
 	@echo "make features SRC=<path...> FORMAT=tsv|butd-h5|img-db|npz OUT=<store.h5>"
 	@echo "make data TASK=<task> SRC=<folder with the public annotation files>"
@@ -48,7 +49,8 @@ $(STAMP): setup.cfg pyproject.toml
 
 demo: $(DEMO_DIR)/.complete
 
-$(DEMO_DIR)/.complete: $(STAMP)
+# regenerated when the code or model size that makes it changes
+$(DEMO_DIR)/.complete: $(STAMP) $(wildcard data_modules/demo/*.py) lightning_vl/pretraining.py configs/model/uniter-tiny.yaml
 	$(BIN)/lightning-vl demo --out $(DEMO_DIR)
 
 prune: check-task demo
@@ -56,6 +58,13 @@ prune: check-task demo
 	  --config configs/task/$(TASK).yaml --config configs/model/uniter-tiny.yaml --config configs/demo.yaml --config configs/demo/$(TASK).yaml \
 	  --imp.method $(PRUNE) --imp.target_sparsity $(SPARSITY) --imp.schedule $(SCHEDULE) \
 	  --imp.rewind_step $(REWIND) --imp.root $(RUNS) $(if $(INIT),--model.init $(INIT)) $(ARGS)
+
+# a branch of a trained round: the source run's settings (KIND=transfer: TO's files of the same stack)
+branch: demo
+	@test -n "$(FROM)" -a -n "$(KIND)" || { echo "usage: make branch FROM=runs/<task>/<run>/round_NN KIND=random|shuffle|reinit|transfer [TO=<task>] [INIT=<init>|none]"; exit 2; }
+	$(BIN)/lightning-vl branch --from $(FROM) --kind $(KIND) $(if $(TO),--task $(TO)) \
+	  $(if $(INIT),--model.init $(if $(filter none,$(INIT)),null,$(INIT))) \
+	  $(if $(STRATEGY),--branch.strategy $(STRATEGY)) $(if $(SEED),--branch.seed $(SEED)) $(ARGS)
 
 finetune: check-task demo
 	$(BIN)/lightning-vl fit \

@@ -98,7 +98,8 @@ class VLCli(LightningCLI):
         identity = results_identity(config, defaults)
         folder = RunFolder(Path(imp.root) / model.task_name / (imp.name or f"{imp.method}-{identity_hash(identity)}"))
         LotteryRunner(imp, model, datamodule, self._round_trainer, folder, config_yaml=config_yaml,
-                      identity=identity, seed=self._seed("prune"), wandb_config=config).run()
+                      identity=identity, command=self._command("prune"), seed=self._seed("prune"),
+                      wandb_config=config).run()
 
     def run_branch(self, model: VLModule, datamodule: LightningDataModule, branch: BranchConfig) -> None:
         """Fine-tune a variant of a trained round's ticket: random or shuffled mask, other init, other task."""
@@ -108,8 +109,14 @@ class VLCli(LightningCLI):
         identity = results_identity(config, defaults, section="branch", keys=BRANCH_KEYS)
         kind = f"transfer-{model.task_name}" if branch.kind == "transfer" else branch.kind
         BranchRunner(branch, model, datamodule, self._round_trainer, branch.name or f"{kind}-{identity_hash(identity)}",
-                     config_yaml=config_yaml, identity=identity, seed=self._seed("branch"),
-                     wandb_config=config).run()
+                     config_yaml=config_yaml, identity=identity, command=self._command("branch"),
+                     seed=self._seed("branch"), wandb_config=config).run()
+
+    def _command(self, subcommand: str) -> dict:
+        """How the run was started (``command.json``): the command line and its config files."""
+        files = self.config[subcommand].get("config") or []
+        return {"argv": list(sys.argv), "cwd": os.getcwd(),
+                "config_files": [p for p in (str(getattr(f, "absolute", f)) for f in files) if os.path.isfile(p)]}
 
     def _seed(self, subcommand: str) -> int:
         return int(self.config[subcommand].get("seed_everything") or 0)
@@ -141,31 +148,71 @@ def _option(args: list[str], *names: str) -> str | None:
 
 
 def branch_arguments(args: list[str]) -> list[str]:
-    """``branch`` shorthands: ``--from R`` = ``--branch.source R``, ``--kind K`` = ``--branch.kind K``;
-    for every kind but ``transfer`` the source run's own configuration comes first (its ``imp``
-    section dropped), so the branch trains as the source's rounds did unless told otherwise."""
-    out = []
+    """``branch`` shorthands and base configuration.
+
+    ``--from R`` = ``--branch.source R``, ``--kind K`` = ``--branch.kind K``. For every kind but
+    ``transfer`` the source run's own configuration comes first (its ``imp`` section dropped), so
+    the branch trains as the source's rounds did unless told otherwise. ``transfer`` trains another
+    task: ``--task T`` takes the config files the source was run with, the source task's own files
+    swapped for T's (``configs/task/nlvr2.yaml`` → ``configs/task/vqa.yaml``, the same for
+    ``configs/demo/``), and the source's ``model.init``; or give T's configs with ``--config``.
+    """
+    out, task = [], None
     renames = {"--from": "--branch.source", "--kind": "--branch.kind"}
-    for a in args:
+    it = iter(args)
+    for a in it:
         key, eq, value = a.partition("=")
+        if key == "--task":
+            task = value if eq else next(it, None)
+            continue
         out.append(renames[key] + eq + value if key in renames else a)
     source = _option(out, "--branch.source")
     kind = _option(out, "--branch.kind") or "random"
     if source is None:
         raise SystemExit("lightning-vl branch: --from (--branch.source) is required: a round folder such as "
                          "runs/nlvr2/imp-…/round_07")
-    if kind == "transfer":
-        if _option(out, "--config") is None:
-            raise SystemExit("lightning-vl branch --kind transfer: give the target task's configs with --config "
-                             "(e.g. the stack `make prune TASK=<task>` uses)")
-        return out
-    config_file = Path(source).resolve().parent / "config.yaml"
+    run = Path(source).resolve().parent
+    config_file = run / "config.yaml"
     if not config_file.exists():
         raise SystemExit(f"lightning-vl branch: {config_file} is missing; is {source} a round of a lottery run?")
     config = yaml.safe_load(config_file.read_text())
-    for key in ("imp", "config", "branch"):
-        config.pop(key, None)
-    return ["--config", yaml.safe_dump(config), *out]
+    if kind != "transfer":
+        if task is not None:
+            raise SystemExit(f"lightning-vl branch: --task is for --kind transfer (this branch is {kind!r})")
+        for key in ("imp", "config", "branch"):
+            config.pop(key, None)
+        return ["--config", yaml.safe_dump(config), *out]
+    if task is not None:
+        return [*_swapped_configs(config, task, run), *out]
+    if _option(out, "--config") is None:
+        raise SystemExit("lightning-vl branch --kind transfer: name the target task with --task (or give its "
+                         "configs with --config)")
+    return out
+
+
+def _swapped_configs(config: dict, task: str, run: Path) -> list[str]:
+    """The config files the source run was started with (its ``command.json``), its task's files
+    swapped for ``task``'s, plus the source's init."""
+    from .tasks import get_task
+
+    get_task(task)  # a clear error for an unknown name
+    source_task = (config.get("model") or {}).get("task")
+    command = run / "command.json"
+    files = json.loads(command.read_text()).get("config_files", []) if command.exists() else []
+    args = []
+    for f in files:
+        path = Path(f)
+        if path.stem == source_task:
+            path = path.with_name(f"{task}{path.suffix}")
+            if not path.exists():
+                raise SystemExit(f"lightning-vl branch --task {task}: {path} does not exist (swapped from {f}, a "
+                                 f"config file of the source run {run}); give the target's configs with --config")
+        args += ["--config", str(path)]
+    if not any(Path(a).stem == task for a in args[1::2]):
+        raise SystemExit(f"lightning-vl branch --task {task}: {command} names no config file of the source's task "
+                         f"{source_task!r} to swap; give the target's configs with --config")
+    init = (config.get("model") or {}).get("init")
+    return args + (["--model.init", str(init)] if init else [])
 
 
 def make_demo(argv: list[str]) -> Path:

@@ -33,8 +33,10 @@ def task_args(task: str, world: Path, tmp_path: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def source_round(demo_all, tmp_path_factory):
-    """Round 2 (20%) of an NLVR2 IMP run on the small demo world."""
+    """Round 2 (20%) of an NLVR2 IMP run on the small demo world (its demo configs in one folder,
+    as configs/demo/ holds them)."""
     tmp = tmp_path_factory.mktemp("branches")
+    demo_config("refcoco+", demo_all, tmp)
     main(["prune", *task_args("nlvr2", demo_all, tmp), "--imp.target_sparsity", "0.2",
           "--imp.root", str(tmp / "runs"), "--imp.wandb", "disabled"])
     (run,) = list((tmp / "runs" / "nlvr2").iterdir())
@@ -97,8 +99,22 @@ def test_transfer_trains_the_ticket_on_another_task(source_round, demo_all, tmp_
     assert Mask.load(folder / "mask.pt") == Mask.load(source_round / "mask.pt")
     # NLVR2's 3-row type table: the target takes the 2 rows it has
     assert result["partial_transfer"] == ["uniter.embeddings.token_type_embeddings.weight (2 of 2 rows)"]
-    with pytest.raises(SystemExit, match="target task's configs"):
+    with pytest.raises(SystemExit, match="name the target task with --task"):
         main(["branch", "--from", str(source_round), "--kind", "transfer"])
+
+
+@pytest.mark.slow
+def test_transfer_by_task_name_swaps_the_source_runs_config_files(source_round, caplog):
+    """``--task refcoco+``: the source's own stack, nlvr2.yaml files swapped for refcoco+'s."""
+    command = json.loads((source_round.parent / "command.json").read_text())
+    assert [Path(f).name for f in command["config_files"]] == ["nlvr2.yaml", "uniter-tiny.yaml", "demo.yaml",
+                                                               "nlvr2.yaml"]
+    main(["branch", "--from", str(source_round), "--kind", "transfer", "--task", "refcoco+",
+          "--data.init_args.batch_size", "4", "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
+          "--branch.wandb", "disabled", "--trainer.enable_progress_bar", "false"])
+    assert "(done earlier)" in caplog.text  # the same branch as the one given the configs by hand above
+    with pytest.raises(SystemExit, match="--task is for --kind transfer"):
+        main(["branch", "--from", str(source_round), "--kind", "shuffle", "--task", "vqa"])
 
 
 def test_transfer_core_copies_the_core_and_the_rows_both_tables_have():

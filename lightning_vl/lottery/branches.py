@@ -103,11 +103,12 @@ class BranchRunner:
 
     def __init__(self, cfg: BranchConfig, module: Prunable, datamodule: pl.LightningDataModule,
                  make_trainer: MakeTrainer, name: str, config_yaml: str = "", identity: dict | None = None,
-                 seed: int = 0, wandb_config: dict | None = None):
+                 command: dict | None = None, seed: int = 0, wandb_config: dict | None = None):
         self.cfg, self.module, self.datamodule, self.make_trainer = cfg, module, datamodule, make_trainer
         self.source = SourceLevel(cfg.source)
         self.folder = RunFolder(self.source.path / "branches" / name)
         self.config_yaml, self.identity, self.seed = config_yaml, identity, seed
+        self.command = command
         self.is_zero = rank_zero_only.rank == 0
         self.wandb = WandbRun(cfg.wandb, cfg.wandb_project, module.task_name,
                               f"{module.task_name}/{self.source.run.path.name}/round_{self.source.level:02d}/{name}",
@@ -134,13 +135,16 @@ class BranchRunner:
             self.folder.write_text(self.folder.config, self.config_yaml)
             if self.identity is not None:
                 self.folder.write_json(self.folder.identity, self.identity)
+            if self.command is not None:
+                self.folder.write_json(self.folder.command, self.command)
             mask.save(self.folder.path / "mask.pt")
         fit = fit_and_score(self.module, self.datamodule, self.make_trainer, self.folder.path, mask, self.seed,
                             checksum_path=self.folder.path / "ranks.json")
         result = {
             "kind": cfg.kind, "strategy": cfg.strategy if cfg.kind == "random" else None, "seed": cfg.seed,
             "source": str(source.path), "source_round": source.level, "source_method": source.result.get("method"),
-            "source_metric": source.result.get("metric"), "task": self.module.task_name,
+            "source_metric": source.result.get("metric"), "source_task": source.result.get("task"),
+            "task": self.module.task_name,
             "init": self.module_init(), "sparsity": check_sparsity(self.module, mask), "kept": mask.num_kept,
             "total": mask.num_total, "monitor": self.module.monitor, "metric": fit.metrics.get(self.module.monitor),
             "metrics": fit.metrics, "steps": fit.steps, "seconds": fit.seconds, "partial_transfer": notes,
@@ -159,7 +163,8 @@ class BranchRunner:
     def line(result: dict) -> str:
         metric = result["monitor"].split("/")[-1]
         value = "n/a" if result["metric"] is None else f"{result['metric']:.4f}"
-        ref = result.get("source_metric")
-        ref = "" if ref is None else f" (source round {ref:.4f})"
+        ref, source_task = result.get("source_metric"), result.get("source_task")
+        on = f" on {source_task}" if source_task and source_task != result["task"] else ""
+        ref = "" if ref is None else f" (source round{on}: {ref:.4f})"
         return (f"branch {result['kind']} of round {result['source_round']} on {result['task']} · sparsity "
                 f"{result['sparsity']:.1%} · val {metric} {value}{ref} · {result['steps']} steps in {result['seconds']:.0f}s")

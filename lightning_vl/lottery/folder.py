@@ -5,6 +5,7 @@
     runs/<task>/<method>-<hash>/
       config.yaml          the resolved configuration (re-run with --config config.yaml)
       identity.json        the settings the folder's hash is made of
+      command.json         the command line and config files that started it
       init.pt              θ_0, φ_0: the weights every level rewinds to
       rewind.pt            θ_i, φ_i (only when rewind_step > 0)
       summary.csv  summary.json
@@ -72,6 +73,10 @@ class RunFolder:
     @property
     def identity(self) -> Path:
         return self.path / "identity.json"
+
+    @property
+    def command(self) -> Path:
+        return self.path / "command.json"
 
     @property
     def init(self) -> Path:

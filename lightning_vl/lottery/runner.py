@@ -43,9 +43,10 @@ class LotteryRunner:
 
     def __init__(self, cfg: ImpConfig, module: Prunable, datamodule: pl.LightningDataModule,
                  make_trainer: MakeTrainer, folder: RunFolder, config_yaml: str = "", identity: dict | None = None,
-                 seed: int = 0, wandb_config: dict | None = None):
+                 command: dict | None = None, seed: int = 0, wandb_config: dict | None = None):
         self.cfg, self.module, self.datamodule, self.make_trainer = cfg, module, datamodule, make_trainer
         self.folder, self.config_yaml, self.identity, self.seed = folder, config_yaml, identity, seed
+        self.command = command
         self.strategy = get_strategy(cfg.method)
         self.levels = cfg.levels
         self.names = module.prunable_parameter_names(tuple(cfg.prunable))
@@ -88,6 +89,8 @@ class LotteryRunner:
             self.folder.write_text(self.folder.config, self.config_yaml)
             if self.identity is not None:
                 self.folder.write_json(self.folder.identity, self.identity)
+            if self.command is not None:
+                self.folder.write_json(self.folder.command, self.command)
         return state_of(self.module)
 
     def _dense_mask(self) -> Mask:
