@@ -13,7 +13,7 @@ import pytest
 from data_modules.convert import ConvertError, convert_features
 from data_modules.convert import sources as S
 from data_modules.convert.__main__ import main as cli_main
-from data_modules.convert.features import KeyMapper, Reject, load_image_sizes, select_boxes
+from data_modules.convert.features import KeyMapper, NothingConverted, Reject, load_image_sizes, select_boxes
 from data_modules.features import RegionFeatureStore, RegionFeatureWriter, partial_path
 
 DIM = 8
@@ -63,7 +63,13 @@ def check_store(path, expected, keys=None, only=True):
 
 
 def read_report(path):
-    return [json.loads(line) for line in open(path)]
+    """The rejected records (the summary line of each run left out)."""
+    return [r for r in map(json.loads, open(path)) if "summary" not in r]
+
+
+def read_summary(path):
+    """The last run's summary line."""
+    return [r["summary"] for r in map(json.loads, open(path)) if "summary" in r][-1]
 
 
 def run(src, fmt, out, **kw):
@@ -310,6 +316,7 @@ def test_box_selection_follows_uniters_rule_and_keeps_the_most_confident_in_sour
     assert select_boxes(8, conf, -1, 2, 3).tolist() == [0, 1, 2]  # fixed policy: the first max
     assert select_boxes(8, None, 0.2, 2, 3).tolist() == list(range(8))  # no conf: the extractor chose
     assert select_boxes(8, conf, 0.2, 2, 6, nbb=3).tolist() == [0, 1, 2]  # img_db nbb json
+    assert select_boxes(8, conf, None, None, None).tolist() == list(range(8))  # the default: every region
 
 
 def test_key_mapper_fields_prefixes_and_errors():
@@ -514,3 +521,224 @@ def test_concat_puts_the_first_stores_regions_first(tmp_path):
         w.add("a", np.ones((1, 8), np.float32), np.array([[0, 0, 10, 10]], np.float32), 60, 50)
     with pytest.raises(ValueError, match="'a'.*100x50.*60x50"):
         convert_main(["concat", "--src", str(tmp_path / "gt.h5"), str(tmp_path / "other.h5"), "--out", str(tmp_path / "x.h5")])
+
+
+# ------------------------------------------------------- box selection default, faults that exit 0
+
+def fixed_tsv(path, n_images=6, boxes=36, seed=20):
+    """LXMERT-style TSV: 36 boxes per image, with confidences (most below UNITER's 0.2 or not)."""
+    ims = make_images(n_images, seed=seed, nb=(boxes, boxes + 1))
+    path.write_text("\n".join(lxmert_line(*im) for im in ims) + "\n")
+    return ims
+
+
+def test_fixed_box_tsv_keeps_every_box_by_default(tmp_path, capsys):
+    ims = fixed_tsv(tmp_path / "x.tsv")
+    s = run([tmp_path / "x.tsv"], "tsv", tmp_path / "s.h5")
+    assert (s.converted, s.dropped_boxes, s.boxes_in, s.boxes_out, s.thinned_images) == (6, 0, 216, 216, 0)
+    store = check_store(tmp_path / "s.h5", ims)  # every region, in source order
+    assert {store.num_boxes(im[0]) for im in ims} == {36}
+    assert json.loads(h5py.File(tmp_path / "s.h5").attrs["meta"])["conf_th"] is None
+    summary = read_summary(tmp_path / "s.h5.report.jsonl")["box_selection"]
+    assert summary["policy"].startswith("none: every region kept") and summary["dropped"] == 0
+    assert cli_main(["features", "--src", str(tmp_path / "x.tsv"), "--format", "tsv", "--out", str(tmp_path / "c.h5"),
+                     "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "box selection: none: every region kept" in out and "every source region kept (216 regions in 6 images)" in out
+
+
+def test_uniters_rule_only_when_asked_and_what_it_drops_is_reported(tmp_path, capsys):
+    ims = fixed_tsv(tmp_path / "x.tsv")
+    args = ["features", "--src", str(tmp_path / "x.tsv"), "--format", "tsv", "--out", str(tmp_path / "s.h5"),
+            "--no-progress", "--conf-th", "0.2", "--min-boxes", "10", "--max-boxes", "100"]
+    assert cli_main(args) == 0
+    out = capsys.readouterr().out
+    kept = {im[0]: int((im[5] > 0.2).sum()) for im in ims}  # 36 boxes: between min 10 and max 100
+    assert all(10 <= k < 36 for k in kept.values())
+    store = RegionFeatureStore(tmp_path / "s.h5")
+    for img_id, f, bx, w, h, conf in ims:
+        keep = select_boxes(36, conf.astype(np.float64), 0.2, 10, 100)
+        assert store.num_boxes(img_id) == kept[img_id] == len(keep)
+        np.testing.assert_array_equal(store.get(img_id)[0].numpy(), f[keep].astype(np.float16).astype(np.float32))
+    dropped = sum(36 - k for k in kept.values())
+    assert "box selection: UNITER's rule, conf_th 0.2, min_boxes 10, max_boxes 100" in out
+    assert f"DROPPED {dropped} of 216 source regions ({100 * dropped / 216:.1f} %): {216 - dropped} written; 6 of 6 " \
+           f"images converted now lost regions, e.g. '{ims[0][0]}' ({kept[ims[0][0]]} of 36)" in out
+    assert "every source image had 36 regions (fixed-box features?): omit --conf-th to keep them all" in out
+    summary = read_summary(tmp_path / "s.h5.report.jsonl")
+    sel = summary["box_selection"]
+    assert (sel["regions_in"], sel["regions_out"], sel["dropped"], sel["images_affected"]) == (216, 216 - dropped, dropped, 6)
+    assert sel["examples"][0] == {"key": ims[0][0], "kept": kept[ims[0][0]], "of": 36}
+    assert sel["source_regions_per_image"] == [36, 36]
+    # min / max without a threshold: refused, naming UNITER's rule; nothing written
+    args = ["features", "--src", str(tmp_path / "x.tsv"), "--format", "tsv", "--out", str(tmp_path / "m.h5"),
+            "--no-progress", "--max-boxes", "20"]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert "--min-boxes / --max-boxes apply with --conf-th only: UNITER's rule is --conf-th 0.2 --min-boxes 10" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5", "s.h5.report.jsonl", "x.tsv"]
+    with pytest.raises(SystemExit):  # --conf-th takes a number or 'none'
+        cli_main(args[:-2] + ["--conf-th", "lots"])
+    assert "expected a number (0.2: UNITER's rule" in capsys.readouterr().err
+
+
+def test_img_db_defaults_to_its_envs_policy_and_conf_th_none_keeps_all(tmp_path):
+    lmdb = pytest.importorskip("lmdb")
+    msgpack = pytest.importorskip("msgpack")
+    ims = make_images(2, seed=21, nb=(30, 31), prefix="x")
+    env_dir = tmp_path / "db" / "feat_th0.2_max100_min10"
+    env_dir.mkdir(parents=True)
+    env = lmdb.open(str(env_dir), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        for img_id, f, bx, w, h, conf in ims:
+            norm = (bx / [w, h, w, h]).astype(np.float16)
+            arrays = {"features": f.astype(np.float16), "norm_bb": norm, "conf": conf.astype(np.float16)}
+            txn.put(f"{img_id}.npz".encode(), msgpack.packb(
+                {k: {b"nd": True, b"type": a.dtype.str, b"kind": b"", b"shape": a.shape, b"data": a.tobytes()}
+                 for k, a in arrays.items()}, use_bin_type=True))
+    env.close()
+    s = run([tmp_path / "db"], "img-db", tmp_path / "a.h5", unknown_size=True)
+    assert s.selection.startswith("the img_db env's own policy (feat_th0.2_max100_min10: conf_th 0.2, min_boxes 10")
+    assert s.dropped_boxes > 0 and s.boxes_in == 60
+    s = run([tmp_path / "db"], "img-db", tmp_path / "b.h5", unknown_size=True, conf_th="none")
+    assert s.dropped_boxes == 0 and s.boxes_out == 60 and s.selection.startswith("none (--conf-th none)")
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("file", r"--src .*feats\.tsv is a file, not an LMDB folder; expected UNITER's img_db folder"),
+    ("data.mdb", r"--src .*data\.mdb is a file, not an LMDB folder \(the LMDB folder is .*db\)"),
+    ("folder", r"--src .*db is not an LMDB img_db: no data\.mdb in it or in a sub-folder \(it holds notes\.txt\)"),
+    ("garbage", r"--src .*db: not a readable LMDB environment \(.*MDB_INVALID.*\); expected UNITER's img_db"),
+    ("absent", r"--src .*nothing: no such file or folder"),
+])
+def test_img_db_given_something_else_is_a_clean_error(tmp_path, capsys, layout, message):
+    if layout == "garbage":
+        pytest.importorskip("lmdb")
+    db = tmp_path / "db"
+    db.mkdir()
+    src = {"file": tmp_path / "feats.tsv", "data.mdb": db / "data.mdb", "folder": db, "garbage": db,
+           "absent": tmp_path / "nothing"}[layout]
+    if layout == "file":
+        src.write_text("1\t2\n")
+    elif layout == "folder":
+        (db / "notes.txt").write_text("x")
+    elif layout in ("garbage", "data.mdb"):
+        (db / "data.mdb").write_bytes(b"garbage" * 100)
+    for conf in ([], ["--conf-th", "0.2"]):  # with and without the env's policy being looked up
+        code = cli_main(["features", "--src", str(src), "--format", "img-db", "--out", str(tmp_path / "s.h5"),
+                         "--unknown-size", "--no-progress", *conf])
+        err = capsys.readouterr().err
+        assert code == 2 and re.search(message, err) and err.startswith("error: "), err
+        assert "Traceback" not in err
+    assert not (tmp_path / "s.h5").exists() and not partial_path(tmp_path / "s.h5").exists()
+    assert not (tmp_path / "s.h5.report.jsonl").exists()
+
+
+def test_a_conversion_rejecting_every_record_leaves_no_store(tmp_path, capsys):
+    ims = make_images(3, seed=22)
+    bad = [butd_line(i, np.zeros((len(bx), DIM + 1)), bx, w, h) for i, f, bx, w, h, _ in ims]
+    bad.append(butd_line("nan", np.full((2, DIM + 1), np.nan), ims[0][2][:2], 600, 500))
+    (tmp_path / "x.tsv").write_text("\n".join(bad) + "\n")
+    with pytest.raises(NothingConverted) as err:
+        run([tmp_path / "x.tsv"], "tsv", tmp_path / "s.h5", feat_dim=DIM)
+    msg = str(err.value)
+    assert msg.startswith("no image converted: all 4 records were rejected, 4 of them as "
+                          "'features are #-d, expected #-d like the rest of the store' (e.g. ")
+    assert f"no store written at {tmp_path / 's.h5'}; every rejected record and its reason is in " \
+           f"{tmp_path / 's.h5.report.jsonl'}" in msg
+    assert err.value.summary.rejected == 4 and isinstance(err.value, ConvertError)
+    assert not (tmp_path / "s.h5").exists() and not partial_path(tmp_path / "s.h5").exists()
+    assert [p.name for p in sorted(tmp_path.iterdir())] == ["s.h5.report.jsonl", "x.tsv"]
+    assert len(read_report(tmp_path / "s.h5.report.jsonl")) == 4
+    assert read_summary(tmp_path / "s.h5.report.jsonl")["converted"] == 0
+    # from the CLI: exit 1, the reasons on stdout, the error on stderr; an existing store stays as it was
+    (tmp_path / "good.tsv").write_text(butd_line(*ims[0]) + "\n")
+    run([tmp_path / "good.tsv"], "tsv", tmp_path / "s.h5")
+    before = (tmp_path / "s.h5").read_bytes()
+    code = cli_main(["features", "--src", str(tmp_path / "x.tsv"), "--format", "tsv", "--out", str(tmp_path / "s.h5"),
+                     "--no-progress", "--overwrite", "--feat-dim", str(DIM)])
+    out, err = capsys.readouterr()
+    assert code == 1 and "error: no image converted: all 4 records were rejected" in err
+    assert f"the existing {tmp_path / 's.h5'} is left as it was" in err and "rejected 4 records (1 kinds" in out
+    assert (tmp_path / "s.h5").read_bytes() == before and not partial_path(tmp_path / "s.h5").exists()
+
+
+def test_sources_without_records_leave_no_store(tmp_path):
+    (tmp_path / "x.tsv").write_text("\n\n")
+    with pytest.raises(NothingConverted, match=r"no image converted: the sources \(.*x\.tsv\) hold no records; "
+                                               r"no store written at .*s\.h5"):
+        run([tmp_path / "x.tsv"], "tsv", tmp_path / "s.h5", feat_dim=DIM)
+    assert not (tmp_path / "s.h5").exists() and not partial_path(tmp_path / "s.h5").exists()
+
+
+def test_report_summary_quotes_reasons_verbatim_and_keeps_kinds_apart(tmp_path, capsys):
+    ims = make_images(8, seed=23)
+    lines = [butd_line(*ims[0])]
+    i, f, bx, w, h, _ = ims[1]
+    lines.append(butd_line("d9", np.zeros((len(bx), DIM + 1)), bx, w, h))
+    lines.append(butd_line("d12", np.zeros((len(bx), DIM + 4)), bx, w, h))
+    lines.append(butd_line("big", np.full_like(f, 1e6), bx, w, h))                      # "float16" must survive
+    lines.append(butd_line("out", f, bx + np.array([0, 0, w, 0], np.float32), w, h))   # "--box-tol" must survive
+    flat = bx.copy()
+    flat[0, 2] = flat[0, 0]
+    lines.append(butd_line("flat", f, flat, w, h))
+    lines.append(butd_line(*ims[2]))
+    (tmp_path / "x.tsv").write_text("\n".join(lines) + "\n")
+    assert cli_main(["features", "--src", str(tmp_path / "x.tsv"), "--format", "tsv", "--out", str(tmp_path / "s.h5"),
+                     "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    records = {r["id"]: r for r in read_report(tmp_path / "s.h5.report.jsonl")}
+    summary = read_summary(tmp_path / "s.h5.report.jsonl")
+    kinds = {r["kind"]: r for r in summary["reasons"]}
+    assert summary["rejected"] == 5 and sum(r["count"] for r in summary["reasons"]) == 5
+    assert kinds["features are #-d, expected #-d like the rest of the store"]["count"] == 2
+    assert kinds["features exceed the float16 range of the store (|x| <= #)"]["count"] == 1
+    assert kinds["box # = [#, #, #, #] lies outside the # x # image by more than --box-tol # of its side"]["count"] == 1
+    assert kinds["box # = [#, #, #, #] has no width or height"]["count"] == 1
+    for r in summary["reasons"]:  # each example is a record's reason, byte for byte
+        assert r["example"] in {rec["reason"] for rec in records.values()}
+        assert r["where"] == next(rec["where"] for rec in records.values() if rec["reason"] == r["example"])
+    assert kinds["features are #-d, expected #-d like the rest of the store"]["example"] == records["d9"]["reason"]
+    # on the console: every kind on its own line, with its reason quoted exactly
+    for r in summary["reasons"]:
+        assert f"{r['count']:>7}  {r['kind']}\n" in out
+        assert f"e.g. {r['where']}: {json.dumps(r['example'])}\n" in out
+    assert "rejected 5 records (4 kinds; every one in " in out
+
+
+def test_reasons_with_newlines_and_quotes_stay_on_one_line(tmp_path, capsys, monkeypatch):
+    d = tmp_path / "npz"
+    d.mkdir()
+    for name in ("a.npz", "ok.npz"):
+        np.savez(d / name, features=np.ones((2, DIM)), boxes=np.array([[0, 0, 5, 5], [1, 1, 2, 3]]),
+                 image_w=10, image_h=10)
+    real = S.NpzSource._record
+    library_message = 'npz cannot be read (ValueError: bad header:\n  expected "descr", got \'shape\'\n)'
+
+    def record(path):  # a decoder whose exception message spans lines and holds quotes
+        return S.Record(id=path.name, where=str(path), error=library_message) if path.name == "a.npz" else real(path)
+
+    monkeypatch.setattr(S.NpzSource, "_record", staticmethod(record))
+    assert cli_main(["features", "--src", str(d), "--format", "npz", "--out", str(tmp_path / "s.h5"),
+                     "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    [rec] = read_report(tmp_path / "s.h5.report.jsonl")
+    assert rec["reason"] == library_message  # the report keeps it exactly
+    [r] = read_summary(tmp_path / "s.h5.report.jsonl")["reasons"]
+    assert r["example"] == library_message
+    assert r["kind"] == 'npz cannot be read (ValueError: bad header: expected \'...\', got \'...\' )'
+    example_lines = [line for line in out.splitlines() if line.strip().startswith("e.g.")]
+    assert len(example_lines) == 1 and example_lines[0].endswith(json.dumps(library_message))
+    assert json.loads(example_lines[0].split(": ", 1)[1]) == library_message
+    assert len(out.splitlines()) == 6  # counts, selection (2), rejected, kind, example
+
+
+def test_reason_kind_groups_numbers_and_quoted_values_only():
+    from data_modules.convert.features import reason_kind
+
+    assert reason_kind("features are 9-d, expected 8-d") == "features are #-d, expected #-d"
+    assert reason_kind("duplicate: key '42' was already converted") == "duplicate: key '...' was already converted"
+    assert reason_kind("image size unknown (not in data/sizes2014.json)") == "image size unknown (not in data/sizes2014.json)"
+    assert reason_kind("the image's size doesn't fit --box-tol 0.01") == "the image's size doesn't fit --box-tol #"
+    assert reason_kind("a\n  b\tc") == "a b c"
+    assert reason_kind("/x/s.h5: image 'k': features contain NaN", "/x/s.h5: image 'k'") == "features contain NaN"

@@ -5,6 +5,6 @@ layouts (bottom-up-attention TSV, bottom-up-attention-vqa / ban-vqa HDF5, UNITER
 per-image ``.npz``) into the HDF5 store of ``data_modules.features``; see
 ``data_modules.convert.features`` for the options and the key flags per task.
 """
-from .features import ConvertError, ConvertSummary, convert_features
+from .features import ConvertError, ConvertSummary, NothingConverted, SourceError, convert_features
 
-__all__ = ["ConvertError", "ConvertSummary", "convert_features"]
+__all__ = ["ConvertError", "ConvertSummary", "NothingConverted", "SourceError", "convert_features"]

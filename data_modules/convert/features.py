@@ -12,17 +12,27 @@ Sources (``--format``; dataset-formats.md §8, uniter-reference.md §5):
 Every record is checked (feature dimension, boxes vs feature rows, finite values, boxes inside
 the image, at least one region). A bad record is written to the report (JSON lines ``{"id",
 "key", "where", "reason"}``, default ``OUT.report.jsonl``) and skipped; the others are converted.
+Each finished run appends one ``{"summary": ...}`` line: counts, every rejection kind with its
+count and one reason quoted verbatim, and the box selection. A run that converts no image
+writes no store (exit status 1; the report says why).
 Boxes that stick out of the image by at most ``--box-tol`` of its side (default 1 %, e.g. a
 detector's float rounding) are clipped to it and counted; further out, or with zero width or
 height, the image is rejected.
 
-Box selection (UNITER's ``_compute_nbb``): where the source has confidences, keep
+Box selection: by default every region of the source is kept (fixed-box features such as
+LXMERT's 36 per image stay as they are). UNITER's rule (``_compute_nbb``) is applied only when
+asked, ``--conf-th 0.2 --min-boxes 10 --max-boxes 100``: where the source has confidences, keep
 ``nbb = min(max_boxes, max(min_boxes, #(conf > conf_th)))`` regions, the most confident ones,
 in source order (UNITER truncates its confidence-sorted npz to the first nbb: the same regions;
-BUTD's adaptive output is not sorted, so "first nbb" would be wrong there). ``--conf-th -1``:
-keep the first ``--max-boxes`` (UNITER's fixed ``numbb`` policy). UNITER img_dbs come with
-``nbb_*.json``: used as is when its policy is the one in use (the env's, unless given). Sources
-without confidences (BUTD TSV, the HDF5 layouts) keep every region: their extractor selected.
+BUTD's adaptive output is not sorted, so "first nbb" would be wrong there); ``--min-boxes`` /
+``--max-boxes`` default to UNITER's 10 / 100 once ``--conf-th`` is given. ``--conf-th -1``: keep
+the first ``--max-boxes`` (UNITER's fixed ``numbb`` policy). Sources without confidences (BUTD
+TSV, the HDF5 layouts) keep every region under a threshold (their extractor selected); ``-1``
+still caps them at ``--max-boxes``. UNITER
+img_db envs are named after the policy they were made for (``feat_th0.2_max100_min10``,
+``feat_numbb36``): that policy is the default for them, with the ``nbb_*.json`` next to the env
+used as is (``--conf-th none`` keeps every region instead). What the selection drops (regions in
+and out, images affected) is printed at the end and written to the report's summary line.
 
 Store keys (``--key-format``, fields ``{id}`` the source's id, ``{stem}`` the id without
 ``.npz``/``.npy`` and image extensions and without ``--strip-prefix``, ``{num}`` the last number
@@ -80,7 +90,9 @@ from ..jsonl import read_json
 from . import sources as S
 
 FORMATS = ("tsv", "butd-h5", "img-db", "npz")
-DEFAULT_POLICY = (0.2, 10, 100)  # conf_th, min_boxes, max_boxes (UNITER's defaults)
+UNITER_POLICY = (0.2, 10, 100)  # conf_th, min_boxes, max_boxes: UNITER's rule, applied only when asked
+KEEP_ALL = "none"  # --conf-th none: every region, even where an img_db env names a policy
+SHOWN_REASONS = 10  # rejection kinds printed at the end (the report's summary line has all)
 _STRIP_EXT = (".npz", ".npy", ".jpg", ".jpeg", ".png")
 _KEY_FIELDS = {"id": "x_1.npz", "stem": "x_1", "num": 1}  # --key-format fields with sample values
 _SWAP_HINT = "width and height look swapped"
@@ -92,8 +104,40 @@ class ConvertError(RuntimeError):
     """The conversion as a whole cannot go on (not one bad record: those are reported)."""
 
 
+class SourceError(ConvertError, ValueError):
+    """A source cannot be read on (a TSV with an unknown column count, an unreadable file)."""
+
+
+class NothingConverted(ConvertError):
+    """Every record was rejected (or there were none): no store was written; ``summary`` says why."""
+
+    def __init__(self, message: str, summary: "ConvertSummary"):
+        super().__init__(message)
+        self.summary = summary
+
+
 class Reject(ValueError):
     """This record is skipped and reported."""
+
+
+_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?![\w])")
+_QUOTED = re.compile(r"""(?<!\w)'[^'\n]{0,200}?'(?!\w)|(?<!\w)"[^"\n]{0,200}?"(?!\w)""")
+
+
+def reason_kind(reason: str, prefix: str = "") -> str:
+    """The group a rejection reason is counted in: numbers and quoted values replaced by ``#`` and
+    ``'...'``, whitespace (newlines too) collapsed, a leading ``prefix`` (the writer's
+    ``"<store>: image '<key>'"``) dropped; never cut short."""
+    text = " ".join(reason.split())
+    if prefix and text.startswith(prefix):
+        text = text[len(prefix):].lstrip(": ")
+    text = _QUOTED.sub("'...'", text)
+    return _NUMBER.sub("#", text) or "(no reason given)"
+
+
+def _quote(text: str) -> str:
+    """One line, quotes and newlines escaped: json.dumps keeps the reason exact and readable."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 @dataclass
@@ -105,14 +149,90 @@ class ConvertSummary:
     resumed: int = 0         # images found in the unfinished store
     rejected: int = 0        # records reported in this run
     clipped_boxes: int = 0   # boxes moved inside the image (within --box-tol)
-    dropped_boxes: int = 0   # regions left out by box selection
-    reasons: dict[str, int] = field(default_factory=dict)
+    dropped_boxes: int = 0   # regions left out by box selection (images converted in this run)
+    reasons: dict[str, int] = field(default_factory=dict)  # reason kind -> records (see reason_kind)
+    reason_examples: dict[str, tuple[str, str]] = field(default_factory=dict)  # kind -> first (reason, where)
+    selection: str = "none: every region kept"  # the box selection in use, in words
+    boxes_in: int = 0        # source regions of the images converted in this run
+    boxes_out: int = 0       # regions written for them
+    thinned_images: int = 0  # images that lost regions to the selection
+    thinned_examples: list[tuple[str, int, int]] = field(default_factory=list)  # (key, kept, of) for the first few
+    source_boxes: tuple[int, int] | None = None  # (min, max) regions per source image converted
+
+    def add_reason(self, reason: str, where: str, prefix: str = "") -> None:
+        kind = reason_kind(reason, prefix)
+        self.reasons[kind] = self.reasons.get(kind, 0) + 1
+        self.reason_examples.setdefault(kind, (reason, where))
+
+    def add_image(self, key: str, n_source: int, n_kept: int) -> None:
+        self.boxes_in += n_source
+        self.boxes_out += n_kept
+        self.dropped_boxes += n_source - n_kept
+        if n_kept < n_source:
+            self.thinned_images += 1
+            if len(self.thinned_examples) < 5:
+                self.thinned_examples.append((key, n_kept, n_source))
+        lo, hi = self.source_boxes or (n_source, n_source)
+        self.source_boxes = (min(lo, n_source), max(hi, n_source))
+
+    def sorted_reasons(self) -> list[tuple[str, int]]:
+        """Kinds by count, most frequent first (ties: first seen first)."""
+        return sorted(self.reasons.items(), key=lambda kv: -kv[1])
 
     def line(self) -> str:
-        why = ", ".join(f"{k}: {v}" for k, v in sorted(self.reasons.items(), key=lambda kv: -kv[1])[:5])
+        """The one-line summary (counts)."""
         return (f"{self.out}: {self.converted + self.resumed} images ({self.converted} converted now, {self.resumed} "
-                f"resumed), {self.rejected} rejected{f' ({why}; see {self.report})' if self.rejected else ''}, "
+                f"resumed), {self.rejected} rejected{f' (see {self.report})' if self.rejected else ''}, "
                 f"{self.clipped_boxes} boxes clipped into the image, {self.dropped_boxes} regions dropped by box selection")
+
+    def selection_lines(self) -> list[str]:
+        lines = [f"box selection: {self.selection}"]
+        if not self.converted:
+            return lines
+        if self.dropped_boxes:
+            share = 100 * self.dropped_boxes / max(self.boxes_in, 1)
+            shown = ", ".join(f"{k!r} ({kept} of {of})" for k, kept, of in self.thinned_examples)
+            lines.append(f"  DROPPED {self.dropped_boxes:,} of {self.boxes_in:,} source regions ({share:.1f} %): "
+                         f"{self.boxes_out:,} written; {self.thinned_images:,} of {self.converted:,} images converted now "
+                         f"lost regions, e.g. {shown}")
+            lo, hi = self.source_boxes
+            if lo == hi:
+                lines.append(f"  every source image had {lo} regions (fixed-box features?): omit --conf-th to keep "
+                             "them all")
+        else:
+            lines.append(f"  every source region kept ({self.boxes_in:,} regions in {self.converted:,} images)")
+        return lines
+
+    def reason_lines(self) -> list[str]:
+        if not self.rejected:
+            return []
+        lines = [f"rejected {self.rejected:,} records ({len(self.reasons)} kinds; every one in {self.report}):"]
+        for kind, count in self.sorted_reasons()[:SHOWN_REASONS]:
+            reason, where = self.reason_examples[kind]
+            lines.append(f"  {count:>7,}  {kind}")
+            lines.append(f"           e.g. {where}: {_quote(reason)}")
+        if len(self.reasons) > SHOWN_REASONS:
+            lines.append(f"  ... and {len(self.reasons) - SHOWN_REASONS} more kinds: see the summary line at the end "
+                         f"of {self.report}")
+        return lines
+
+    def text(self) -> str:
+        """Everything printed at the end of a run: counts, box selection, rejection kinds."""
+        return "\n".join([self.line(), *self.selection_lines(), *self.reason_lines()])
+
+    def as_dict(self) -> dict:
+        """The report's summary line."""
+        return {
+            "out": str(self.out), "feat_dim": self.feat_dim, "converted": self.converted, "resumed": self.resumed,
+            "rejected": self.rejected, "clipped_boxes": self.clipped_boxes,
+            "box_selection": {"policy": self.selection, "regions_in": self.boxes_in, "regions_out": self.boxes_out,
+                              "dropped": self.dropped_boxes, "images_affected": self.thinned_images,
+                              "examples": [{"key": k, "kept": kept, "of": of} for k, kept, of in self.thinned_examples],
+                              "source_regions_per_image": list(self.source_boxes) if self.source_boxes else None},
+            "reasons": [{"kind": kind, "count": count, "example": self.reason_examples[kind][0],
+                         "where": self.reason_examples[kind][1]} for kind, count in self.sorted_reasons()],
+            "note": "counts are of this run; images resumed from an interrupted run are not recounted",
+        }
 
 
 class KeyMapper:
@@ -184,11 +304,14 @@ def load_image_sizes(path: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
-def select_boxes(n: int, conf: np.ndarray | None, conf_th: float, min_boxes: int, max_boxes: int,
-                 nbb: int | None = None) -> np.ndarray:
-    """Row indices kept, in source order (see the module docstring for the rule)."""
+def select_boxes(n: int, conf: np.ndarray | None, conf_th: float | None, min_boxes: int | None,
+                 max_boxes: int | None, nbb: int | None = None) -> np.ndarray:
+    """Row indices kept, in source order (see the module docstring for the rule); ``conf_th``
+    None keeps every row."""
     if nbb is not None:
         return np.arange(min(max(nbb, 0), n))
+    if conf_th is None:
+        return np.arange(n)
     if conf_th < 0:
         return np.arange(min(n, max_boxes))
     if conf is None:
@@ -203,17 +326,18 @@ def select_boxes(n: int, conf: np.ndarray | None, conf_th: float, min_boxes: int
 class Options:
     key_format: str = "{stem}"
     strip_prefix: tuple[str, ...] = ()
-    conf_th: float = DEFAULT_POLICY[0]
-    min_boxes: int = DEFAULT_POLICY[1]
-    max_boxes: int = DEFAULT_POLICY[2]
+    conf_th: float | None = None  # None: every region kept
+    min_boxes: int | None = None
+    max_boxes: int | None = None
     box_tol: float = 0.01
     feat_dim: int | None = None
     image_sizes: Path | None = None
     unknown_size: bool = False
 
 
-def prepare(rec: S.Record, opts: Options, feat_dim: int, sizes: dict | None, key: str, stats: ConvertSummary):
-    """``(features, pixel boxes, width, height)`` ready for the writer, or ``Reject`` with the reason."""
+def prepare(rec: S.Record, opts: Options, feat_dim: int, sizes: dict | None, key: str):
+    """``(features, pixel boxes, width, height, source regions, boxes clipped)`` ready for the
+    writer, or ``Reject`` with the reason."""
     if rec.error:
         raise Reject(rec.error)
     feats = np.asarray(rec.features)
@@ -249,7 +373,6 @@ def prepare(rec: S.Record, opts: Options, feat_dim: int, sizes: dict | None, key
     keep = select_boxes(n, conf, opts.conf_th, opts.min_boxes, opts.max_boxes, rec.nbb)
     if len(keep) == 0:
         raise Reject("no regions left after box selection")
-    stats.dropped_boxes += n - len(keep)
     feats = np.asarray(feats[keep], np.float32)
     boxes = np.asarray(boxes[keep], np.float64)
     if not pixel:
@@ -274,14 +397,14 @@ def prepare(rec: S.Record, opts: Options, feat_dim: int, sizes: dict | None, key
             msg += f"; every box fits a {height} x {width} image: {_SWAP_HINT} (set --tsv-fields)"
         raise Reject(msg)
     clipped = np.clip(boxes, lo, hi)
-    stats.clipped_boxes += int((clipped != boxes).any(axis=1).sum())
+    n_clipped = int((clipped != boxes).any(axis=1).sum())
     degenerate = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
     if degenerate.any():
         i = int(np.argmax(degenerate))
         raise Reject(f"box {i} = {[round(float(v), 2) for v in clipped[i]]} has no width or height")
     if np.abs(feats).max() > np.finfo(np.float16).max:
         raise Reject("features exceed the float16 range of the store (|x| <= 65504)")
-    return feats, clipped, int(width), int(height)
+    return feats, clipped, int(width), int(height), n, n_clipped
 
 
 def _size_keys(raw_id: str, key: str) -> list[str]:
@@ -359,21 +482,17 @@ def convert_features(src: list[str], fmt: str, out: str | Path, *, key_format: s
         partial.unlink(missing_ok=True)
     if out.exists() and not overwrite and not partial.exists():
         raise ConvertError(f"{out} exists; pass --overwrite to replace it (it stays in place until the new store is complete)")
-    policy = [conf_th, min_boxes, max_boxes]
-    if fmt == "img-db" and any(v is None for v in policy):
-        envs = [S.find_lmdb_env(p) for p in S.expand_sources(list(src))]
-        env_policies = {S.env_box_policy(e) for e in envs} - {None}
-        if len(env_policies) == 1:  # not given: the env's own policy
-            policy = [v if v is not None else d for v, d in zip(policy, env_policies.pop())]
-    policy = [v if v is not None else d for v, d in zip(policy, DEFAULT_POLICY)]
-    opts = Options(key_format, tuple(strip_prefix), float(policy[0]), int(policy[1]), int(policy[2]), float(box_tol),
+    try:
+        keys = KeyMapper(key_format, strip_prefix)
+        paths = S.expand_sources(list(src))
+        policy, selection = box_policy(fmt, paths, conf_th, min_boxes, max_boxes)
+    except (ValueError, FileNotFoundError) as err:
+        raise ConvertError(str(err)) from None
+    opts = Options(key_format, tuple(strip_prefix), *policy, float(box_tol),
                    feat_dim, Path(image_sizes) if image_sizes else None, unknown_size)
-    if opts.min_boxes < 1 or opts.max_boxes < opts.min_boxes:
-        raise ConvertError(f"--min-boxes {opts.min_boxes} / --max-boxes {opts.max_boxes}: need 1 <= min <= max")
     if not 0 <= opts.box_tol < 0.5:
         raise ConvertError(f"--box-tol {opts.box_tol}: expected a fraction of the image side in [0, 0.5)")
     try:
-        keys = KeyMapper(key_format, strip_prefix)
         sizes = load_image_sizes(opts.image_sizes) if opts.image_sizes else None
         source = make_source(fmt, list(src), opts, tsv_fields, Path(imgid2idx) if imgid2idx else None)
     except (ValueError, FileNotFoundError, ImportError) as err:
@@ -394,7 +513,8 @@ def convert_features(src: list[str], fmt: str, out: str | Path, *, key_format: s
         writer = RegionFeatureWriter(out, dim, flush_rows=flush_rows, resume=True, meta=meta)
     except ValueError as err:
         raise ConvertError(f"{err} (or pass --restart)") from None
-    stats = ConvertSummary(out=out, report=report, feat_dim=dim, resumed=writer.resumed)
+    stats = ConvertSummary(out=out, report=report, feat_dim=dim, resumed=writer.resumed, selection=selection)
+    writer_prefix = f"{out}: image "
     bar = _progress(source.total(), source.unit, progress)
     # Records come in a fixed order and images are committed in that order: while every record is
     # already in the store (or reported), we are in the part done before the interruption.
@@ -412,40 +532,127 @@ def convert_features(src: list[str], fmt: str, out: str | Path, *, key_format: s
             state["before_resume_point"] = False
         return False
 
-    with writer, open(report, "a") as rep:
-        for rec in source.records(skip):
-            if bar is not None:
-                bar.update(rec.advance)
-            if rec.skipped:
-                continue
-            key = None
-            try:
-                key = keys(rec.id)
-                if key in writer:
-                    raise Reject(f"duplicate: key {key!r} was already converted from an earlier record")
-                feats, boxes, w, h = prepare(rec, opts, dim, sizes, key, stats)
+    try:
+        with open(report, "a") as rep:
+            for rec in _read(source.records(skip)):
+                if bar is not None:
+                    bar.update(rec.advance)
+                if rec.skipped:
+                    continue
+                key = None
                 try:
-                    writer.add(key, feats, boxes, w, h)
-                except ValueError as err:
-                    raise Reject(str(err)) from None
-                stats.converted += 1
-            except Reject as err:
-                reason = str(err)
-                rep.write(json.dumps({"id": rec.id, "key": key, "where": rec.where, "reason": reason}) + "\n")
-                rep.flush()
-                stats.rejected += 1
-                kind = re.sub(r"[\d.\-]+|'[^']*'|\[[^\]]*\]", "#", reason)[:60]
-                stats.reasons[kind] = stats.reasons.get(kind, 0) + 1
-                state["swapped"] += _SWAP_HINT in reason
-            state["examined"] += 1
-            if state["examined"] <= 20 and state["swapped"] >= 5:
-                raise ConvertError(f"{rec.where}: the boxes of {state['swapped']} of the first {state['examined']} "
-                                   f"images fit only with {_SWAP_HINT.split(' look')[0]} swapped: give the column order "
-                                   "with --tsv-fields (e.g. image_id,image_h,image_w,num_boxes,boxes,features) and --restart")
-    if bar is not None:
-        bar.close()
-    report.touch()
+                    key = keys(rec.id)
+                    if key in writer:
+                        raise Reject(f"duplicate: key {key!r} was already converted from an earlier record")
+                    feats, boxes, w, h, n_source, n_clipped = prepare(rec, opts, dim, sizes, key)
+                    try:
+                        writer.add(key, feats, boxes, w, h)
+                    except ValueError as err:
+                        raise Reject(str(err)) from None
+                    stats.converted += 1
+                    stats.clipped_boxes += n_clipped
+                    stats.add_image(key, n_source, len(feats))
+                except Reject as err:
+                    reason = str(err)
+                    rep.write(json.dumps({"id": rec.id, "key": key, "where": rec.where, "reason": reason}) + "\n")
+                    rep.flush()
+                    stats.rejected += 1
+                    stats.add_reason(reason, rec.where, writer_prefix + repr(key) if key else "")
+                    state["swapped"] += _SWAP_HINT in reason
+                state["examined"] += 1
+                if state["examined"] <= 20 and state["swapped"] >= 5:
+                    raise ConvertError(f"{rec.where}: the boxes of {state['swapped']} of the first {state['examined']} "
+                                       f"images fit only with {_SWAP_HINT.split(' look')[0]} swapped: give the column order "
+                                       "with --tsv-fields (e.g. image_id,image_h,image_w,num_boxes,boxes,features) and --restart")
+            if len(writer) == 0:
+                writer.abort()  # no empty store left behind (nor an unfinished one)
+            else:
+                writer.close()
+            rep.write(json.dumps({"summary": stats.as_dict()}) + "\n")
+    except BaseException:
+        writer.suspend()  # what was committed stays for a rerun (no-op once closed or aborted)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    if len(writer) == 0:
+        raise NothingConverted(_nothing_converted(stats, source), stats)
     return stats
+
+
+def _read(records):
+    """The source's records; a source that cannot be read on is a ``SourceError`` (no traceback)."""
+    last = None
+    while True:
+        try:
+            rec = next(records)
+        except StopIteration:
+            return
+        except SourceError:
+            raise
+        except (ValueError, OSError) as err:
+            text = " ".join(str(err).split())
+            if last is not None and re.split(r"[:#\[]", last)[0] not in text:
+                text += f" (reading on after {last})"
+            raise SourceError(text) from None
+        last = rec.where
+        yield rec
+
+
+def _nothing_converted(stats: ConvertSummary, source) -> str:
+    kept = f"; the existing {stats.out} is left as it was" if stats.out.exists() else ""
+    if not stats.rejected:
+        return (f"no image converted: the sources ({', '.join(map(str, getattr(source, 'paths', []))) or 'none'}) "
+                f"hold no records; no store written at {stats.out}{kept}")
+    top = stats.sorted_reasons()[0]
+    reason, where = stats.reason_examples[top[0]]
+    return (f"no image converted: all {stats.rejected:,} records were rejected, {top[1]:,} of them as "
+            f"{top[0]!r} (e.g. {where}: {_quote(reason)}); no store written at {stats.out}{kept}; every rejected "
+            f"record and its reason is in {stats.report}")
+
+
+def _conf_th(value) -> float | str | None:
+    """``--conf-th``: a number, or ``none`` (keep every region)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == KEEP_ALL):
+        return None if value is None else KEEP_ALL
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"--conf-th {value!r}: expected a number (0.2: UNITER's rule; -1: the "
+                                         f"first --max-boxes) or {KEEP_ALL!r} (every region)") from None
+
+
+def box_policy(fmt: str, paths: list[Path], conf_th=None, min_boxes: int | None = None, max_boxes: int | None = None):
+    """``((conf_th, min_boxes, max_boxes), description)`` of the selection in use: ``conf_th``
+    None keeps every region (the default; for an img_db, its env's policy when it names one)."""
+    conf_th = _conf_th(conf_th) if isinstance(conf_th, str) else conf_th
+    if conf_th == KEEP_ALL:
+        if min_boxes is not None or max_boxes is not None:
+            raise ValueError(f"--conf-th {KEEP_ALL} keeps every region: --min-boxes / --max-boxes do not apply")
+        return (None, None, None), "none (--conf-th none): every region kept"
+    if conf_th is None and fmt == "img-db":
+        envs = [S.find_lmdb_env(p) for p in paths]
+        env_policies = {S.env_box_policy(e) for e in envs} - {None}
+        if len(env_policies) == 1 and min_boxes is None and max_boxes is None:
+            th, lo, hi = env_policies.pop()
+            names = ", ".join(sorted({e.name for e in envs}))
+            rule = f"the first {hi}" if th < 0 else f"conf_th {th:g}, min_boxes {lo}, max_boxes {hi}"
+            return (th, lo, hi), (f"the img_db env's own policy ({names}: {rule}, with its nbb json where present); "
+                                  f"--conf-th {KEEP_ALL} keeps every region")
+    if conf_th is None:
+        if min_boxes is not None or max_boxes is not None:
+            raise ValueError(f"--min-boxes / --max-boxes apply with --conf-th only: UNITER's rule is --conf-th "
+                             f"{UNITER_POLICY[0]} --min-boxes {UNITER_POLICY[1]} --max-boxes {UNITER_POLICY[2]}; "
+                             f"--conf-th -1 --max-boxes N keeps the first N; without --conf-th every region is kept")
+        return (None, None, None), "none: every region kept (UNITER's rule only with --conf-th)"
+    lo = UNITER_POLICY[1] if min_boxes is None else int(min_boxes)
+    hi = UNITER_POLICY[2] if max_boxes is None else int(max_boxes)
+    if lo < 1 or hi < lo:
+        raise ValueError(f"--min-boxes {lo} / --max-boxes {hi}: need 1 <= min <= max")
+    if conf_th < 0:
+        return (float(conf_th), lo, hi), f"the first {hi} regions (--conf-th {conf_th:g})"
+    return (float(conf_th), lo, hi), (f"UNITER's rule, conf_th {conf_th:g}, min_boxes {lo}, max_boxes {hi} "
+                                      "(sources without confidences keep every region)")
 
 
 def _feature_dim(source, opts: Options, partial: Path | None) -> int:
@@ -469,7 +676,7 @@ def _feature_dim(source, opts: Options, partial: Path | None) -> int:
             raise ConvertError(f"the HDF5 sources hold features of different sizes {source.dims}; convert them separately")
         return source.dims[0]
     seen: dict[int, int] = {}
-    for rec in source.records(lambda raw_id, where: False):
+    for rec in _read(source.records(lambda raw_id, where: False)):
         f = rec.features
         if rec.error is None and f is not None and getattr(f, "ndim", 0) == 2 and len(f):
             seen[f.shape[1]] = seen.get(f.shape[1], 0) + 1
@@ -489,11 +696,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-format", default="{stem}", help="store key from {id}, {stem}, {num} (default {stem})")
     p.add_argument("--strip-prefix", action="append", default=[], metavar="PREFIX",
                    help="remove this prefix from the stem (repeatable: the first that matches); ids without one are rejected")
-    p.add_argument("--conf-th", type=float, default=None,
-                   help=f"confidence threshold of box selection (default {DEFAULT_POLICY[0]}, or the img_db env's); "
-                        "-1 keeps the first --max-boxes")
-    p.add_argument("--min-boxes", type=int, default=None, help=f"default {DEFAULT_POLICY[1]} (or the img_db env's)")
-    p.add_argument("--max-boxes", type=int, default=None, help=f"default {DEFAULT_POLICY[2]} (or the img_db env's)")
+    p.add_argument("--conf-th", type=_conf_th, default=None,
+                   help="box selection by confidence (UNITER's rule: --conf-th 0.2 --min-boxes 10 --max-boxes 100); "
+                        "-1 keeps the first --max-boxes; 'none' keeps every region. Default: every region "
+                        "(an img_db: its env's policy)")
+    p.add_argument("--min-boxes", type=int, default=None, help=f"with --conf-th: default {UNITER_POLICY[1]}")
+    p.add_argument("--max-boxes", type=int, default=None, help=f"with --conf-th: default {UNITER_POLICY[2]}")
     p.add_argument("--box-tol", type=float, default=0.01,
                    help="boxes out of the image by at most this fraction of its side are clipped (default 0.01)")
     p.add_argument("--feat-dim", type=int, default=None, help="expected feature size (default: from the sources)")
@@ -519,11 +727,15 @@ def run(args: argparse.Namespace) -> int:
             feat_dim=args.feat_dim, image_sizes=args.image_sizes, unknown_size=args.unknown_size,
             tsv_fields=args.tsv_fields, imgid2idx=args.imgid2idx, report=args.report, restart=args.restart,
             overwrite=args.overwrite, progress=not args.no_progress)
+    except NothingConverted as err:
+        print(err.summary.text())
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except ConvertError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\ninterrupted: rerun the same command to continue {args.out}", file=sys.stderr)
         return 130
-    print(stats.line())
-    return 0 if stats.converted + stats.resumed else 1
+    print(stats.text())
+    return 0

@@ -391,15 +391,29 @@ def _require(module: str):
         raise ImportError(f"reading UNITER img_db needs the {module!r} package: pip install lmdb msgpack") from None
 
 
+IMG_DB_EXPECTED = ("UNITER's img_db folder (e.g. img_db/nlvr2_dev, holding one LMDB sub-folder such as "
+                   "feat_th0.2_max100_min10/ with data.mdb) or that LMDB folder itself")
+
+
 def find_lmdb_env(src: Path) -> Path:
     """The LMDB environment folder: ``src`` itself (holds ``data.mdb``) or its only such sub-folder."""
-    if (src / "data.mdb").exists():
+    src = Path(src)
+    if not src.exists():
+        raise ValueError(f"--src {src}: no such folder; expected {IMG_DB_EXPECTED}")
+    if src.is_file():
+        hint = (f" (the LMDB folder is {src.parent})" if src.name == "data.mdb" else "")
+        raise ValueError(f"--src {src} is a file, not an LMDB folder{hint}; expected {IMG_DB_EXPECTED}")
+    if (src / "data.mdb").is_file():
         return src
-    envs = sorted(p for p in src.iterdir() if p.is_dir() and (p / "data.mdb").exists()) if src.is_dir() else []
+    envs = sorted(p for p in src.iterdir() if p.is_dir() and (p / "data.mdb").is_file())
     if len(envs) != 1:
-        found = ", ".join(p.name for p in envs) or "none"
-        raise ValueError(f"--src {src}: expected an img_db folder with one LMDB sub-folder (e.g. feat_th0.2_max100_min10) "
-                         f"or the LMDB folder itself; found {found}: name one of them")
+        if envs:
+            raise ValueError(f"--src {src}: {len(envs)} LMDB sub-folders ({', '.join(p.name for p in envs)}); "
+                             "name one of them as --src")
+        files = sorted(p.name for p in src.iterdir())
+        shown = ", ".join(files[:5]) + (", ..." if len(files) > 5 else "") if files else "nothing"
+        raise ValueError(f"--src {src} is not an LMDB img_db: no data.mdb in it or in a sub-folder (it holds {shown}); "
+                         f"expected {IMG_DB_EXPECTED}")
     return envs[0]
 
 
@@ -454,6 +468,14 @@ class ImgDbSource:
         self.lmdb = _require("lmdb")
         self.msgpack = _require("msgpack")
         self.envs = [find_lmdb_env(p) for p in paths]
+        self._entries = []
+        for env in self.envs:  # a data.mdb that LMDB cannot open is named here, not mid-conversion
+            try:
+                with self._open(env) as e:
+                    self._entries.append(e.stat()["entries"])
+            except self.lmdb.Error as err:
+                raise ValueError(f"--src {env}: not a readable LMDB environment ({' '.join(str(err).split())}); "
+                                 f"expected {IMG_DB_EXPECTED}") from None
         self.nbb: list[dict[str, int] | None] = []
         for env in self.envs:
             table = None
@@ -469,11 +491,7 @@ class ImgDbSource:
         return self.lmdb.open(str(env), readonly=True, lock=False, readahead=False, subdir=True, max_readers=1)
 
     def total(self) -> int:
-        n = 0
-        for env in self.envs:
-            with self._open(env) as e:
-                n += e.stat()["entries"]
-        return n
+        return sum(self._entries)
 
     def settings(self) -> dict:
         return {"lmdb": [str(e) for e in self.envs], "nbb_json": [t is not None for t in self.nbb]}
@@ -481,14 +499,18 @@ class ImgDbSource:
     def records(self, skip: Skip) -> Iterator[Record]:
         for env_path, table in zip(self.envs, self.nbb):
             compressed = env_path.name.endswith("_compressed")
-            with self._open(env_path) as env, env.begin() as txn:
-                for raw_key, value in txn.cursor():
-                    key = raw_key.decode("utf-8", errors="replace")
-                    where = f"{env_path}[{key}]"
-                    if key == "__keys__" or skip(key, where):
-                        yield Record(id=key, where=where, skipped=True)
-                        continue
-                    yield self._record(key, where, value, compressed, table)
+            try:
+                with self._open(env_path) as env, env.begin() as txn:
+                    for raw_key, value in txn.cursor():
+                        key = raw_key.decode("utf-8", errors="replace")
+                        where = f"{env_path}[{key}]"
+                        if key == "__keys__" or skip(key, where):
+                            yield Record(id=key, where=where, skipped=True)
+                            continue
+                        yield self._record(key, where, value, compressed, table)
+            except self.lmdb.Error as err:
+                raise ValueError(f"{env_path}: the LMDB environment cannot be read on "
+                                 f"({' '.join(str(err).split())}); is data.mdb damaged?") from None
 
     def _record(self, key, where, value, compressed, table) -> Record:
         rec = Record(id=key, where=where)
