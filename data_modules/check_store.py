@@ -293,9 +293,10 @@ def _scan_values(feats, bb, keys, nbb, off, rows: int, report: StoreReport, chun
             report.warnings.append(msg)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``check-store FILE [FILE ...]``: 0 when every file is a sound store, 1 when one has a problem."""
-    ap = argparse.ArgumentParser(prog="python -m data_modules.check_store",
+def main(argv: list[str] | None = None, prog: str = "python -m data_modules.check_store") -> int:
+    """``check-store FILE [FILE ...]``: 0 when every file is a sound store, 1 when one has a problem
+    (``prog``: the name the usage shows, e.g. ``lightning-vl check-store``)."""
+    ap = argparse.ArgumentParser(prog=prog,
                                  description=__doc__.split("\n\n")[0], epilog=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stores", nargs="+", type=Path, metavar="FILE", help="region-feature stores (.h5)")

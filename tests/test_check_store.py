@@ -189,3 +189,12 @@ def test_python_dash_m_entry_point(tmp_path):
                           text=True, env=env, timeout=120)
     assert done.returncode == 1, done.stderr
     assert "features hold NaN or inf: 1 rows in 1 images: 'img1'" in done.stdout and not done.stderr
+
+
+def test_usage_names_the_command_it_is_wired_as(capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["--help"], prog="lightning-vl check-store")
+    assert err.value.code == 0 and capsys.readouterr().out.startswith("usage: lightning-vl check-store")
+    with pytest.raises(SystemExit) as err:
+        main([])
+    assert err.value.code == 2 and "python -m data_modules.check_store" in capsys.readouterr().err
