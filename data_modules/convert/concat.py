@@ -12,6 +12,7 @@ regions it has (counted and printed). Sizes must agree across stores (an error n
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = concat_stores(args.src, args.out)
+    try:
+        summary = concat_stores(args.src, args.out)
+    except (ValueError, FileNotFoundError) as err:  # a damaged or mismatched store: named, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"{args.out}: {summary['images']} images; {summary['only_in_first']} only in {args.src[0]}")
     return 0
