@@ -143,7 +143,11 @@ class Mask:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"mask file {path} does not exist")
-        return cls.from_state_dict(torch.load(path, map_location="cpu", weights_only=True), str(path))
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # empty, torn or not a torch file
+            raise ValueError(f"{path}: cannot read the mask ({type(err).__name__}: {err})") from None
+        return cls.from_state_dict(state, str(path))
 
 
 def named_parameters_by(model: torch.nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:

@@ -74,7 +74,10 @@ class MaskedTraining(pl.Callback):
         self.mask = self.mask.to(pl_module.device)
         self._params = named_parameters_by(pl_module, self.mask.keys())
         self.mask.apply_(self._params)
-        if self.rewind_step == 0:
+        if self.rewind_step is not None and trainer.global_step > self.rewind_step and self.rewind_path.exists():
+            # resumed past the rewind step (e.g. a SLURM requeue restored a mid-round checkpoint)
+            self.rewind_state = torch.load(self.rewind_path, map_location="cpu", weights_only=True)
+        elif self.rewind_step == 0 and trainer.global_step == 0:
             self._keep_rewind(trainer, pl_module)
 
     @torch.no_grad()

@@ -189,7 +189,27 @@ class Strategy:
                    "init-gradients": inputs.gradients, "generator": inputs.generator}[self.needs] is None
         if missing:
             raise ValueError(f"pruning strategy {self.name!r} needs {self.needs} inputs")
-        return prune_by_scores(self.score(inputs, base), base, sparsity, self.layerwise)
+        mask = prune_by_scores(self.score(inputs, base), base, sparsity, self.layerwise)
+        check_mask(mask, base, sparsity, self.layerwise, self.name)
+        return mask
+
+
+def expected_pruned(base: Mask, sparsity: float, layerwise: bool = False) -> int:
+    """How many weights a mask pruned from ``base`` to ``sparsity`` must have pruned."""
+    if not layerwise:
+        return prune_count(base.num_total, sparsity)
+    return sum(max(prune_count(t.numel(), sparsity), t.numel() - int(t.sum())) for t in base._tensors.values())
+
+
+def check_mask(mask: Mask, base: Mask, sparsity: float, layerwise: bool = False, name: str = "pruning") -> None:
+    """The achieved sparsity of a new mask is its target's, and it never revives a weight of ``base``."""
+    pruned, want = mask.num_total - mask.num_kept, expected_pruned(base, sparsity, layerwise)
+    if pruned != want:
+        raise RuntimeError(f"{name}: the new mask prunes {pruned:,} of {mask.num_total:,} weights, its target "
+                           f"{sparsity:.4%} needs {want:,}")
+    revived = [k for k in mask.keys() if bool((mask[k].cpu() & ~base[k].cpu()).any())]
+    if revived:
+        raise RuntimeError(f"{name}: the new mask keeps weights its base had pruned, in {revived[:3]}")
 
 
 def _trained_magnitude(inputs: PruningInputs, mask: Mask) -> Mapping[str, torch.Tensor]:

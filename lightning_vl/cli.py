@@ -9,6 +9,7 @@
     lightning-vl branch --from runs/nlvr2/imp-…/round_07 --kind transfer (the target task's configs)
     lightning-vl demo   --out data/demo
     lightning-vl data   --task vqa --src ~/downloads/vqa
+    lightning-vl check-store data/features/coco.h5      (scan a region-feature store for damage)
 
 Every Trainer flag passes through (``--trainer.max_steps 500``, ``--trainer.strategy ddp``…).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import yaml
 from pytorch_lightning import LightningDataModule
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from .lottery import BranchConfig, BranchRunner, ImpConfig, LotteryRunner, RunFolder
 from .lottery.identity import BRANCH_KEYS, identity_hash, results_identity
@@ -295,6 +298,13 @@ def main(argv: list[str] | None = None) -> None:
     if args[:1] == ["demo"]:
         make_demo(args[1:])
         return
+    if args[:1] == ["check-store"]:
+        from data_modules.check_store import main as check_store_main
+
+        code = check_store_main(args[1:], prog="lightning-vl check-store")
+        if code:
+            raise SystemExit(code)
+        return
     if args[:1] == ["branch"]:
         args = ["branch", *branch_arguments(args[1:])]
         argv = args
@@ -305,14 +315,21 @@ def main(argv: list[str] | None = None) -> None:
         if code:
             raise SystemExit(code)
         return
-    VLCli(
-        VLModule,
-        LightningDataModule,
-        subclass_mode_data=True,
-        save_config_callback=SaveConfigToRunDir,
-        save_config_kwargs={"overwrite": True},
-        args=argv,  # None: Lightning reads sys.argv itself
-    )
+    try:
+        VLCli(
+            VLModule,
+            LightningDataModule,
+            subclass_mode_data=True,
+            save_config_callback=SaveConfigToRunDir,
+            save_config_kwargs={"overwrite": True},
+            args=argv,  # None: Lightning reads sys.argv itself
+        )
+    except SIGTERMException:
+        # Lightning stops a fit on SIGTERM with a bare SystemExit, i.e. exit status 0: a scheduler
+        # that preempted the job would read "finished". Nothing of the unfinished round was recorded.
+        print("lightning-vl: stopped by SIGTERM; the unfinished round was not recorded — re-run the same command "
+              "to resume", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from None
 
 
 if __name__ == "__main__":

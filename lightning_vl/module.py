@@ -158,6 +158,12 @@ class VLModule(pl.LightningModule):
                 f"tokenizer {getattr(datamodule, 'tokenizer_path', '')} has {len(tokenizer)} tokens{extra}, more "
                 f"than the model's {rows} word embeddings (model.uniter.vocab_size)"
             )
+        data_dim = getattr(datamodule, "img_dim", None)
+        if data_dim is not None and data_dim != self.uniter.config.img_dim:
+            raise ValueError(
+                f"the data's region features are {data_dim}-d (data.init_args.img_dim) but the model's image "
+                f"embedding takes {self.uniter.config.img_dim}-d features (model.uniter.img_dim); set both to the "
+                f"store's feature size")
         extra = self.spec.extra_word_rows
         if tokenizer is not None and extra:
             words = self._word_rows - extra  # model.uniter.vocab_size, before the task's rows were appended
@@ -276,9 +282,12 @@ class VLModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_callbacks(self):
-        """``mask=...`` fine-tunes a ticket: the masked-training callback keeps it sparse."""
+        """Every fit stops at a non-finite loss (``TrainingHealth``); ``mask=...`` fine-tunes a
+        ticket: the masked-training callback keeps it sparse."""
+        from callbacks.health import TrainingHealth
+
         if not self.hparams.mask:
-            return []
+            return [TrainingHealth()]
         from callbacks import Mask, MaskedTraining
 
-        return [MaskedTraining(Mask.load(self.hparams.mask))]
+        return [TrainingHealth(), MaskedTraining(Mask.load(self.hparams.mask))]

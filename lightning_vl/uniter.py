@@ -55,6 +55,11 @@ class UniterConfig:
         return BertConfig(**cfg, attn_implementation="sdpa")
 
 
+# Lightning checkpoints carry the module's hyper-parameters, UniterConfig among them; allow it, so
+# they load with torch.load(weights_only=True) (a SLURM requeue resumes a round from one).
+torch.serialization.add_safe_globals([UniterConfig])
+
+
 class UniterTextEmbeddings(nn.Module):
     """LN(word + position + token type), then dropout. Only text tokens get positions."""
 

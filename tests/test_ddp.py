@@ -100,7 +100,7 @@ def test_lottery_levels_under_multiprocessing_launchers(tmp_path, strategy):
         ranks = json.loads(runner.folder.ranks_path(r).read_text())
         assert ranks["world_size"] == 2 and len(set(ranks["mask_sha1"])) == 1 and len(set(ranks["weights_sha1"])) == 1
     assert sorted(p.name for p in runner.folder.path.iterdir()) == [
-        "config.yaml", "init.pt", "round_00", "round_01", "round_02", "summary.csv", "summary.json"]
+        ".lock", "config.yaml", "init.pt", "round_00", "round_01", "round_02", "summary.csv", "summary.json"]
 
 
 # ---- the real launcher, as a user runs it -------------------------------------------------------

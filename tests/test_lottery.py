@@ -134,12 +134,14 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
     assert not list((tmp_path / "resumed").rglob(".*.tmp"))
 
 
-def test_resume_with_a_missing_mask_names_the_file(tmp_path):
+def test_a_missing_or_torn_mask_redoes_the_round_that_made_it(tmp_path):
+    _, full = run(tmp_path, "full", target_sparsity=0.2)
     runner, _ = run(tmp_path, target_sparsity=0.2)
     (runner.folder.round_dir(2) / "metrics.json").unlink()
-    (runner.folder.round_dir(2) / "mask.pt").unlink()
-    with pytest.raises(FileNotFoundError, match="round_02/mask.pt"):
-        run(tmp_path, target_sparsity=0.2)
+    (runner.folder.round_dir(2) / "mask.pt").write_bytes(b"")  # torn: empty
+    again, results = run(tmp_path, target_sparsity=0.2)
+    assert again.rounds_run == ["round_01", "round_02"]
+    assert stable(results) == stable(full)
 
 
 def test_bad_imp_config_is_rejected():

@@ -206,3 +206,17 @@ def test_strategy_registry_and_missing_inputs():
         w = weights()
         w["l0.weight"][0, 0] = float("nan")
         magnitude_prune(w, Mask.ones_like(w), 0.5)
+
+
+def test_every_new_mask_is_checked_against_its_target():
+    from callbacks.pruning import check_mask
+
+    w = weights()
+    dense = Mask.ones_like(w)
+    good = magnitude_prune(w, dense, 0.3)
+    check_mask(good, dense, 0.3)
+    with pytest.raises(RuntimeError, match="prunes 638 of 2,125 weights, its target 40.0000% needs 850"):
+        check_mask(good, dense, 0.4)
+    revived = random_prune(dense, 0.3, torch.Generator().manual_seed(9))
+    with pytest.raises(RuntimeError, match="keeps weights its base had pruned"):
+        check_mask(revived, good, 0.3)

@@ -23,6 +23,7 @@ determines its result (its model, data, training settings and ``kind``/``strateg
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import yaml
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 from callbacks import Mask, random_prune, shuffle_mask
+from callbacks.distributed import barrier
 
 from .config import BranchConfig
 from .fitting import MakeTrainer, check_sparsity, fit_and_score, state_of
@@ -116,12 +118,23 @@ class BranchRunner:
                               ["branch", cfg.kind], str(self.folder.path), wandb_config)
 
     def run(self) -> dict:
+        """The branch's result (run now, or read back when it is done). Global rank 0 holds the
+        branch folder's lock while it runs."""
+        with self.folder.exclusive() if self.is_zero else contextlib.nullcontext():
+            return self._run()
+
+    def _run(self) -> dict:
         done = self.folder.path / "metrics.json"
+        cfg, source = self.cfg, self.source
+        if self.is_zero:
+            self.folder.adopt(self.identity, self.config_yaml, self.command)
         if done.exists():
             result = read_json(done, "branch result")
             rank_zero_info(self.line(result) + " (done earlier)")
+            if self.is_zero:
+                self.wandb.sync([result], self.folder.wandb_marker)
+                self.wandb.finish()
             return result
-        cfg, source = self.cfg, self.source
         if cfg.kind == "reinit" and self.module_init() == source.config.get("model", {}).get("init"):
             raise ValueError(f"branch kind reinit needs another --model.init than the source's "
                              f"({self.module_init()!r}): a BERT folder, shuffled:<file> or null (fresh random init)")
@@ -132,14 +145,9 @@ class BranchRunner:
         elif cfg.kind == "transfer":
             notes = transfer_core(self.module, source.start_weights())
         if self.is_zero:
-            self.folder.write_text(self.folder.config, self.config_yaml)
-            if self.identity is not None:
-                self.folder.write_json(self.folder.identity, self.identity)
-            if self.command is not None:
-                self.folder.write_json(self.folder.command, self.command)
             mask.save(self.folder.path / "mask.pt")
         fit = fit_and_score(self.module, self.datamodule, self.make_trainer, self.folder.path, mask, self.seed,
-                            checksum_path=self.folder.path / "ranks.json")
+                            checksum_path=self.folder.path / "ranks.json", label=f"branch {self.folder.path}")
         result = {
             "kind": cfg.kind, "strategy": cfg.strategy if cfg.kind == "random" else None, "seed": cfg.seed,
             "source": str(source.path), "source_round": source.level, "source_method": source.result.get("method"),
@@ -151,8 +159,9 @@ class BranchRunner:
         }
         if self.is_zero:
             self.folder.write_json(done, result)
-            self.wandb.log({"sparsity": 100 * result["sparsity"], **result["metrics"]})
+            self.wandb.sync([result], self.folder.wandb_marker)
             self.wandb.finish()
+        barrier()
         rank_zero_info(self.line(result))
         return result
 

@@ -1,6 +1,7 @@
 """One masked fine-tune and its score — what a level of a lottery run and a branch both do."""
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -9,9 +10,10 @@ from typing import Optional
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.trainer.states import TrainerFn, TrainerStatus
 
 from callbacks import Mask, MaskedTraining
+from callbacks.health import NonFiniteError, check_finite
 
 from .prunable import Prunable
 
@@ -46,15 +48,22 @@ class FitResult:
 
 def fit_and_score(module: Prunable, datamodule: pl.LightningDataModule, make_trainer: MakeTrainer, folder: Path,
                   mask: Mask, seed: int, rewind_step: Optional[int] = None, rewind_path: Optional[Path] = None,
-                  checksum_path: Optional[Path] = None) -> FitResult:
+                  checksum_path: Optional[Path] = None, label: str = "the fit") -> FitResult:
     """Fine-tune ``module`` with ``mask`` (seeded), then score its final weights on the
-    validation split: the fit's own last validation when it ran at the last step, else one more."""
+    validation split: the fit's own last validation when it ran at the last step, else one more.
+
+    A fit that did not finish (interrupted) or that ends with non-finite weights or score is an
+    error naming ``label``: it is never pruned, scored or reported."""
     start = time.time()
     pl.seed_everything(seed, workers=True, verbose=False)
     masking = MaskedTraining(mask, rewind_step=rewind_step, rewind_path=rewind_path, checksum_path=checksum_path)
     trainer = make_trainer(folder, [masking, LastValidation()])
-    trainer.callback_metrics.pop(_VAL_STEP, None)
+    module.run_label = label  # TrainingHealth names it
     trainer.fit(module, datamodule=datamodule)
+    if trainer.state.status != TrainerStatus.FINISHED:
+        raise RuntimeError(f"{label}: the fit did not finish (status {trainer.state.status.value}); nothing was "
+                           "recorded, re-run the command to redo it")
+    check_finite(module.named_parameters(), f"{label}, after training")
     found = dict(trainer.callback_metrics)
     steps = int(found.pop(_FIT_STEPS, torch.tensor(trainer.global_step)))
     val_step = int(found.pop(_VAL_STEP, torch.tensor(-1)))
@@ -62,6 +71,11 @@ def fit_and_score(module: Prunable, datamodule: pl.LightningDataModule, make_tra
     if val_step != steps or module.monitor not in metrics:
         scored = trainer.validate(module, datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in (scored[0] if scored else {}).items()}
+    if module.monitor not in metrics:
+        raise RuntimeError(f"{label}: validation logged no {module.monitor} (got {sorted(metrics)})")
+    if not math.isfinite(metrics[module.monitor]):
+        raise NonFiniteError(f"{label}: the validation score {module.monitor} is {metrics[module.monitor]} "
+                             "(non-finite model outputs: check the data with lightning-vl check-store)")
     return FitResult(metrics, steps, round(time.time() - start, 2), masking)
 
 

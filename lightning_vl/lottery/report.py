@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
+from pathlib import Path
 from typing import Optional
 
 from .folder import RunFolder
@@ -68,7 +70,21 @@ class WandbRun:
         self._run.log(values)
 
     def log_result(self, result: dict) -> None:
-        self.log({"sparsity": 100 * result["sparsity"], "round": result["round"], **result["metrics"]})
+        self.log({"sparsity": 100 * result["sparsity"], "round": result.get("round"), **result["metrics"]})
+
+    def sync(self, results: list[dict], marker: Path) -> None:
+        """Log every result the W&B run does not have yet, so the run is rebuilt from the round
+        files: a round whose files were written just before a crash is logged by the next run.
+        ``marker`` (``wandb.json``) lists what was logged."""
+        if self.mode == "disabled":
+            return
+        logged = set(json.loads(marker.read_text()).get("logged", [])) if marker.exists() else set()
+        todo = [r for r in results if r.get("round", 0) not in logged]
+        for r in todo:
+            self.log_result(r)
+            logged.add(r.get("round", 0))
+        if todo:
+            marker.write_text(json.dumps({"id": self.kwargs["id"], "logged": sorted(logged)}) + "\n")
 
     def finish(self, summary: Optional[dict] = None) -> None:
         if self._run is not None:

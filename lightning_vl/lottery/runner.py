@@ -16,8 +16,11 @@ runs in the launching process alone.
 """
 from __future__ import annotations
 
-import torch
+import contextlib
+import logging
+
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 from callbacks import Mask, PruningInputs, get_strategy, schedule_level
@@ -28,6 +31,8 @@ from .fitting import MakeTrainer, check_sparsity, fit_and_score, init_gradients,
 from .folder import RunFolder
 from .prunable import Prunable
 from .report import WandbRun, progress_line, write_summary
+
+log = logging.getLogger(__name__)
 
 
 class LotteryRunner:
@@ -60,37 +65,44 @@ class LotteryRunner:
         self.snip_inputs: tuple | None = None
 
     def run(self) -> list[dict]:
+        """All levels up to the target; the results of those levels. Global rank 0 holds the
+        folder's lock for the whole run."""
+        with self.folder.exclusive() if self.is_zero else contextlib.nullcontext():
+            return self._run()
+
+    def _run(self) -> list[dict]:
+        if self.is_zero:
+            self.folder.adopt(self.identity, self.config_yaml, self.command)
         self.init_state = self._establish_initial_weights()
         done = self.folder.completed_levels()
+        while 0 < done < len(self.levels) and not self.folder.readable_mask(done):
+            log.warning("%s is missing or unreadable: round %d is redone", self.folder.mask_path(done), done - 1)
+            done -= 1
         rank_zero_info(
             f"{self.cfg.method} on {self.module.task_name}: {len(self.levels)} rounds to sparsity "
             f"{self.levels[-1]:.1%} ({self.cfg.schedule}), {len(self.names)} prunable tensors, "
             f"{sum(self.module.get_parameter(n).numel() for n in self.names):,} weights · {self.folder.path}"
         )
-        for result in self.folder.results()[: len(self.levels)]:
+        earlier = self.folder.results(done)
+        for result in earlier[: len(self.levels)]:
             rank_zero_info(progress_line(result, len(self.levels)) + " (done earlier)")
+        if self.is_zero:  # rebuilt from the round files on every run
+            write_summary(self.folder, earlier)
+            self.wandb.sync(earlier, self.folder.wandb_marker)
         mask = (self.folder.mask(done) if done else self._dense_mask()) if done < len(self.levels) else None
         for level in range(done, len(self.levels)):
             mask = self._run_level(level, mask)
         results = self.folder.results()
-        if self.is_zero:
-            write_summary(self.folder, results)
         self.wandb.finish({"rounds_completed": len(results)})
         return results[: len(self.levels)]
 
     def _establish_initial_weights(self) -> dict[str, torch.Tensor]:
         """θ_0 and φ_0: read back when the folder has them (every rank reads the same file), else
-        the module's own weights, saved by rank 0 with the configuration."""
+        the module's own weights, saved by rank 0."""
         if self.folder.init.exists():
             self.module.load_state_dict(self.folder.tensors(self.folder.init))
         elif self.is_zero:
             self.folder.save_tensors(self.folder.init, state_of(self.module))
-        if self.is_zero:
-            self.folder.write_text(self.folder.config, self.config_yaml)
-            if self.identity is not None:
-                self.folder.write_json(self.folder.identity, self.identity)
-            if self.command is not None:
-                self.folder.write_json(self.folder.command, self.command)
         return state_of(self.module)
 
     def _dense_mask(self) -> Mask:
@@ -106,7 +118,8 @@ class LotteryRunner:
         fit = fit_and_score(self.module, self.datamodule, self.make_trainer, self.folder.round_dir(level), mask,
                             self.seed, rewind_step=self.cfg.rewind_step if capture else None,
                             rewind_path=self.folder.rewind if capture else None,
-                            checksum_path=self.folder.ranks_path(level))
+                            checksum_path=self.folder.ranks_path(level),
+                            label=f"round {level} of {self.folder.path}")
         sparsity = check_sparsity(self.module, mask)
         if capture:
             self.rewind_state = fit.masking.rewind_state or self.folder.tensors(self.folder.rewind)
@@ -131,8 +144,11 @@ class LotteryRunner:
                 nxt.save(self.folder.mask_path(level + 1))
             self.folder.write_json(self.folder.round_dir(level) / "sparsity.json", mask.report())
             self.folder.write_json(self.folder.metrics_path(level), result)  # last: marks the level done
-            write_summary(self.folder, self.folder.results())
-            self.wandb.log_result(result)
+            for stale in self.folder.round_dir(level).glob("hpc_ckpt_*.ckpt"):  # a SLURM requeue's mid-round state
+                stale.unlink()
+            results = self.folder.results(level + 1)
+            write_summary(self.folder, results)
+            self.wandb.sync(results, self.folder.wandb_marker)
         barrier()
         rank_zero_info(progress_line(result, len(self.levels)))
         return nxt
