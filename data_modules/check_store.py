@@ -10,6 +10,8 @@ reports what a store written by another tool or damaged on the way can hold:
   ``num_boxes`` ranges outside ``features`` or overlapping each other, image sizes not positive;
 * the values: NaN/inf in ``features`` or ``norm_bb``, boxes outside [0, 1], with ``x2 <= x1`` or
   ``y2 <= y1``, or whose ``w, h`` columns disagree with ``x2 - x1, y2 - y1``;
+* soft labels, where the store has them (``soft_labels``, ``soft_label_dim``, ``soft_label_names``):
+  their shape and attributes, NaN/inf, negative values and rows not summing to 1;
 
 each with its count and the first few image keys. Rows no image uses are a warning. The exit
 status is 1 if any file has a problem (warnings alone give 0), 2 for a usage error.
@@ -25,7 +27,8 @@ from typing import Callable
 
 import numpy as np
 
-from .features import FORMAT, INDEX_DATASETS, PARTIAL_FORMAT, VERSION, UnreadableStoreError, open_h5
+from .features import (FORMAT, INDEX_DATASETS, PARTIAL_FORMAT, SOFT_LABEL_SUM_TOL, SOFT_LABELS, VERSION,
+                       UnreadableStoreError, open_h5, read_soft_label_names)
 
 BOX_TOL = 1e-5  # normalised coordinates may exceed [0, 1] by float32 rounding only
 WH_TOL = 1e-4   # w, h columns against x2 - x1, y2 - y1
@@ -68,6 +71,11 @@ class StoreReport:
             lines.append(f"  {i['images']:,} images, {i.get('rows', 0):,} regions"
                          + (f" (per image: min {boxes['min']}, mean {boxes['mean']:.1f}, max {boxes['max']})" if boxes else "")
                          + (f", features {i['features_dtype']}" if "features_dtype" in i else ""))
+        if "soft_label_dim" in i:
+            names = i.get("soft_label_names")
+            lines.append(f"  soft labels: {i['soft_label_dim']} classes per region"
+                         + (f" (named: {', '.join(map(repr, names[:3]))}{', ...' if len(names) > 3 else ''})" if names
+                            else " (unnamed)"))
         if "meta" in i:
             lines.append(f"  made by: {i['meta']}")
         lines += [f"  error: {e}" for e in self.errors]
@@ -148,6 +156,7 @@ def _check(f, report: StoreReport, chunk_mb: float, max_examples: int, progress)
         errors.append(f"attribute feat_dim={info['feat_dim']} but features are {dim}-d (shape {feats.shape})")
     if feats.dtype != np.float16:
         warnings.append(f"features are {feats.dtype}, not float16 (readable, but not what make features writes)")
+    soft = _check_soft_label_layout(f, rows, report)
     n = len(f["img_ids"])
     info["images"] = int(n)
     misshapen = [name for name, shape in (("num_boxes", (n,)), ("offsets", (n,)), ("img_wh", (n, 2)))
@@ -168,7 +177,41 @@ def _check(f, report: StoreReport, chunk_mb: float, max_examples: int, progress)
     if n:
         info["boxes_per_image"] = {"min": int(nbb.min()), "mean": float(nbb.mean()), "max": int(nbb.max())}
     _check_index(keys, nbb, off, wh, rows, report, max_examples)
-    _scan_values(feats, bb, keys, nbb, off, rows, report, chunk_mb, max_examples, progress)
+    _scan_values(feats, bb, keys, nbb, off, rows, report, chunk_mb, max_examples, progress, soft)
+
+
+def _check_soft_label_layout(f, rows: int, report: StoreReport):
+    """The ``soft_labels`` dataset (or None) when its layout and attributes are sound; errors otherwise."""
+    errors, info = report.errors, report.info
+    dim_attr = f.attrs.get("soft_label_dim")
+    if SOFT_LABELS not in f:
+        if dim_attr is not None:
+            errors.append(f"attribute soft_label_dim={_text(dim_attr)} but no soft_labels dataset")
+        return None
+    soft = f[SOFT_LABELS]
+    if soft.ndim != 2 or soft.shape[0] != rows or soft.shape[1] == 0:
+        errors.append(f"soft_labels have shape {soft.shape}, expected ({rows:,}, C): one class distribution per "
+                      "region (row) of features")
+        return None
+    info["soft_label_dim"] = int(soft.shape[1])
+    try:
+        dim = None if dim_attr is None else int(dim_attr)
+    except (TypeError, ValueError):
+        dim = repr(dim_attr)
+    if dim != soft.shape[1]:
+        errors.append(f"attribute soft_label_dim={dim} but soft_labels have {soft.shape[1]} classes")
+    try:
+        names = read_soft_label_names(f.attrs.get("soft_label_names"), "")
+    except ValueError as err:
+        errors.append(str(err).lstrip(": "))
+        names = None
+    if names is not None:
+        info["soft_label_names"] = names
+        if len(names) != soft.shape[1]:
+            errors.append(f"attribute soft_label_names lists {len(names)} names for {soft.shape[1]} soft-label classes")
+    if soft.dtype != np.float16:
+        report.warnings.append(f"soft_labels are {soft.dtype}, not float16 (readable, but not what the writer writes)")
+    return soft
 
 
 def _check_index(keys, nbb, off, wh, rows: int, report: StoreReport, limit: int) -> None:
@@ -218,14 +261,16 @@ def _check_index(keys, nbb, off, wh, rows: int, report: StoreReport, limit: int)
 
 
 def _scan_values(feats, bb, keys, nbb, off, rows: int, report: StoreReport, chunk_mb: float, limit: int,
-                 progress) -> None:
-    """Every row of ``features`` and ``norm_bb`` in chunks; problems are mapped to images."""
+                 progress, soft=None) -> None:
+    """Every row of ``features``, ``norm_bb`` (and ``soft_labels``) in chunks; problems are mapped to images."""
     n = len(keys)
     valid = (nbb > 0) & (off >= 0) & (off + nbb <= rows)
     idx = np.flatnonzero(valid)
     order = idx[np.argsort(off[idx], kind="stable")]
     starts = off[order]
     row_bytes = feats.shape[1] * feats.dtype.itemsize + 6 * bb.dtype.itemsize
+    if soft is not None:
+        row_bytes += soft.shape[1] * (soft.dtype.itemsize + 4)  # and its float32 copy
     chunk = max(1, int(chunk_mb * 2 ** 20 // max(row_bytes, 1)))
     kinds = {
         "nonfinite_features": "features hold NaN or inf",
@@ -234,6 +279,12 @@ def _scan_values(feats, bb, keys, nbb, off, rows: int, report: StoreReport, chun
         "box_inverted": "boxes have x2 <= x1 or y2 <= y1 (empty or inverted)",
         "box_wh": "norm_bb w, h columns disagree with x2 - x1, y2 - y1",
     }
+    if soft is not None:
+        kinds.update({
+            "nonfinite_soft_labels": "soft_labels hold NaN or inf",
+            "negative_soft_labels": "soft_labels hold negative class probabilities",
+            "soft_label_sum": f"soft_labels rows do not sum to 1 (within {SOFT_LABEL_SUM_TOL})",
+        })
     bad_rows = {k: 0 for k in kinds}
     bad_images = {k: np.zeros(n, bool) for k in kinds}
     unused_bad = {k: 0 for k in kinds}
@@ -257,8 +308,17 @@ def _scan_values(feats, bb, keys, nbb, off, rows: int, report: StoreReport, chun
             outside = fin & ((b[:, :4] < -BOX_TOL) | (b[:, :4] > 1 + BOX_TOL)).any(axis=1)
             inverted = fin & ((b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1]))
             wh_bad = fin & ((np.abs(b[:, 4] - (b[:, 2] - b[:, 0])) > WH_TOL) | (np.abs(b[:, 5] - (b[:, 3] - b[:, 1])) > WH_TOL))
-        for kind, mask in (("nonfinite_features", nonfinite_f), ("nonfinite_boxes", ~fin), ("box_outside", outside),
-                           ("box_inverted", inverted), ("box_wh", wh_bad)):
+        masks = [("nonfinite_features", nonfinite_f), ("nonfinite_boxes", ~fin), ("box_outside", outside),
+                 ("box_inverted", inverted), ("box_wh", wh_bad)]
+        if soft is not None:
+            p = soft[lo:hi].astype(np.float32)
+            pfin = np.isfinite(p).all(axis=1)
+            with np.errstate(invalid="ignore"):
+                negative = pfin & (p < 0).any(axis=1)
+                off_sum = pfin & (np.abs(p.sum(axis=1, dtype=np.float64) - 1) > SOFT_LABEL_SUM_TOL)
+            del p
+            masks += [("nonfinite_soft_labels", ~pfin), ("negative_soft_labels", negative), ("soft_label_sum", off_sum)]
+        for kind, mask in masks:
             hits = np.flatnonzero(mask) + lo
             if not len(hits):
                 continue

@@ -13,6 +13,19 @@ File attributes: ``format = "lightning-vl/region-features"``, ``version = 1``, `
 optionally ``meta`` (a JSON string: how the store was made, e.g. by ``data_modules.convert``).
 The model's 7-d position feature is ``norm_bb`` plus the area ``w * h`` (UNITER's layout).
 
+Soft labels (optional; what UNITER's masked region classification, MRC / MRC-kl, learns from):
+the detector's class distribution of every region, as UNITER's img_db keeps it (1,601 Visual
+Genome classes, index 0 = background)::
+
+    soft_labels  (sum_n, C)  float16         row r: the class probabilities of region r
+
+with file attributes ``soft_label_dim = C`` and optionally ``soft_label_names`` (a JSON list of
+the C class names). A store holds them for every image or for none; the writer checks each
+image's rows (shape (n, C), finite, non-negative, each row summing to 1 within
+``SOFT_LABEL_SUM_TOL``). Readers without soft-label support ignore the dataset (the version stays
+1); ``RegionFeatureStore.get_soft_labels`` reads them, ``soft_label_dim`` / ``soft_label_names``
+describe them (None without).
+
 A resumable writer (``resume=True``, used by the converters) writes ``.<name>.partial`` next to the
 store instead of an anonymous temporary file, appends the index at every flush and records how many
 images are committed (attribute ``committed_images``); a new writer on the same path continues
@@ -41,6 +54,36 @@ INDEX_DATASETS = ("img_ids", "num_boxes", "offsets", "img_wh")
 PARTIAL_FORMAT = "lightning-vl/region-features-partial"
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 CHECK_HINT = "python -m data_modules.check_store"
+SOFT_LABELS = "soft_labels"  # the optional dataset (sum_n, C) of per-region class distributions
+SOFT_LABEL_SUM_TOL = 0.02  # a row of class probabilities sums to 1 within this (float16 sources, 1,601 classes)
+
+
+def read_soft_label_names(value, where: str) -> list[str] | None:
+    """The ``soft_label_names`` attribute (a JSON list of strings) as a list; None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    try:
+        names = json.loads(value)
+    except (TypeError, json.JSONDecodeError):
+        raise ValueError(f"{where}: attribute soft_label_names is not JSON; expected a JSON list of class names") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"{where}: attribute soft_label_names must be a JSON list of non-empty strings")
+    return names
+
+
+def check_soft_label_names(names, where: str) -> list[str] | None:
+    """``names`` as a list of distinct non-empty strings (None passes through)."""
+    if names is None:
+        return None
+    names = list(names)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"{where}: soft_label_names must be a non-empty list of non-empty strings")
+    if len(set(names)) != len(names):
+        dup = next(n for i, n in enumerate(names) if n in names[:i])
+        raise ValueError(f"{where}: soft_label_names lists {dup!r} twice")
+    return names
 
 
 def partial_path(path: str | os.PathLike) -> Path:
@@ -107,14 +150,21 @@ class RegionFeatureWriter:
     """
 
     def __init__(self, path: str | os.PathLike, feat_dim: int, chunk_rows: int = 64, flush_rows: int = 16384,
-                 resume: bool = False, meta: dict | None = None):
+                 resume: bool = False, meta: dict | None = None, soft_label_names=None):
         """``resume``: keep the unfinished file at ``partial_path(path)`` and continue one left there
         (``resumed`` images; it must have the same ``feat_dim`` and ``meta``). ``meta``: JSON-able
-        provenance stored as the ``meta`` attribute."""
+        provenance stored as the ``meta`` attribute. ``soft_label_names``: the class names of the
+        soft labels (their number fixes C); the first image added decides whether the store has
+        soft labels at all, and every later one must agree."""
         self.path = Path(path)
         self.feat_dim = int(feat_dim)
         if self.feat_dim <= 0:
             raise ValueError(f"{self.path}: feat_dim must be positive, got {feat_dim}")
+        self._soft_names = check_soft_label_names(soft_label_names, str(self.path))
+        self._soft_dim: int | None = None if self._soft_names is None else len(self._soft_names)
+        self._has_soft: bool | None = None  # decided by the first image (or the resumed file)
+        self._soft_ds = None
+        self._chunk_rows = chunk_rows
         self.resume = bool(resume)
         self._meta = None if meta is None else json.dumps(meta, sort_keys=True)
         self._ids: list[str] = []
@@ -124,7 +174,7 @@ class RegionFeatureWriter:
         self._rows = 0
         self._committed = 0  # images whose index is on disk (resumable writer)
         self.resumed = 0
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
         self._pending_rows = 0
         self._flush_rows = flush_rows
         self._closed = False
@@ -194,6 +244,25 @@ class RegionFeatureWriter:
             if len(self._feats) < rows or len(self._boxes) < rows:
                 raise ValueError(f"{where}: {len(self._feats)} feature rows, fewer than the {rows} of its "
                                  "committed images; delete it to start again")
+            old_names = read_soft_label_names(f.attrs.get("soft_label_names"), where)
+            if self._soft_names is not None and old_names is not None and old_names != self._soft_names:
+                raise ValueError(f"{where} was written with other soft_label_names than now; rerun with the same "
+                                 "settings or delete it to start again")
+            if SOFT_LABELS in f and not n:  # nothing committed yet: the first image decides again
+                del f[SOFT_LABELS]
+                for name in ("soft_label_dim", "soft_label_names"):
+                    if name in f.attrs:
+                        del f.attrs[name]
+            if SOFT_LABELS in f:
+                soft = f[SOFT_LABELS]
+                if len(soft) < rows or (self._soft_dim is not None and soft.shape[1] != self._soft_dim):
+                    raise ValueError(f"{where}: soft_labels {soft.shape} do not fit its {rows} committed rows "
+                                     f"(or the {self._soft_dim} soft_label_names); delete it to start again")
+                self._soft_ds, self._soft_dim = soft, int(soft.shape[1])
+                self._soft_names = self._soft_names or old_names
+                self._has_soft = True if n else None
+            elif n:
+                self._has_soft = False
         except BaseException:
             f.close()
             raise
@@ -201,6 +270,8 @@ class RegionFeatureWriter:
             f[name].resize(n, axis=0)
         self._feats.resize(rows, axis=0)
         self._boxes.resize(rows, axis=0)
+        if self._soft_ds is not None:
+            self._soft_ds.resize(rows, axis=0)
         self._ids, self._seen = ids, set(ids)
         self._nbb = nbb.tolist()
         self._wh = [(int(w), int(h)) for w, h in wh]
@@ -214,9 +285,59 @@ class RegionFeatureWriter:
         """Whether ``img_id`` was added (or resumed)."""
         return img_id in self._seen
 
-    def add(self, img_id: str, features, boxes, width: int, height: int) -> None:
+    @property
+    def has_soft_labels(self) -> bool | None:
+        """Whether the store keeps soft labels: decided by the first image (None before it)."""
+        return self._has_soft
+
+    @property
+    def soft_label_dim(self) -> int | None:
+        """C, the soft labels' classes (None while unknown or without soft labels)."""
+        return self._soft_dim if self._has_soft is not False else None
+
+    def _check_soft_labels(self, where: str, soft_labels, n: int) -> np.ndarray | None:
+        """The image's soft labels as float32 (n, C), checked; None if it has none."""
+        if soft_labels is None:
+            if self._has_soft is None and self._soft_names is not None:
+                raise ValueError(f"{where}: no soft labels, but soft_label_names ({len(self._soft_names)} classes) were "
+                                 "given for them")
+            if self._has_soft:
+                raise ValueError(f"{where}: no soft labels, but the images added before have them "
+                                 f"({self._soft_dim} classes per region); a store keeps soft labels for every image "
+                                 "or for none")
+            return None
+        if self._has_soft is False:
+            raise ValueError(f"{where}: soft labels given, but the images added before have none; a store keeps "
+                             "soft labels for every image or for none")
+        soft = np.asarray(soft_labels)
+        if not np.issubdtype(soft.dtype, np.number):
+            raise ValueError(f"{where}: soft_labels must be a numeric array, got {soft.dtype}")
+        classes = "C" if self._soft_dim is None else self._soft_dim
+        if soft.ndim != 2 or soft.shape[0] != n or soft.shape[1] == 0 or (
+                self._soft_dim is not None and soft.shape[1] != self._soft_dim):
+            named = " (the number of soft_label_names)" if self._soft_names is not None else \
+                (" like the images added before" if self._soft_dim is not None else "")
+            raise ValueError(f"{where}: soft_labels have shape {soft.shape}, expected ({n}, {classes}): one class "
+                             f"distribution per region{named}")
+        soft = soft.astype(np.float64, copy=False)
+        if not np.isfinite(soft).all():
+            raise ValueError(f"{where}: soft_labels contain NaN or inf")
+        if (soft < 0).any():
+            i = int(np.argmax((soft < 0).any(axis=1)))
+            raise ValueError(f"{where}: soft_labels of region {i} hold negative values (min {soft[i].min():.4g}); "
+                             "expected class probabilities")
+        sums = soft.sum(axis=1)
+        off = np.abs(sums - 1) > SOFT_LABEL_SUM_TOL
+        if off.any():
+            i = int(np.argmax(off))
+            raise ValueError(f"{where}: soft_labels of region {i} sum to {sums[i]:.4g}; expected a class distribution "
+                             f"summing to 1 (within {SOFT_LABEL_SUM_TOL})")
+        return soft.astype(np.float32)
+
+    def add(self, img_id: str, features, boxes, width: int, height: int, soft_labels=None) -> None:
         """Add one image: ``features`` (n, D), ``boxes`` (n, 4) pixel ``x1, y1, x2, y2`` inside a
-        ``width`` x ``height`` image."""
+        ``width`` x ``height`` image, optionally ``soft_labels`` (n, C): each region's class
+        distribution (see the module docstring)."""
         if self._closed:
             raise RuntimeError(f"{self.path}: writer already closed")
         if not isinstance(img_id, str) or not img_id:
@@ -252,9 +373,14 @@ class RegionFeatureWriter:
                 f"{where}: box {i} = {boxes[i].tolist()} is outside the image or empty; expected 0 <= x1 < x2 <= {width} (width), "
                 f"0 <= y1 < y2 <= {height} (height)"
             )
+        soft = self._check_soft_labels(where, soft_labels, len(feats))
         norm = np.stack([x1 / width, y1 / height, x2 / width, y2 / height,
                          (x2 - x1) / width, (y2 - y1) / height], axis=1).astype(np.float32)
-        self._pending.append((feats.astype(np.float16), norm))
+        if self._has_soft is None:
+            self._has_soft = soft is not None
+            if soft is not None:
+                self._soft_dim = soft.shape[1]
+        self._pending.append((feats.astype(np.float16), norm, None if soft is None else soft.astype(np.float16)))
         self._pending_rows += len(norm)
         self._ids.append(img_id)
         self._seen.add(img_id)
@@ -266,13 +392,24 @@ class RegionFeatureWriter:
     def _flush(self) -> None:
         if not self._pending:
             return
-        feats = np.concatenate([f for f, _ in self._pending])
-        boxes = np.concatenate([b for _, b in self._pending])
+        feats = np.concatenate([f for f, _, _ in self._pending])
+        boxes = np.concatenate([b for _, b, _ in self._pending])
         n = len(feats)
         self._feats.resize(self._rows + n, axis=0)
         self._boxes.resize(self._rows + n, axis=0)
         self._feats[self._rows:] = feats
         self._boxes[self._rows:] = boxes
+        if self._has_soft:
+            soft = np.concatenate([s for _, _, s in self._pending])
+            if self._soft_ds is None:
+                self._soft_ds = self._h5.create_dataset(
+                    SOFT_LABELS, (self._rows, self._soft_dim), maxshape=(None, self._soft_dim), dtype="float16",
+                    chunks=(self._chunk_rows, self._soft_dim))
+                self._h5.attrs["soft_label_dim"] = self._soft_dim
+                if self._soft_names is not None:
+                    self._h5.attrs["soft_label_names"] = json.dumps(self._soft_names)
+            self._soft_ds.resize(self._rows + n, axis=0)
+            self._soft_ds[self._rows:] = soft
         self._rows += n
         self._pending, self._pending_rows = [], 0
         if self.resume:
@@ -321,6 +458,10 @@ class RegionFeatureWriter:
             self._h5.attrs["feat_dim"] = self.feat_dim
             if self._meta is not None:
                 self._h5.attrs["meta"] = self._meta
+            if self._has_soft:
+                self._h5.attrs["soft_label_dim"] = self._soft_dim
+                if self._soft_names is not None:
+                    self._h5.attrs["soft_label_names"] = json.dumps(self._soft_names)
             self._h5.close()
         except BaseException:
             if self.resume:
@@ -421,11 +562,34 @@ class RegionFeatureStore:
                              f"from the attribute feat_dim={feat_dim}")
         if boxes.shape != (feats.shape[0], 6):
             raise ValueError(f"{self.path}: norm_bb has shape {boxes.shape}, expected ({feats.shape[0]}, 6)")
+        self.soft_label_dim, self.soft_label_names = None, None
+        dim_attr = f.attrs.get("soft_label_dim")
+        if SOFT_LABELS in f:
+            soft = f[SOFT_LABELS]
+            if soft.ndim != 2 or soft.shape[0] != feats.shape[0] or soft.shape[1] == 0:
+                raise ValueError(f"{self.path}: soft_labels have shape {soft.shape}, expected ({feats.shape[0]}, C): "
+                                 "one class distribution per region")
+            if dim_attr is None or int(dim_attr) != soft.shape[1]:
+                raise ValueError(f"{self.path}: attribute soft_label_dim={None if dim_attr is None else int(dim_attr)} "
+                                 f"but soft_labels have {soft.shape[1]} classes (shape {soft.shape})")
+            names = read_soft_label_names(f.attrs.get("soft_label_names"), str(self.path))
+            if names is not None and len(names) != soft.shape[1]:
+                raise ValueError(f"{self.path}: attribute soft_label_names lists {len(names)} names for "
+                                 f"{soft.shape[1]} soft-label classes")
+            self.soft_label_dim, self.soft_label_names = int(soft.shape[1]), names
+        elif dim_attr is not None:
+            raise ValueError(f"{self.path}: attribute soft_label_dim={int(dim_attr)} but no soft_labels dataset")
         return feat_dim
 
     def __getstate__(self) -> dict:
         """Only the path and settings travel to DataLoader workers; each reopens the file."""
-        return {"path": self.path, "max_boxes": self.max_boxes, "feat_dim": self.feat_dim}
+        return {"path": self.path, "max_boxes": self.max_boxes, "feat_dim": self.feat_dim,
+                "soft_label_dim": self.soft_label_dim, "soft_label_names": self.soft_label_names}
+
+    @property
+    def has_soft_labels(self) -> bool:
+        """Whether the store keeps each region's class distribution (``soft_labels``)."""
+        return self.soft_label_dim is not None
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -446,6 +610,7 @@ class RegionFeatureStore:
                 self._wh = h5["img_wh"][:]
                 self._features = h5["features"]
                 self._norm_bb = h5["norm_bb"]
+                self._soft = h5[SOFT_LABELS] if self.soft_label_dim is not None else None
             except (OSError, KeyError) as err:
                 h5.close()
                 raise UnreadableStoreError(f"{self.path}: the index cannot be read ({' '.join(str(err).split())}); "
@@ -564,6 +729,30 @@ class RegionFeatureStore:
         feats, boxes = torch.from_numpy(feats), torch.from_numpy(boxes)
         return feats, torch.cat([boxes, boxes[:, 4:5] * boxes[:, 5:6]], dim=1)
 
+    def get_soft_labels(self, img_id: str, example: str | None = None) -> torch.Tensor:
+        """``(n, C)`` float32: the class distribution of each region ``get`` returns (same rows,
+        ``max_boxes`` applied). A store without soft labels raises ``StoreError``; NaN/inf in the
+        rows read ``NonFiniteFeaturesError``."""
+        if self.soft_label_dim is None:
+            raise StoreError(f"{self._where(img_id, example)}: the store has no soft labels (no soft_labels dataset); "
+                             "convert features from a source that has them (UNITER's img_db, npz with soft_labels)")
+        self._opened(img_id, example)
+        row = self.row(img_id)
+        start, n = int(self._off[row]), int(self._nbb[row])
+        if self.max_boxes is not None:
+            n = min(n, self.max_boxes)
+        try:
+            soft = self._soft[start:start + n].astype(np.float32)
+        except OSError as err:
+            raise self._read_error(img_id, example, start, n, err) from None
+        if not np.isfinite(soft).all():
+            bad = np.flatnonzero(~np.isfinite(soft).all(axis=1))
+            raise NonFiniteFeaturesError(
+                f"{self._where(img_id, example)}: soft labels hold NaN or inf in {len(bad)} of {n} regions (first: "
+                f"region {int(bad[0])}, store row {start + int(bad[0])}); list every affected image with "
+                f"{CHECK_HINT} {self.path}")
+        return torch.from_numpy(soft)
+
     def _read_error(self, img_id, example, start, n, err) -> UnreadableStoreError:
         return UnreadableStoreError(
             f"{self._where(img_id, example)}: rows {start}..{start + n - 1} cannot be read "
@@ -619,4 +808,5 @@ class RegionFeatureStore:
         return int(self._wh[row, 0]), int(self._wh[row, 1])
 
     def __repr__(self) -> str:
-        return f"RegionFeatureStore({str(self.path)!r}, feat_dim={self.feat_dim}, max_boxes={self.max_boxes})"
+        soft = f", soft_label_dim={self.soft_label_dim}" if self.soft_label_dim is not None else ""
+        return f"RegionFeatureStore({str(self.path)!r}, feat_dim={self.feat_dim}, max_boxes={self.max_boxes}{soft})"

@@ -2,6 +2,7 @@
 the writer, as another tool or a damaged copy would) are each reported with their image keys,
 and the exit status is 1; a sound store passes with 0."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -198,3 +199,75 @@ def test_usage_names_the_command_it_is_wired_as(capsys):
     with pytest.raises(SystemExit) as err:
         main([])
     assert err.value.code == 2 and "python -m data_modules.check_store" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- soft labels
+
+def write_soft_store(path, n_images=6, classes=5, names=True, seed=1):
+    rng = np.random.default_rng(seed)
+    label_names = [f"class {i}" for i in range(classes)] if names else None
+    with RegionFeatureWriter(path, 4, soft_label_names=label_names) as w:
+        for i in range(n_images):
+            w.add(f"img{i}", rng.standard_normal((3, 4)), [[0, 0, 5, 5], [1, 1, 9, 9], [2, 0, 4, 7]], 10, 10,
+                  soft_labels=rng.dirichlet(np.ones(classes), size=3))
+    return path
+
+
+def test_a_sound_store_with_soft_labels_passes_and_shows_them(tmp_path, capsys):
+    path = write_soft_store(tmp_path / "s.h5")
+    report = check_store(path)
+    assert report.ok and report.warnings == [] and report.info["soft_label_dim"] == 5
+    assert report.info["soft_label_names"][:2] == ["class 0", "class 1"]
+    assert main([str(path), "--no-progress"]) == 0
+    assert "soft labels: 5 classes per region (named: 'class 0', 'class 1', 'class 2', ...)" in capsys.readouterr().out
+    assert check_store(write_soft_store(tmp_path / "u.h5", names=False)).ok
+
+
+def test_soft_label_values_are_scanned_by_image(tmp_path):
+    path = write_soft_store(tmp_path / "s.h5")
+
+    def inject(f):
+        soft = f["soft_labels"]
+        s, _ = rows_of(f, "img1")
+        soft[s, 0] = np.nan
+        s, _ = rows_of(f, "img2")
+        soft[s + 1] = [1.5, -0.5, 0, 0, 0]
+        s, _ = rows_of(f, "img4")
+        soft[s + 2] = [0.1, 0.1, 0.1, 0.1, 0.1]
+
+    edit(path, inject)
+    report = check_store(path, chunk_mb=1e-4)  # several chunks
+    assert report.problems["nonfinite_soft_labels"]["examples"] == ["img1"]
+    assert report.problems["negative_soft_labels"]["examples"] == ["img2"]
+    assert report.problems["soft_label_sum"]["examples"] == ["img4"]
+    assert "soft_labels rows do not sum to 1 (within 0.02): 1 rows in 1 images: 'img4'" in report.errors
+    assert not report.ok and main([str(path), "--no-progress"]) == 1
+
+
+@pytest.mark.parametrize("how, message", [
+    ("dim", "attribute soft_label_dim=7 but soft_labels have 5 classes"),
+    ("rows", r"soft_labels have shape \(17, 5\), expected \(18, C\)"),
+    ("names", "attribute soft_label_names lists 2 names for 5 soft-label classes"),
+    ("bad names", "attribute soft_label_names is not JSON"),
+    ("orphan", "attribute soft_label_dim=5 but no soft_labels dataset"),
+])
+def test_soft_label_layout_problems(tmp_path, how, message):
+    path = write_soft_store(tmp_path / "s.h5")
+
+    def inject(f):
+        if how == "dim":
+            f.attrs["soft_label_dim"] = 7
+        elif how == "rows":
+            data = f["soft_labels"][:-1]
+            del f["soft_labels"]
+            f["soft_labels"] = data
+        elif how == "names":
+            f.attrs["soft_label_names"] = '["a", "b"]'
+        elif how == "bad names":
+            f.attrs["soft_label_names"] = "a, b"
+        else:
+            del f["soft_labels"]
+
+    edit(path, inject)
+    report = check_store(path)
+    assert not report.ok and any(re.search(message, e) for e in report.errors), report.errors

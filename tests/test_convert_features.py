@@ -345,6 +345,11 @@ def test_image_sizes_file_forms(tmp_path):
 
 # ------------------------------------------------------------------------------------- img_db
 
+def soft_labels_of(img_id, n, classes=5):
+    """A class distribution per region (Dirichlet rows, as a detector's softmax), fixed by the id."""
+    return np.random.default_rng(sum(map(ord, img_id))).dirichlet(np.ones(classes) * 0.5, size=n)
+
+
 def test_uniter_img_db_msgpack_and_compressed(tmp_path):
     lmdb = pytest.importorskip("lmdb")
     msgpack = pytest.importorskip("msgpack")
@@ -361,7 +366,8 @@ def test_uniter_img_db_msgpack_and_compressed(tmp_path):
                 norm = np.concatenate([bx / [w, h, w, h], (bx[:, 2:] - bx[:, :2]) / [w, h]], 1)
                 order = np.argsort(-conf)  # UNITER's npz are sorted by confidence
                 arrays = {"features": f[order].astype(np.float16), "norm_bb": norm[order].astype(np.float16),
-                          "conf": conf[order][:, None].astype(np.float16), "soft_labels": np.zeros((len(f), 3), np.float16)}
+                          "conf": conf[order][:, None].astype(np.float16),
+                          "soft_labels": soft_labels_of(img_id, len(f))[order].astype(np.float16)}
                 if compressed:
                     buf = io.BytesIO()
                     np.savez_compressed(buf, **arrays)
@@ -388,6 +394,12 @@ def test_uniter_img_db_msgpack_and_compressed(tmp_path):
             np.testing.assert_array_equal(got.numpy(), f[order][:n].astype(np.float16).astype(np.float32))
             norm16 = (bx / [w, h, w, h])[order][:n].astype(np.float16).astype(np.float64)
             np.testing.assert_allclose(pos[:, :4].numpy(), norm16, atol=1e-6)
+            # the soft labels of the same regions, as UNITER's MRC reads them
+            expected = soft_labels_of(img_id, len(f))[order][:n].astype(np.float16).astype(np.float32)
+            np.testing.assert_array_equal(store.get_soft_labels(f"{img_id}-0-img0").numpy(), expected)
+        assert store.soft_label_dim == 5 and store.soft_label_names is None
+        assert "soft labels: kept: 5 classes per region" in s.text()
+        assert read_summary(out.with_name(out.name + ".report.jsonl"))["soft_labels"]["classes"] == 5
         assert json.loads(h5py.File(out).attrs["meta"])["conf_th"] == 0.2
 
 
@@ -737,7 +749,7 @@ def test_reasons_with_newlines_and_quotes_stay_on_one_line(tmp_path, capsys, mon
     example_lines = [line for line in out.splitlines() if line.strip().startswith("e.g.")]
     assert len(example_lines) == 1 and example_lines[0].endswith(json.dumps(library_message))
     assert json.loads(example_lines[0].split(": ", 1)[1]) == library_message
-    assert len(out.splitlines()) == 6  # counts, selection (2), rejected, kind, example
+    assert len(out.splitlines()) == 7  # counts, selection (2), soft labels, rejected, kind, example
 
 
 def test_reason_kind_groups_numbers_and_quoted_values_only():
@@ -749,3 +761,113 @@ def test_reason_kind_groups_numbers_and_quoted_values_only():
     assert reason_kind("the image's size doesn't fit --box-tol 0.01") == "the image's size doesn't fit --box-tol #"
     assert reason_kind("a\n  b\tc") == "a b c"
     assert reason_kind("/x/s.h5: image 'k': features contain NaN", "/x/s.h5: image 'k'") == "features contain NaN"
+
+
+# ---------------------------------------------------------------------------------------- soft labels
+
+def uniter_npz(d, ims, classes=5, soft=True):
+    """UNITER's extractor output: norm_bb, conf (N, 1) and soft_labels (N, C), float16."""
+    d.mkdir(exist_ok=True)
+    sizes = {}
+    for img_id, f, bx, w, h, conf in ims:
+        norm = np.concatenate([bx / [w, h, w, h], (bx[:, 2:] - bx[:, :2]) / [w, h]], 1)
+        extra = {"soft_labels": soft_labels_of(img_id, len(f), classes).astype(np.float16)} if soft else {}
+        np.savez(d / f"coco_val2014_{int(img_id):012d}.npz", features=f.astype(np.float16),
+                 norm_bb=norm.astype(np.float16), conf=conf[:, None].astype(np.float16), **extra)
+        sizes[img_id] = [w, h]
+    return sizes
+
+
+def test_npz_soft_labels_follow_the_box_selection_and_can_be_named_or_dropped(tmp_path):
+    ims = make_images(3, seed=12, nb=(12, 16))
+    sizes = uniter_npz(tmp_path / "npz", ims)
+    (tmp_path / "sizes.json").write_text(json.dumps(sizes))
+    (tmp_path / "names.txt").write_text("__background__\nred cube\nblue cube\n\ngreen cone\nbig sphere\n")
+    kw = dict(key_format="{num}", image_sizes=tmp_path / "sizes.json", conf_th=0.5, min_boxes=10, max_boxes=11)
+    s = run([tmp_path / "npz"], "npz", tmp_path / "s.h5", soft_label_names=tmp_path / "names.txt", **kw)
+    assert s.soft_label_dim == 5 and "named from" in s.soft_labels
+    store = RegionFeatureStore(tmp_path / "s.h5")
+    assert store.soft_label_names == ["__background__", "red cube", "blue cube", "green cone", "big sphere"]
+    for img_id, f, bx, w, h, conf in ims:
+        keep = select_boxes(len(f), conf.astype(np.float16).astype(np.float64), 0.5, 10, 11)
+        expected = soft_labels_of(img_id, len(f)).astype(np.float16)[keep].astype(np.float32)
+        np.testing.assert_array_equal(store.get_soft_labels(img_id).numpy(), expected)
+    dropped = run([tmp_path / "npz"], "npz", tmp_path / "d.h5", soft_labels=False, **kw)
+    assert not RegionFeatureStore(tmp_path / "d.h5").has_soft_labels and "dropped (--no-soft-labels)" in dropped.soft_labels
+    assert json.loads(h5py.File(tmp_path / "d.h5").attrs["meta"])["soft_labels"].startswith("dropped")
+    (tmp_path / "short.json").write_text('["a", "b"]')
+    with pytest.raises(NothingConverted, match=r"soft_labels have shape \(#, #\), expected \(#, #\)"):
+        run([tmp_path / "npz"], "npz", tmp_path / "n.h5", soft_label_names=tmp_path / "short.json", **kw)
+    with pytest.raises(ConvertError, match="--soft-label-names names the soft labels that --no-soft-labels leaves out"):
+        run([tmp_path / "npz"], "npz", tmp_path / "x.h5", soft_labels=False, soft_label_names=tmp_path / "names.txt",
+            **kw)
+
+
+def test_soft_labels_all_or_none_bad_rows_and_the_cli(tmp_path, capsys):
+    ims = make_images(4, seed=13)
+    sizes = uniter_npz(tmp_path / "npz", ims[:2])
+    sizes.update(uniter_npz(tmp_path / "npz", ims[2:3], soft=False))  # sorts last: lacks them
+    (tmp_path / "sizes.json").write_text(json.dumps(sizes))
+    s = run([tmp_path / "npz"], "npz", tmp_path / "s.h5", key_format="{num}", image_sizes=tmp_path / "sizes.json")
+    assert (s.converted, s.rejected) == (2, 1)
+    [rec] = read_report(tmp_path / "s.h5.report.jsonl")
+    assert rec["key"] == ims[2][0] and "no soft_labels, but the images converted before have them" in rec["reason"]
+    assert "--no-soft-labels" in rec["reason"]
+    # the other way round: the first image has none, so neither has the store
+    first = [(f"{int(im[0]) - 1}", *im[1:]) for im in ims[:1]]  # id 99: sorts first
+    sizes.update(uniter_npz(tmp_path / "npz", first, soft=False))
+    (tmp_path / "sizes.json").write_text(json.dumps(sizes))
+    s = run([tmp_path / "npz"], "npz", tmp_path / "t.h5", key_format="{num}", image_sizes=tmp_path / "sizes.json")
+    assert s.rejected == 0 and s.soft_labels_ignored == 2 and "not kept: the first image converted had none" in s.soft_labels
+    assert not RegionFeatureStore(tmp_path / "t.h5").has_soft_labels
+    bad = tmp_path / "bad"
+    sizes = uniter_npz(bad, ims[3:])
+    with np.load(next(bad.iterdir())) as z:
+        arrays = dict(z)
+    arrays["soft_labels"] = arrays["soft_labels"] * 0.5  # rows summing to 0.5
+    np.savez(next(bad.iterdir()), **arrays)
+    (tmp_path / "bad.json").write_text(json.dumps(sizes))
+    assert cli_main(["features", "--src", str(bad), "--format", "npz", "--out", str(tmp_path / "b.h5"),
+                     "--key-format", "{num}", "--image-sizes", str(tmp_path / "bad.json"), "--no-progress"]) == 1
+    assert "(--no-soft-labels leaves them out)" in capsys.readouterr().out
+    assert cli_main(["features", "--src", str(bad), "--format", "npz", "--out", str(tmp_path / "b.h5"),
+                     "--key-format", "{num}", "--image-sizes", str(tmp_path / "bad.json"), "--no-progress",
+                     "--no-soft-labels"]) == 0
+    assert "soft labels: dropped (--no-soft-labels)" in capsys.readouterr().out
+
+
+def test_concat_and_merge_keep_soft_labels_only_when_every_store_has_them(tmp_path, capsys):
+    from data_modules.convert.__main__ import main as convert_main
+
+    rng = np.random.default_rng(3)
+
+    def store(name, keys, classes=4, n=2):
+        with RegionFeatureWriter(tmp_path / name, 8, soft_label_names=None) as w:
+            for key in keys:
+                soft = rng.dirichlet(np.ones(classes), size=n) if classes else None
+                w.add(key, rng.standard_normal((n, 8)), [[0, 0, 10, 10]] * n, 20, 20, soft_labels=soft)
+        return str(tmp_path / name)
+
+    gt, det, plain = store("gt.h5", ["a", "b"]), store("det.h5", ["a"], n=3), store("plain.h5", ["a"], classes=0)
+    assert convert_main(["concat", "--src", gt, det, "--out", str(tmp_path / "c.h5")]) == 0
+    assert "soft labels kept: 4 classes per region" in capsys.readouterr().out
+    joined = RegionFeatureStore(tmp_path / "c.h5")
+    expected = np.concatenate([RegionFeatureStore(gt).get_soft_labels("a"), RegionFeatureStore(det).get_soft_labels("a")])
+    np.testing.assert_array_equal(joined.get_soft_labels("a").numpy(), expected)
+    assert convert_main(["concat", "--src", gt, plain, "--out", str(tmp_path / "d.h5")]) == 0
+    assert "soft labels dropped: " in capsys.readouterr().out and not RegionFeatureStore(tmp_path / "d.h5").has_soft_labels
+    coco, vg = store("coco.h5", ["coco_1", "coco_2"]), store("vg.h5", ["vg_1"], n=3)
+    assert convert_main(["merge", "--src", coco, vg, "--out", str(tmp_path / "m.h5")]) == 0
+    assert "3 images (2 from" in capsys.readouterr().out
+    merged = RegionFeatureStore(tmp_path / "m.h5")
+    assert merged.ids == ["coco_1", "coco_2", "vg_1"] and merged.soft_label_dim == 4
+    for key, src in (("coco_2", coco), ("vg_1", vg)):
+        assert torch_equal(merged.get(key)[0], RegionFeatureStore(src).get(key)[0])
+        assert torch_equal(merged.get_soft_labels(key), RegionFeatureStore(src).get_soft_labels(key))
+        assert merged.image_size(key) == (20, 20)
+    assert convert_main(["merge", "--src", coco, gt, coco, "--out", str(tmp_path / "x.h5")]) == 2
+    assert "image 'coco_1' is in both" in capsys.readouterr().err and not (tmp_path / "x.h5").exists()
+
+
+def torch_equal(a, b):
+    return bool((a == b).all()) and a.shape == b.shape

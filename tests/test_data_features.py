@@ -289,3 +289,136 @@ def test_data_module_img_dim_against_the_stores_feat_dim(tmp_path):
         dm.store
     dm = VLDataModule(features=str(tmp_path / "s.h5"), tokenizer=str(tmp_path / "tok"), img_dim=8)
     assert dm.store_feat_dim == 8 == dm.store.feat_dim
+
+
+# ---------------------------------------------------------------------------------- soft labels
+
+def soft_rows(rng, n, classes=4):
+    return rng.dirichlet(np.ones(classes), size=n)
+
+
+def write_soft_store(path, n_images=4, dim=8, classes=4, names=None, seed=0, **kw):
+    rng = np.random.default_rng(seed)
+    truth = {}
+    with RegionFeatureWriter(path, dim, soft_label_names=names, **kw) as w:
+        for i in range(n_images):
+            n = int(rng.integers(1, 5))
+            soft = soft_rows(rng, n, classes)
+            w.add(f"img{i}", rng.standard_normal((n, dim)), [[0, 0, 10 + j, 10] for j in range(n)], 50, 40,
+                  soft_labels=soft)
+            truth[f"img{i}"] = soft
+    return truth
+
+
+def test_soft_labels_round_trip_with_names_and_max_boxes(tmp_path):
+    names = ["__background__", "red cube", "blue cube", "green cone"]
+    truth = write_soft_store(tmp_path / "s.h5", names=names)
+    store = RegionFeatureStore(tmp_path / "s.h5")
+    assert store.has_soft_labels and store.soft_label_dim == 4 and store.soft_label_names == names
+    for img, soft in truth.items():
+        got = store.get_soft_labels(img, example="caption 1")
+        assert got.dtype == torch.float32 and got.shape == (len(store.get(img)[0]), 4)
+        np.testing.assert_array_equal(got.numpy(), soft.astype(np.float16).astype(np.float32))
+    with h5py.File(tmp_path / "s.h5") as f:
+        assert f["soft_labels"].dtype == np.float16 and int(f.attrs["soft_label_dim"]) == 4
+    clipped = RegionFeatureStore(tmp_path / "s.h5", max_boxes=1)
+    assert all(clipped.get_soft_labels(i).shape == (1, 4) for i in truth)
+    clone = pickle.loads(pickle.dumps(store))  # a worker's copy knows them too
+    assert clone.soft_label_names == names and torch.equal(clone.get_soft_labels("img1"), store.get_soft_labels("img1"))
+    assert "soft_label_dim=4" in repr(store)
+
+
+def test_a_store_without_soft_labels_says_so(tmp_path):
+    write_store(tmp_path / "s.h5")
+    store = RegionFeatureStore(tmp_path / "s.h5")
+    assert not store.has_soft_labels and store.soft_label_dim is None and store.soft_label_names is None
+    with pytest.raises(ValueError, match=r"s\.h5: image 'img1' \(used by caption 3\): the store has no soft labels"):
+        store.get_soft_labels("img1", example="caption 3")
+
+
+@pytest.mark.parametrize("soft, message", [
+    (np.full((2, 3), 1 / 3)[:1], r"soft_labels have shape \(1, 3\), expected \(2, C\)"),
+    (np.array([[0.5, 0.5, np.nan], [1, 0, 0]]), "soft_labels contain NaN or inf"),
+    (np.array([[1.2, -0.2, 0], [1, 0, 0]]), "soft_labels of region 0 hold negative values"),
+    (np.array([[0.2, 0.2, 0.2], [1, 0, 0]]), r"soft_labels of region 0 sum to 0\.6; expected a class distribution"),
+    (np.array([["a", "b", "c"]] * 2), "soft_labels must be a numeric array"),
+])
+def test_writer_refuses_bad_soft_labels(tmp_path, soft, message):
+    with RegionFeatureWriter(tmp_path / "s.h5", 2) as w:
+        with pytest.raises(ValueError, match=rf"s\.h5: image 'x': {message}"):
+            w.add("x", np.ones((2, 2)), [[0, 0, 1, 1], [0, 0, 2, 2]], 4, 4, soft_labels=soft)
+
+
+def test_soft_labels_are_all_or_none_across_a_store(tmp_path):
+    boxes = [[0, 0, 1, 1]]
+    with RegionFeatureWriter(tmp_path / "a.h5", 2) as w:
+        w.add("a", np.ones((1, 2)), boxes, 4, 4, soft_labels=[[0.5, 0.5]])
+        with pytest.raises(ValueError, match="image 'b': no soft labels, but the images added before have them"):
+            w.add("b", np.ones((1, 2)), boxes, 4, 4)
+        with pytest.raises(ValueError, match=r"image 'c': soft_labels have shape \(1, 3\), expected \(1, 2\).*like the"):
+            w.add("c", np.ones((1, 2)), boxes, 4, 4, soft_labels=[[0.2, 0.3, 0.5]])
+        assert w.has_soft_labels and w.soft_label_dim == 2
+    with RegionFeatureWriter(tmp_path / "b.h5", 2) as w:
+        w.add("a", np.ones((1, 2)), boxes, 4, 4)
+        with pytest.raises(ValueError, match="image 'b': soft labels given, but the images added before have none"):
+            w.add("b", np.ones((1, 2)), boxes, 4, 4, soft_labels=[[0.5, 0.5]])
+        assert w.has_soft_labels is False and w.soft_label_dim is None
+    with RegionFeatureWriter(tmp_path / "c.h5", 2, soft_label_names=["bg", "cube", "cone"]) as w:
+        with pytest.raises(ValueError, match=r"image 'a': soft_labels have shape \(1, 2\), expected \(1, 3\).*names"):
+            w.add("a", np.ones((1, 2)), boxes, 4, 4, soft_labels=[[0.5, 0.5]])
+        with pytest.raises(ValueError, match="image 'a': no soft labels, but soft_label_names"):
+            w.add("a", np.ones((1, 2)), boxes, 4, 4)
+        w.add("a", np.ones((1, 2)), boxes, 4, 4, soft_labels=[[0.5, 0.25, 0.25]])
+    with pytest.raises(ValueError, match="lists 'x' twice"):
+        RegionFeatureWriter(tmp_path / "d.h5", 2, soft_label_names=["x", "x"])
+
+
+def test_resumed_writer_keeps_the_soft_labels(tmp_path):
+    path = tmp_path / "s.h5"
+    w = RegionFeatureWriter(path, 2, resume=True, flush_rows=1, soft_label_names=["bg", "obj"])
+    w.add("a", np.ones((1, 2)), [[0, 0, 1, 1]], 2, 2, soft_labels=[[0.25, 0.75]])
+    w.suspend()
+    with RegionFeatureWriter(path, 2, resume=True, soft_label_names=["bg", "obj"]) as w:
+        assert w.resumed == 1 and w.has_soft_labels and w.soft_label_dim == 2
+        with pytest.raises(ValueError, match="no soft labels, but the images added before have them"):
+            w.add("b", np.ones((1, 2)), [[0, 0, 1, 1]], 2, 2)
+        w.add("b", np.ones((1, 2)), [[0, 0, 1, 1]], 2, 2, soft_labels=[[1.0, 0.0]])
+    store = RegionFeatureStore(path)
+    assert store.soft_label_names == ["bg", "obj"]
+    assert store.get_soft_labels("a").tolist() == [[0.25, 0.75]] and store.get_soft_labels("b").tolist() == [[1.0, 0.0]]
+    w = RegionFeatureWriter(tmp_path / "t.h5", 2, resume=True, flush_rows=1, soft_label_names=["bg", "obj"])
+    w.add("a", np.ones((1, 2)), [[0, 0, 1, 1]], 2, 2, soft_labels=[[0.25, 0.75]])
+    w.suspend()
+    with pytest.raises(ValueError, match="other soft_label_names"):
+        RegionFeatureWriter(tmp_path / "t.h5", 2, resume=True, soft_label_names=["bg", "thing"])
+
+
+@pytest.mark.parametrize("how, message", [
+    ("dim", r"attribute soft_label_dim=5 but soft_labels have 4 classes"),
+    ("rows", r"soft_labels have shape \(\d+, 4\), expected \(\d+, C\)"),
+    ("names", "soft_label_names lists 2 names for 4 soft-label classes"),
+    ("orphan", "attribute soft_label_dim=4 but no soft_labels dataset"),
+])
+def test_inconsistent_soft_labels_are_refused_at_open(tmp_path, how, message):
+    write_soft_store(tmp_path / "s.h5")
+    with h5py.File(tmp_path / "s.h5", "a") as f:
+        if how == "dim":
+            f.attrs["soft_label_dim"] = 5
+        elif how == "rows":
+            data = f["soft_labels"][:-1]
+            del f["soft_labels"]
+            f["soft_labels"] = data
+        elif how == "names":
+            f.attrs["soft_label_names"] = '["a", "b"]'
+        else:
+            del f["soft_labels"]
+    with pytest.raises(ValueError, match=message):
+        RegionFeatureStore(tmp_path / "s.h5")
+
+
+def test_non_finite_soft_labels_name_store_image_and_example(tmp_path):
+    write_soft_store(tmp_path / "s.h5")
+    with h5py.File(tmp_path / "s.h5", "a") as f:
+        f["soft_labels"][0, 1] = np.inf
+    with pytest.raises(NonFiniteFeaturesError, match=r"image 'img0' \(used by line 4\): soft labels hold NaN or inf"):
+        RegionFeatureStore(tmp_path / "s.h5").get_soft_labels("img0", example="line 4")

@@ -3,7 +3,9 @@
 ``python -m data_modules.convert features ...`` turns region features in any of the common public
 layouts (bottom-up-attention TSV, bottom-up-attention-vqa / ban-vqa HDF5, UNITER's LMDB img_db,
 per-image ``.npz``) into the HDF5 store of ``data_modules.features``; see
-``data_modules.convert.features`` for the options and the key flags per task.
+``data_modules.convert.features`` for the options and the key flags per task (soft labels, the
+per-region class distributions of UNITER's img_db and npz files, are kept where the source has
+them). ``concat`` joins stores region by region (VCR), ``merge`` image by image (COCO + VG).
 """
 from .features import ConvertError, ConvertSummary, NothingConverted, SourceError, convert_features
 

@@ -8,6 +8,8 @@ store with the same keys, then
 
 Images of the first store define the output; an image missing from a later store keeps only the
 regions it has (counted and printed). Sizes must agree across stores (an error names the image).
+Soft labels (per-region class distributions) are kept when every store has them with the same
+classes; otherwise the output has none, and the summary line says so.
 """
 from __future__ import annotations
 
@@ -22,7 +24,20 @@ from ..features import RegionFeatureStore, RegionFeatureWriter
 CLI_DESCRIPTION = __doc__
 
 
-def concat_stores(sources: list[str | Path], out: str | Path) -> dict[str, int]:
+def soft_label_plan(stores: list[RegionFeatureStore]) -> tuple[bool, str]:
+    """``(keep, in words)``: soft labels survive joining stores only if every store has the same classes."""
+    dims = [s.soft_label_dim for s in stores]
+    if all(d is None for d in dims):
+        return False, "none (no store has them)"
+    lacking = [str(s.path) for s in stores if s.soft_label_dim is None]
+    if lacking:
+        return False, f"dropped: {', '.join(lacking)} {'has' if len(lacking) == 1 else 'have'} none"
+    if len(set(dims)) > 1 or len({tuple(s.soft_label_names or ()) for s in stores if s.soft_label_names}) > 1:
+        return False, f"dropped: the stores' classes differ ({', '.join(f'{s.path}: {s.soft_label_dim}' for s in stores)})"
+    return True, f"kept: {dims[0]} classes per region"
+
+
+def concat_stores(sources: list[str | Path], out: str | Path) -> dict:
     """Write ``out`` = the region-wise concatenation of ``sources`` (see the module docstring)."""
     if len(sources) < 2:
         raise ValueError("concat needs at least two stores")
@@ -31,10 +46,12 @@ def concat_stores(sources: list[str | Path], out: str | Path) -> dict[str, int]:
     if len(dims) != 1:
         raise ValueError(f"stores {[str(s.path) for s in stores]} have feature dimensions {[s.feat_dim for s in stores]}")
     only_first = 0
-    with RegionFeatureWriter(out, stores[0].feat_dim) as writer:
+    keep_soft, soft_note = soft_label_plan(stores)
+    names = next((s.soft_label_names for s in stores if s.soft_label_names), None) if keep_soft else None
+    with RegionFeatureWriter(out, stores[0].feat_dim, soft_label_names=names) as writer:
         for key in stores[0].ids:
             width, height = stores[0].image_size(key)
-            feats, boxes = [], []
+            feats, boxes, soft = [], [], []
             for store in stores:
                 if key not in store:
                     continue
@@ -44,9 +61,12 @@ def concat_stores(sources: list[str | Path], out: str | Path) -> dict[str, int]:
                 f, pos = store.get(key)
                 feats.append(f.numpy())
                 boxes.append(pos[:, :4].numpy() * np.array([width, height, width, height], dtype=np.float32))
+                if keep_soft:
+                    soft.append(store.get_soft_labels(key).numpy())
             only_first += len(feats) == 1
-            writer.add(key, np.concatenate(feats), np.concatenate(boxes), width, height)
-    return {"images": len(stores[0].ids), "only_in_first": only_first}
+            writer.add(key, np.concatenate(feats), np.concatenate(boxes), width, height,
+                       soft_labels=np.concatenate(soft) if keep_soft else None)
+    return {"images": len(stores[0].ids), "only_in_first": only_first, "soft_labels": soft_note}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,5 +80,6 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as err:  # a damaged or mismatched store: named, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{args.out}: {summary['images']} images; {summary['only_in_first']} only in {args.src[0]}")
+    print(f"{args.out}: {summary['images']} images; {summary['only_in_first']} only in {args.src[0]}; "
+          f"soft labels {summary['soft_labels']}")
     return 0

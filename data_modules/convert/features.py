@@ -34,6 +34,14 @@ img_db envs are named after the policy they were made for (``feat_th0.2_max100_m
 used as is (``--conf-th none`` keeps every region instead). What the selection drops (regions in
 and out, images affected) is printed at the end and written to the report's summary line.
 
+Soft labels: where the source has each region's class distribution (UNITER's img_db values and
+npz files with a ``soft_labels`` array, (n, C); UNITER's detector has 1,601 Visual Genome classes,
+0 = background) they are kept in the store's ``soft_labels`` (what masked region classification
+learns from) with the same box selection as the features; ``--no-soft-labels`` leaves them out,
+``--soft-label-names FILE`` (a JSON list, or one name per line) names the C classes. A store
+holds them for every image or none: the first image converted decides, a later record without
+them is rejected (reported), and the summary says whether they were kept.
+
 Store keys (``--key-format``, fields ``{id}`` the source's id, ``{stem}`` the id without
 ``.npz``/``.npy`` and image extensions and without ``--strip-prefix``, ``{num}`` the last number
 in the stem as an int, so ``{num:012d}`` re-pads). What the task data modules look up:
@@ -158,6 +166,9 @@ class ConvertSummary:
     thinned_images: int = 0  # images that lost regions to the selection
     thinned_examples: list[tuple[str, int, int]] = field(default_factory=list)  # (key, kept, of) for the first few
     source_boxes: tuple[int, int] | None = None  # (min, max) regions per source image converted
+    soft_labels: str = "none: the source has no soft labels"  # what became of them, in words
+    soft_label_dim: int | None = None  # C when kept
+    soft_labels_ignored: int = 0  # records whose soft labels were left out (the first image had none)
 
     def add_reason(self, reason: str, where: str, prefix: str = "") -> None:
         kind = reason_kind(reason, prefix)
@@ -216,9 +227,12 @@ class ConvertSummary:
                          f"of {self.report}")
         return lines
 
+    def soft_label_line(self) -> str:
+        return f"soft labels: {self.soft_labels}"
+
     def text(self) -> str:
-        """Everything printed at the end of a run: counts, box selection, rejection kinds."""
-        return "\n".join([self.line(), *self.selection_lines(), *self.reason_lines()])
+        """Everything printed at the end of a run: counts, box selection, soft labels, rejection kinds."""
+        return "\n".join([self.line(), *self.selection_lines(), self.soft_label_line(), *self.reason_lines()])
 
     def as_dict(self) -> dict:
         """The report's summary line."""
@@ -229,6 +243,8 @@ class ConvertSummary:
                               "dropped": self.dropped_boxes, "images_affected": self.thinned_images,
                               "examples": [{"key": k, "kept": kept, "of": of} for k, kept, of in self.thinned_examples],
                               "source_regions_per_image": list(self.source_boxes) if self.source_boxes else None},
+            "soft_labels": {"kept": self.soft_label_dim is not None, "classes": self.soft_label_dim,
+                            "ignored_records": self.soft_labels_ignored, "note": self.soft_labels},
             "reasons": [{"kind": kind, "count": count, "example": self.reason_examples[kind][0],
                          "where": self.reason_examples[kind][1]} for kind, count in self.sorted_reasons()],
             "note": "counts are of this run; images resumed from an interrupted run are not recounted",
@@ -304,6 +320,27 @@ def load_image_sizes(path: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
+def load_soft_label_names(path: Path) -> list[str]:
+    """Class names from a JSON list or a text file with one name per line (blank lines ignored)."""
+    from ..jsonl import parse_json, read_text
+
+    what = "soft-label class names (a JSON list of strings, or one name per line)"
+    text = read_text(path, what)
+    if text.lstrip().startswith("["):
+        names = parse_json(text, path, what)
+        if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+            raise ValueError(f"{path}: expected {what}")
+        names = [n.strip() for n in names]
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"{path}: no names; expected {what}")
+    if len(set(names)) != len(names):
+        dup = next(n for i, n in enumerate(names) if n in names[:i])
+        raise ValueError(f"{path}: the class name {dup!r} is listed twice")
+    return names
+
+
 def select_boxes(n: int, conf: np.ndarray | None, conf_th: float | None, min_boxes: int | None,
                  max_boxes: int | None, nbb: int | None = None) -> np.ndarray:
     """Row indices kept, in source order (see the module docstring for the rule); ``conf_th``
@@ -333,11 +370,12 @@ class Options:
     feat_dim: int | None = None
     image_sizes: Path | None = None
     unknown_size: bool = False
+    soft_labels: bool = True  # keep the source's soft labels where it has them
 
 
 def prepare(rec: S.Record, opts: Options, feat_dim: int, sizes: dict | None, key: str):
-    """``(features, pixel boxes, width, height, source regions, boxes clipped)`` ready for the
-    writer, or ``Reject`` with the reason."""
+    """``(features, pixel boxes, width, height, source regions, boxes clipped, soft labels or None)``
+    ready for the writer, or ``Reject`` with the reason."""
     if rec.error:
         raise Reject(rec.error)
     feats = np.asarray(rec.features)
@@ -357,6 +395,12 @@ def prepare(rec: S.Record, opts: Options, feat_dim: int, sizes: dict | None, key
     conf = None if rec.conf is None else np.asarray(rec.conf, np.float64).reshape(-1)
     if conf is not None and len(conf) != n:
         raise Reject(f"{len(conf)} confidences for {n} regions")
+    soft = None
+    if opts.soft_labels and rec.soft_labels is not None:
+        soft = np.asarray(rec.soft_labels)
+        if soft.ndim != 2 or len(soft) != n or not np.issubdtype(soft.dtype, np.number):
+            raise Reject(f"soft_labels have shape {soft.shape} ({soft.dtype}), expected ({n}, classes) numbers: one "
+                         "class distribution per region (--no-soft-labels leaves them out)")
     width, height = rec.width, rec.height
     if width is None or height is None:
         wh = None
@@ -375,6 +419,8 @@ def prepare(rec: S.Record, opts: Options, feat_dim: int, sizes: dict | None, key
         raise Reject("no regions left after box selection")
     feats = np.asarray(feats[keep], np.float32)
     boxes = np.asarray(boxes[keep], np.float64)
+    if soft is not None:
+        soft = np.asarray(soft[keep], np.float32)
     if not pixel:
         boxes = boxes * np.array([width, height, width, height], np.float64)
     bad = ~np.isfinite(feats).all(axis=1)
@@ -404,7 +450,7 @@ def prepare(rec: S.Record, opts: Options, feat_dim: int, sizes: dict | None, key
         raise Reject(f"box {i} = {[round(float(v), 2) for v in clipped[i]]} has no width or height")
     if np.abs(feats).max() > np.finfo(np.float16).max:
         raise Reject("features exceed the float16 range of the store (|x| <= 65504)")
-    return feats, clipped, int(width), int(height), n, n_clipped
+    return feats, clipped, int(width), int(height), n, n_clipped, soft
 
 
 def _size_keys(raw_id: str, key: str) -> list[str]:
@@ -473,7 +519,8 @@ def convert_features(src: list[str], fmt: str, out: str | Path, *, key_format: s
                      image_sizes: str | Path | None = None, unknown_size: bool = False,
                      tsv_fields=None, imgid2idx: str | Path | None = None, report: str | Path | None = None,
                      restart: bool = False, overwrite: bool = False, progress: bool = True,
-                     flush_rows: int = 16384) -> ConvertSummary:
+                     flush_rows: int = 16384, soft_labels: bool = True,
+                     soft_label_names: str | Path | None = None) -> ConvertSummary:
     """Convert ``src`` (files / folders / globs in ``fmt``) into the store ``out``; see the module doc."""
     out = Path(out)
     report = Path(report) if report else out.with_name(out.name + ".report.jsonl")
@@ -489,11 +536,14 @@ def convert_features(src: list[str], fmt: str, out: str | Path, *, key_format: s
     except (ValueError, FileNotFoundError) as err:
         raise ConvertError(str(err)) from None
     opts = Options(key_format, tuple(strip_prefix), *policy, float(box_tol),
-                   feat_dim, Path(image_sizes) if image_sizes else None, unknown_size)
+                   feat_dim, Path(image_sizes) if image_sizes else None, unknown_size, bool(soft_labels))
     if not 0 <= opts.box_tol < 0.5:
         raise ConvertError(f"--box-tol {opts.box_tol}: expected a fraction of the image side in [0, 0.5)")
     try:
         sizes = load_image_sizes(opts.image_sizes) if opts.image_sizes else None
+        if soft_label_names is not None and not opts.soft_labels:
+            raise ValueError("--soft-label-names names the soft labels that --no-soft-labels leaves out; give one of them")
+        names = load_soft_label_names(Path(soft_label_names)) if soft_label_names is not None else None
         source = make_source(fmt, list(src), opts, tsv_fields, Path(imgid2idx) if imgid2idx else None)
     except (ValueError, FileNotFoundError, ImportError) as err:
         raise ConvertError(str(err)) from None
@@ -503,6 +553,10 @@ def convert_features(src: list[str], fmt: str, out: str | Path, *, key_format: s
             "min_boxes": opts.min_boxes, "max_boxes": opts.max_boxes, "box_tol": opts.box_tol,
             "image_sizes": str(opts.image_sizes.resolve()) if opts.image_sizes else ("unknown (1 x 1)" if unknown_size else None),
             **source.settings()}
+    if not opts.soft_labels:  # only when not the default: unfinished stores of earlier versions still resume
+        meta["soft_labels"] = "dropped (--no-soft-labels)"
+    if names is not None:
+        meta["soft_label_names"] = str(Path(soft_label_names).resolve())
 
     resuming = partial.exists()
     reported = _read_report(report) if resuming else set()
@@ -510,7 +564,7 @@ def convert_features(src: list[str], fmt: str, out: str | Path, *, key_format: s
         report.unlink(missing_ok=True)
     dim = _feature_dim(source, opts, partial if resuming else None)
     try:
-        writer = RegionFeatureWriter(out, dim, flush_rows=flush_rows, resume=True, meta=meta)
+        writer = RegionFeatureWriter(out, dim, flush_rows=flush_rows, resume=True, meta=meta, soft_label_names=names)
     except ValueError as err:
         raise ConvertError(f"{err} (or pass --restart)") from None
     stats = ConvertSummary(out=out, report=report, feat_dim=dim, resumed=writer.resumed, selection=selection)
@@ -544,11 +598,19 @@ def convert_features(src: list[str], fmt: str, out: str | Path, *, key_format: s
                     key = keys(rec.id)
                     if key in writer:
                         raise Reject(f"duplicate: key {key!r} was already converted from an earlier record")
-                    feats, boxes, w, h, n_source, n_clipped = prepare(rec, opts, dim, sizes, key)
+                    feats, boxes, w, h, n_source, n_clipped, soft = prepare(rec, opts, dim, sizes, key)
+                    if soft is None and writer.has_soft_labels and opts.soft_labels:
+                        raise Reject(f"no soft_labels, but the images converted before have them ({writer.soft_label_dim} "
+                                     "classes per region) and a store keeps them for every image or none: "
+                                     "--no-soft-labels leaves them out of every image")
+                    if soft is not None and writer.has_soft_labels is False:
+                        soft = None  # the first image had none: so has the store
+                        stats.soft_labels_ignored += 1
                     try:
-                        writer.add(key, feats, boxes, w, h)
+                        writer.add(key, feats, boxes, w, h, soft_labels=soft)
                     except ValueError as err:
-                        raise Reject(str(err)) from None
+                        hint = " (--no-soft-labels leaves them out)" if "soft_labels" in str(err) and soft is not None else ""
+                        raise Reject(str(err) + hint) from None
                     stats.converted += 1
                     stats.clipped_boxes += n_clipped
                     stats.add_image(key, n_source, len(feats))
@@ -564,6 +626,7 @@ def convert_features(src: list[str], fmt: str, out: str | Path, *, key_format: s
                     raise ConvertError(f"{rec.where}: the boxes of {state['swapped']} of the first {state['examined']} "
                                        f"images fit only with {_SWAP_HINT.split(' look')[0]} swapped: give the column order "
                                        "with --tsv-fields (e.g. image_id,image_h,image_w,num_boxes,boxes,features) and --restart")
+            _describe_soft_labels(stats, writer, opts, names, soft_label_names)
             if len(writer) == 0:
                 writer.abort()  # no empty store left behind (nor an unfinished one)
             else:
@@ -578,6 +641,19 @@ def convert_features(src: list[str], fmt: str, out: str | Path, *, key_format: s
     if len(writer) == 0:
         raise NothingConverted(_nothing_converted(stats, source), stats)
     return stats
+
+
+def _describe_soft_labels(stats: ConvertSummary, writer: RegionFeatureWriter, opts: Options, names, names_path) -> None:
+    """``stats.soft_labels``: whether the store keeps soft labels, in words."""
+    if not opts.soft_labels:
+        stats.soft_labels = "dropped (--no-soft-labels): the store has none"
+    elif writer.has_soft_labels:
+        stats.soft_label_dim = writer.soft_label_dim
+        stats.soft_labels = (f"kept: {writer.soft_label_dim} classes per region"
+                             + (f", named from {names_path}" if names is not None else ", unnamed (--soft-label-names)"))
+    elif stats.soft_labels_ignored:
+        stats.soft_labels = (f"not kept: the first image converted had none, so the store has none; "
+                             f"{stats.soft_labels_ignored:,} later records had them (left out)")
 
 
 def _read(records):
@@ -713,6 +789,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="TSV column names, comma-separated (default: header line, or 6 columns = BUTD, 10 = LXMERT)")
     p.add_argument("--imgid2idx", type=Path, default=None,
                    help="butd-h5 image-id mapping (.pkl or .json; default <stem>_imgid2idx.pkl next to the file)")
+    p.add_argument("--no-soft-labels", action="store_true",
+                   help="leave the source's soft labels (per-region class distributions) out of the store")
+    p.add_argument("--soft-label-names", type=Path, default=None,
+                   help="names of the soft labels' classes: a JSON list or one name per line")
     p.add_argument("--report", type=Path, default=None, help="rejected records, JSON lines (default OUT.report.jsonl)")
     p.add_argument("--restart", action="store_true", help="discard an unfinished conversion of OUT instead of resuming it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
@@ -726,7 +806,8 @@ def run(args: argparse.Namespace) -> int:
             conf_th=args.conf_th, min_boxes=args.min_boxes, max_boxes=args.max_boxes, box_tol=args.box_tol,
             feat_dim=args.feat_dim, image_sizes=args.image_sizes, unknown_size=args.unknown_size,
             tsv_fields=args.tsv_fields, imgid2idx=args.imgid2idx, report=args.report, restart=args.restart,
-            overwrite=args.overwrite, progress=not args.no_progress)
+            overwrite=args.overwrite, progress=not args.no_progress, soft_labels=not args.no_soft_labels,
+            soft_label_names=args.soft_label_names)
     except NothingConverted as err:
         print(err.summary.text())
         print(f"error: {err}", file=sys.stderr)

@@ -33,7 +33,8 @@ class Record:
     """One image as read from a source. Boxes are either pixel ``x1, y1, x2, y2`` (``boxes``) or
     divided by the image size (``norm_boxes``); ``width``/``height`` are None when the source does
     not say. ``nbb``: the number of leading regions the source's own box policy keeps (UNITER's
-    nbb json), overriding the confidence rule."""
+    nbb json), overriding the confidence rule. ``soft_labels`` (n, C): each region's class
+    distribution where the source has one (UNITER's img_db, npz with ``soft_labels``)."""
 
     id: str
     where: str
@@ -41,6 +42,7 @@ class Record:
     boxes: np.ndarray | None = None
     norm_boxes: np.ndarray | None = None
     conf: np.ndarray | None = None
+    soft_labels: np.ndarray | None = None
     width: int | None = None
     height: int | None = None
     nbb: int | None = None
@@ -455,8 +457,8 @@ def decode_img_db_value(value: bytes, compressed: bool, msgpack=None) -> dict[st
 
 class ImgDbSource:
     """UNITER's LMDB img_db (dataset-formats §8.5, uniter-reference §5.2): keys = npz file names,
-    values = ``{features, norm_bb, conf, soft_labels}`` (float16) as msgpack, or npz bytes in a
-    ``*_compressed`` env (told by the folder name, never by sniffing). ``nbb_*.json`` next to the
+    values = ``{features, norm_bb, conf, soft_labels}`` (float16, all four read) as msgpack, or npz
+    bytes in a ``*_compressed`` env (told by the folder name, never by sniffing). ``nbb_*.json`` next to the
     env, when its policy is the one in use, gives each image's nbb exactly as UNITER reads it
     (recomputing from float16 ``conf`` can differ at the threshold). Boxes are normalised: the
     image sizes come from ``--image-sizes`` (or are declared unknown)."""
@@ -525,6 +527,8 @@ class ImgDbSource:
                 rec.norm_boxes = rec.norm_boxes[:, :4]
             if "conf" in arrays:
                 rec.conf = np.asarray(arrays["conf"]).reshape(-1)
+            if "soft_labels" in arrays:
+                rec.soft_labels = np.asarray(arrays["soft_labels"])
             if table is not None and key in table:
                 rec.nbb = int(table[key])
         except Exception as err:  # any decoding failure is this record's, reported by id
@@ -544,8 +548,9 @@ class NpzSource:
     """One ``.npz`` per image (dataset-formats §8.3; UNITER's extractor output, OpenVQA, bua):
     features ``features``/``x``/``feat`` (OpenVQA's channel-first ``x`` (D, N) is transposed, told
     by the box count), boxes ``boxes``/``bbox``/``bboxes`` in pixels or ``norm_bb`` normalised,
-    optional ``conf``/``objects_conf``, size ``image_w``/``image_h`` or ``width``/``height`` (or
-    ``--image-sizes``). Loaded with ``allow_pickle=False``; the id is the file name."""
+    optional ``conf``/``objects_conf``, ``soft_labels`` (n, C) class distributions (UNITER's
+    extractor), size ``image_w``/``image_h`` or ``width``/``height`` (or ``--image-sizes``). Loaded
+    with ``allow_pickle=False``; the id is the file name."""
 
     name = "npz"
     unit = "img"
@@ -590,6 +595,8 @@ class NpzSource:
                 ckey = next((k for k in _NPZ_CONF if k in keys), None)
                 if ckey is not None:
                     rec.conf = np.asarray(npz[ckey]).reshape(-1)
+                if "soft_labels" in keys:
+                    rec.soft_labels = np.asarray(npz["soft_labels"])
                 for wk, hk in _NPZ_SIZES:
                     if wk in keys and hk in keys:
                         rec.width = _int(str(np.asarray(npz[wk]).item()), wk)
