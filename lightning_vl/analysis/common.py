@@ -1,0 +1,79 @@
+"""Shared pieces of the analysis package: the study's task order and names, number formatting
+(the paper's style: percent, two decimals), markdown tables and file writing."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from callbacks.files import atomic_write, atomic_write_text
+
+# The study's eight columns in the paper's order, then pre-training (the universal ticket's source).
+STUDY_TASKS = ("vqa", "gqa", "vcr", "nlvr2", "snli-ve", "refcoco+", "flickr30k-ir", "flickr30k-tr")
+TASK_ORDER = STUDY_TASKS + ("pretrain",)
+TASK_NAMES = {
+    "vqa": "VQA", "gqa": "GQA", "vcr": "VCR", "nlvr2": "NLVR2", "snli-ve": "SNLI-VE", "refcoco+": "RefCOCO+",
+    "flickr30k-ir": "F30k IR R@1", "flickr30k-tr": "F30k TR R@1", "pretrain": "pre-training",
+}
+MISSING = "—"
+
+
+def task_name(task: str) -> str:
+    return TASK_NAMES.get(task, task)
+
+
+def ordered_tasks(tasks: Iterable[str]) -> list[str]:
+    """The study's order first, other names after it, alphabetically."""
+    tasks = set(tasks)
+    return [t for t in TASK_ORDER if t in tasks] + sorted(tasks - set(TASK_ORDER))
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def sparsity_text(s: float) -> str:
+    """``70%`` for the study's 10% steps, ``27.1%`` for others (e.g. the geometric schedule)."""
+    pct = 100 * s
+    return f"{pct:.0f}%" if abs(pct - round(pct)) < 0.05 else f"{pct:.1f}%"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    def cell(v) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(["" if v is None else v for v in row])
+    return buf.getvalue()
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomic write (temporary file, fsync, rename), parents made; returns the path."""
+    path = Path(path)
+    atomic_write_text(path, text)
+    return path
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 130) -> Path:
+    """Render a matplotlib ``Figure`` to PNG with the Agg canvas (no display, no pyplot state) and
+    write it atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    path = Path(path)
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    return path
