@@ -34,7 +34,7 @@ from .common import MISSING, STUDY_TASKS, csv_text, is_number, markdown_table, o
     task_name, write_text
 
 SPARSITY_DECIMALS = 3
-EXACT = 1e-6  # |Δ sparsity| below which two records were pruned to exactly the same sparsity
+EXACT = 1e-9  # |Δ sparsity| below which two records were pruned to exactly the same sparsity (JSON round trips)
 
 # rows of the lottery runs (by method) and of branches, with the names the tables use
 ROW_NAMES = {
@@ -378,7 +378,13 @@ def table2(records: Iterable[Union[Mapping, Record]], tasks: Optional[Sequence[s
     records = normalise(records)
     picked = [r for r in records if r.row == row and (source_task is None or r.source_task == source_task)
               and r.training == "standard" and r.rewind_step == 0]
-    tasks = _tasks(picked, tasks) if tasks is not None or picked else []
+    title = "Table 2 — the universal ticket (pre-training mask) on every task"
+    description = ("The mask IMP found on pre-training, fine-tuned on each task at each sparsity (0% = the dense "
+                   "model), and the average relative drop from dense in percent.")
+    if not picked:
+        return Table("table2", title, [], [], description=description,
+                     notes=[f"No {row!r} records" + (f" with source_task {source_task!r}." if source_task else ".")])
+    tasks = _tasks(picked, tasks)
     keys = sorted({r.key for r in picked if r.key > 0})
     used: list[Record] = []
     dense: dict[str, Cell] = {}
@@ -405,10 +411,8 @@ def table2(records: Iterable[Union[Mapping, Record]], tasks: Optional[Sequence[s
             mean, n = average_drop(d, v, subset)
             avg.append(Cell(mean, n=n, note="" if n == len(subset) or mean is None else f"({n}/{len(subset)} tasks)"))
         rows.append((sparsity_text(k), [cells[t] for t in tasks] + avg))
-    return Table("table2", "Table 2 — the universal ticket (pre-training mask) on every task", columns, header, rows,
-                 row_keys=[0.0, *keys], corner="sparsity",
-                 description="The mask IMP found on pre-training, fine-tuned on each task at each sparsity (0% = the "
-                             "dense model), and the average relative drop from dense in percent.",
+    return Table("table2", title, columns, header, rows, row_keys=[0.0, *keys], corner="sparsity",
+                 description=description,
                  records_used=sum(1 for r in used if r.ok), notes=_failed_note(used))
 
 
