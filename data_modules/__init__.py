@@ -25,6 +25,7 @@ _EXPORTS = {
     "SnliVeDataModule": "snli_ve",
     "RefcocoDataModule": "refcoco",
     "Flickr30kDataModule": "flickr30k",
+    "PretrainDataModule": "pretrain",
 }
 __all__ = sorted(_EXPORTS)
 

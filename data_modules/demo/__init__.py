@@ -2,9 +2,11 @@
 
     python -m data_modules.demo --out data/demo        (or: lightning-vl demo --out data/demo)
 
-writes ``features.h5`` (the project's region-feature store), ``tokenizer/vocab.txt``,
-``nlvr2/{train,dev,test}.json`` in NLVR2's public schema, ``manifest.json`` (seed, sizes, label
-balance per template) and, last, ``.complete``. Deterministic by seed; takes seconds.
+writes ``features.h5`` (the project's region-feature store), ``tokenizer/vocab.txt``, every
+task's files in its public schema (``nlvr2/{train,dev,test}.json``, ...), the pre-training corpus
+(``pretrain/captions_{train,val}.jsonl`` + its own store ``pretrain/features.h5`` with soft
+labels, ``data_modules.demo.pretrain``), ``manifest.json`` (seed, sizes, label balance per
+template) and, last, ``.complete``. Deterministic by seed; takes seconds.
 """
 from __future__ import annotations
 
@@ -24,12 +26,13 @@ from .world import FeatureRenderer, WorldConfig
 
 # task name -> generator module in this package (each exposes DEFAULT_SIZES and generate())
 TASK_MODULES = {"nlvr2": "nlvr2", "vqa": "vqa", "gqa": "gqa", "vcr": "vcr", "snli-ve": "snli_ve",
-                "refcoco+": "refcoco", "flickr30k": "flickr30k"}
+                "refcoco+": "refcoco", "flickr30k": "flickr30k", "pretrain": "pretrain"}
 TASKS = tuple(TASK_MODULES)
 # model task (lightning_vl.tasks.TASKS) -> the generator above that writes its demo files
 # (configs/demo/<task>.yaml reads them); both Flickr30k retrieval directions share one split file.
 DEMO_TASKS = {"vqa": "vqa", "gqa": "gqa", "vcr": "vcr", "nlvr2": "nlvr2", "snli-ve": "snli-ve",
-              "refcoco+": "refcoco+", "flickr30k-ir": "flickr30k", "flickr30k-tr": "flickr30k"}
+              "refcoco+": "refcoco+", "flickr30k-ir": "flickr30k", "flickr30k-tr": "flickr30k",
+              "pretrain": "pretrain"}
 SPLITS = ("train", "dev", "test")
 
 
@@ -92,6 +95,9 @@ def generate_demo(
     nlvr2_templates: tuple[str, ...] = tuple(nlvr2_demo.TEMPLATES),
     scale: float = 1.0,
     vocab_size: Optional[int] = None,
+    pretrain_scenes: Optional[int] = None,
+    pretrain_val: Optional[int] = None,
+    caption_style: str = "dense",
 ) -> dict[str, str]:
     """Write the demo world into ``out_dir``; returns ``{name: path}`` of what was written
     (``<task>_<file>``, e.g. ``nlvr2_train``, plus ``features``, ``tokenizer``, ``manifest``).
@@ -107,9 +113,22 @@ def generate_demo(
     give the demo model's ``model.uniter.vocab_size``, so that ids past the tokenizer (VCR's object
     tokens) are the rows the model appends for them; None = the real tokens only. A vocabulary
     whose real tokens are more than ``vocab_size`` is an error naming both numbers.
+    Pre-training corpus (the ``pretrain`` part, in ``tasks`` by default): ``pretrain_scenes``
+    captioned training scenes and ``pretrain_val`` validation scenes (default 20,000 and 1,000
+    times ``scale``, or ``n_train`` / ``n_dev`` when those are given; ``pretrain_scenes=0`` writes
+    none), captions in ``caption_style`` (``dense`` or ``counting``, see ``data_modules.demo.pretrain``).
     """
     for task in tasks:
         task_module(task)
+    from .pretrain import CAPTION_STYLES
+
+    if caption_style not in CAPTION_STYLES:
+        raise ValueError(f"caption_style {caption_style!r}: expected one of {', '.join(CAPTION_STYLES)}")
+    for name, n in (("pretrain_scenes", pretrain_scenes), ("pretrain_val", pretrain_val)):
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ValueError(f"{name} must be a non-negative int or None, got {n!r}")
+    if pretrain_scenes == 0:
+        tasks = tuple(t for t in tasks if t != "pretrain")
     given = {"train": n_train, "dev": n_dev, "test": n_test}
     if feat_dim <= 0 or scale <= 0 or any(n is not None and n < 0 for n in given.values()):
         raise ValueError(f"need feat_dim > 0, scale > 0 and non-negative sizes, got feat_dim={feat_dim}, "
@@ -125,12 +144,14 @@ def generate_demo(
                       "feat_dim": feat_dim, "world": vars(world), "tasks": {}}
     paths: dict[str, str] = {}
     texts: list[str] = []
-    options = {"nlvr2": {"templates": tuple(nlvr2_templates)}}
+    options = {"nlvr2": {"templates": tuple(nlvr2_templates)}, "pretrain": {"caption_style": caption_style}}
+    fixed = {"pretrain": {"train": pretrain_scenes, "dev": pretrain_val}}  # a part's own size options
     with RegionFeatureWriter(out / "features.h5", feat_dim) as writer:
         for task in tasks:
             module = task_module(task)
             sizes = {split: (given[split] if given[split] is not None else max(1, round(n * scale)))
                      for split, n in module.DEFAULT_SIZES.items()}
+            sizes.update({split: n for split, n in fixed.get(task, {}).items() if n is not None})
             ctx = DemoContext(seed, world, renderer,
                               scene_rng=np.random.default_rng([seed, 1, _task_seed(task)]),
                               render_rng=np.random.default_rng([seed, 2, _task_seed(task)]),
@@ -157,8 +178,9 @@ def generate_demo(
 
 def argument_parser(prog: str = "python -m data_modules.demo",
                     description: str = "Generate the offline demo world.") -> argparse.ArgumentParser:
-    """The world's options; ``lightning-vl demo`` adds the demo model's on top."""
-    ap = argparse.ArgumentParser(prog=prog, description=description)
+    """The world's options; ``lightning-vl demo`` adds the demo model's on top (an option it
+    defines again replaces this one: same name, same meaning)."""
+    ap = argparse.ArgumentParser(prog=prog, description=description, conflict_handler="resolve")
     ap.add_argument("--out", default="data/demo", help="output folder (default data/demo)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--feat-dim", type=int, default=128, help="region feature dimension")
@@ -176,6 +198,13 @@ def argument_parser(prog: str = "python -m data_modules.demo",
                     help="0-1: how much images over-represent what statements mention (higher = harder)")
     ap.add_argument("--nlvr2-templates", nargs="+", default=list(nlvr2_demo.TEMPLATES),
                     choices=list(nlvr2_demo.TEMPLATES))
+    ap.add_argument("--pretrain-scenes", type=int, default=None,
+                    help="captioned scenes of the pre-training corpus (default 20,000 x --scale, or --n-train; 0: none)")
+    ap.add_argument("--pretrain-val", type=int, default=None,
+                    help="validation scenes of the pre-training corpus (default 1,000 x --scale, or --n-dev)")
+    ap.add_argument("--caption-style", default="dense", choices=("dense", "counting"),
+                    help="pre-training captions: every object with all attributes (dense), or counts and "
+                         "left/right relations (counting)")
     ap.add_argument("--vocab-size", type=int, default=None,
                     help="pad the WordPiece vocabulary with [unused0], ... to exactly this many tokens: the demo "
                          "model's model.uniter.vocab_size (default: no padding)")
@@ -197,7 +226,10 @@ def generate_from_args(args: argparse.Namespace, mark_complete: bool = True) -> 
                          tasks=tuple(args.tasks), scale=args.scale, num_colors=args.num_colors,
                          num_shapes=args.num_shapes, min_objects=args.min_objects, max_objects=args.max_objects,
                          noise=args.noise, focus=args.focus, nlvr2_templates=tuple(args.nlvr2_templates),
-                         vocab_size=getattr(args, "vocab_size", None), mark_complete=mark_complete)
+                         vocab_size=getattr(args, "vocab_size", None), mark_complete=mark_complete,
+                         pretrain_scenes=getattr(args, "pretrain_scenes", None),
+                         pretrain_val=getattr(args, "pretrain_val", None),
+                         caption_style=getattr(args, "caption_style", "dense"))
 
 
 def main(argv: list[str] | None = None) -> dict[str, str]:

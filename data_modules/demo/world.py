@@ -180,9 +180,17 @@ class FeatureRenderer:
         """``(features (n, D) float32, boxes (n, 4) pixel x1y1x2y2)`` for objects and clutter,
         shuffled; ``shuffle=False`` keeps the objects first, in scene order (as VCR's ground-truth
         boxes come in the order of the annotation's ``objects``), then the clutter."""
+        feats, boxes, _ = self.render_regions(scene, rng, shuffle)
+        return feats, boxes
+
+    def render_regions(self, scene: Scene, rng: np.random.Generator,
+                       shuffle: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``render`` plus what each region shows: ``source`` (n,) int, the index of its object in
+        ``scene.objects`` or -1 for clutter (the same random draws as ``render``)."""
         feats = [self.object_feature(o) for o in scene.objects]
         feats += [self.background * float(rng.uniform(0.5, 1.5)) for _ in scene.clutter]
         boxes = [o.box for o in scene.objects] + list(scene.clutter)
         feats = np.asarray(feats) + rng.standard_normal((len(feats), self.feat_dim)) * self.noise
         order = rng.permutation(len(feats)) if shuffle else np.arange(len(feats))
-        return feats[order].astype(np.float32), np.asarray(boxes, dtype=np.float32)[order]
+        source = np.concatenate([np.arange(len(scene.objects)), np.full(len(scene.clutter), -1)]).astype(np.int64)
+        return feats[order].astype(np.float32), np.asarray(boxes, dtype=np.float32)[order], source[order]
