@@ -6,6 +6,7 @@ import csv
 import io
 import math
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -29,6 +30,11 @@ def ordered_tasks(tasks: Iterable[str]) -> list[str]:
     """The study's order first, other names after it, alphabetically."""
     tasks = set(tasks)
     return [t for t in TASK_ORDER if t in tasks] + sorted(tasks - set(TASK_ORDER))
+
+
+def slug(name: str) -> str:
+    """A file-name-safe version of a task name (``refcoco+`` → ``refcocoplus``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name.replace("+", "plus")).strip("-") or "x"
 
 
 def is_number(value) -> bool:

@@ -67,8 +67,8 @@ def _draw_accuracy(ax, records, task: str, fraction: float = 0.99, legend: bool 
     ax.grid(True, alpha=0.3)
     if drawn == 0:
         ax.text(0.5, 0.5, "no records", ha="center", va="center", transform=ax.transAxes, color="#888888")
-    elif legend:
-        ax.legend(fontsize=7, loc="lower left")
+    elif legend:  # beside the axes, never over the curves
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
     return drawn
 
 
@@ -76,7 +76,7 @@ def accuracy_figure(records, task: str, path: Union[str, os.PathLike], fraction:
     """Accuracy vs sparsity of one task: every lottery/control row present (rewind step 0;
     adversarial runs dashed), mean ± std over runs, and the 99%-of-dense line."""
     records = normalise(records)
-    fig = _figure(6.4, 4.4)
+    fig = _figure(6.0, 4.2)
     ax = fig.add_subplot()
     _draw_accuracy(ax, records, task, fraction)
     return save_figure(fig, path)
@@ -125,7 +125,7 @@ def rewind_figure(records, task: str, path: Union[str, os.PathLike], row: str = 
         y = np.array([p.mean for p in pts])
         s = np.array([p.std for p in pts])
         colour = cmap(i / max(1, len(steps) - 1) * 0.9)
-        ax.plot(x, y, marker="o", markersize=4, color=colour, label=f"rewind to step {step}" if step else "θ_0 (step 0)")
+        ax.plot(x, y, marker="o", markersize=4, color=colour, label=f"rewound to step {step}" if step else "θ0 (no rewinding)")
         if any(p.n >= 2 for p in pts):
             ax.fill_between(x, y - s, y + s, color=colour, alpha=0.18, linewidth=0)
     dense = dense_cell(records, task)
@@ -138,7 +138,7 @@ def rewind_figure(records, task: str, path: Union[str, os.PathLike], row: str = 
     ax.set_ylabel(f"{monitor or 'metric'} (%)")
     ax.grid(True, alpha=0.3)
     if steps:
-        ax.legend(fontsize=8, loc="lower left")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
     return save_figure(fig, path)
 
 
@@ -146,10 +146,12 @@ def matrix_heatmap(values: np.ndarray, row_labels: Sequence[str], col_labels: Se
                    path: Union[str, os.PathLike], title: str = "", vmin: Optional[float] = None,
                    vmax: Optional[float] = None, colorbar_label: str = "", fmt: str = "{:.2f}",
                    annotations: Optional[Sequence[Sequence[str]]] = None, cmap: str = "viridis",
-                   marks: Optional[Mapping[str, float]] = None, xlabel: str = "", ylabel: str = "") -> Path:
+                   marks: Optional[Mapping[str, float]] = None, xlabel: str = "", ylabel: str = "",
+                   center: Optional[float] = None) -> Path:
     """An annotated heat map; NaN cells are blank and marked ``—``; ``marks`` draws named levels
-    (e.g. the chance IoU) on the colour bar."""
+    (e.g. the chance IoU) on the colour bar; ``center`` pins a diverging map's middle colour."""
     from matplotlib import colormaps
+    from matplotlib.colors import Normalize, TwoSlopeNorm
 
     values = np.asarray(values, dtype=float)
     nr, nc = values.shape
@@ -161,7 +163,9 @@ def matrix_heatmap(values: np.ndarray, row_labels: Sequence[str], col_labels: Se
     hi = vmax if vmax is not None else (float(np.nanmax(values)) if np.isfinite(values).any() else 1.0)
     if hi <= lo:
         hi = lo + 1e-9
-    image = ax.imshow(masked, cmap=colours, vmin=lo, vmax=hi, aspect="auto")
+    norm = TwoSlopeNorm(vcenter=center, vmin=lo, vmax=hi) if center is not None and lo < center < hi \
+        else Normalize(vmin=lo, vmax=hi)
+    image = ax.imshow(masked, cmap=colours, norm=norm, aspect="auto")
     ax.set_xticks(range(nc), labels=list(col_labels), rotation=40, ha="right", rotation_mode="anchor", fontsize=8)
     ax.set_yticks(range(nr), labels=list(row_labels), fontsize=8)
     for i in range(nr):
@@ -169,7 +173,7 @@ def matrix_heatmap(values: np.ndarray, row_labels: Sequence[str], col_labels: Se
             v = values[i, j]
             text = annotations[i][j] if annotations is not None else ("—" if not math.isfinite(v) else fmt.format(v))
             if math.isfinite(v):
-                r, g, b, _ = colours((v - lo) / (hi - lo))
+                r, g, b, _ = colours(float(norm(v)))
                 dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
             else:
                 dark = False
@@ -211,7 +215,7 @@ def transfer_heatmap(table: Table, path: Union[str, os.PathLike]) -> Path:
     return matrix_heatmap(relative, [label for label, _ in table.rows], table.header, path,
                           title=f"{table.title}\ncolour: % of the target's own ticket; text: metric (%)", vmin=lo,
                           vmax=hi, colorbar_label="% of the target's own IMP ticket", annotations=annotations,
-                          cmap="RdYlGn", xlabel="target task", ylabel="source of the mask")
+                          cmap="RdYlGn", xlabel="target task", ylabel="source of the mask", center=100.0)
 
 
 __all__ = ["CURVE_ROWS", "accuracy_figure", "accuracy_grid", "matrix_heatmap", "rewind_figure", "transfer_heatmap"]

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-from .common import MISSING, STUDY_TASKS, csv_text, is_number, markdown_table, ordered_tasks, sparsity_text, \
+from .common import MISSING, STUDY_TASKS, csv_text, is_number, markdown_table, ordered_tasks, slug, sparsity_text, \
     task_name, write_text
 
 SPARSITY_DECIMALS = 3
@@ -440,7 +440,7 @@ def table3(records: Iterable[Union[Mapping, Record]], tasks: Optional[Sequence[s
             rows.append((f"{sparsity_text(k)} {short}", cells))
             row_keys.append((k, training))
     notes = [] if keys else [f"No adversarially fine-tuned {row!r} records."]
-    return Table("table3", f"Table 3 — standard vs adversarial fine-tuning ({ROW_NAMES.get(row, row)})", list(tasks),
+    return Table("table3", f"Table 3 — standard vs adversarial fine-tuning: {ROW_NAMES.get(row, row)}", list(tasks),
                  [task_name(t) for t in tasks], rows, row_keys=row_keys, corner="sparsity",
                  description="The same tickets fine-tuned with standard training (Std.) and adversarial training (Adv.).",
                  records_used=sum(1 for r in used if r.ok), notes=notes + _failed_note(used))
@@ -508,7 +508,7 @@ def rewind_table(records: Iterable[Union[Mapping, Record]], task: str, row: str 
             cells.append(aggregate(_values(recs)))
         rows.append((sparsity_text(k), cells))
     monitor = _monitor(records, task)
-    return Table(f"rewind_{task}", f"Rewinding — {task_name(task)}" + (f" ({monitor})" if monitor else ""),
+    return Table(f"rewind_{slug(task)}", f"Rewinding — {task_name(task)}" + (f" ({monitor})" if monitor else ""),
                  [str(s) for s in steps], [f"rewind {s}" for s in steps], rows, row_keys=keys, corner="sparsity",
                  description=f"{task_name(task)}: {ROW_NAMES.get(row, row)} with the weights rewound to θ_i, i = the "
                              "column's step (0 = θ_0).",
