@@ -67,8 +67,11 @@ def task_config_path(task: str, config: Optional[str | Path] = None) -> Path:
 
 
 def _paths(value) -> list[str]:
+    """The file paths of a config value: a path, a list of paths, or of ``{path: ...}`` entries
+    (the pre-training module's caption files)."""
     values = value if isinstance(value, list) else [value]
-    return [v for v in values if isinstance(v, str) and "/" in v and Path(v).suffix]
+    values = [v.get("path") if isinstance(v, dict) else v for v in values]
+    return list(dict.fromkeys(v for v in values if isinstance(v, str) and "/" in v and Path(v).suffix))
 
 
 def _build_vqa_ans2label(init: dict, min_count: int) -> tuple[Path, str]:

@@ -94,7 +94,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from .base import VLDataModule
 from .batching import collate_rows
 from .features import RegionFeatureStore
-from .image_keys import ImageKeyPattern, key_pattern
+from .image_keys import key_pattern
 from .jsonl import read_json, read_json_lines
 from .tokenization import encode_uniter_batch
 

@@ -19,8 +19,7 @@ from data_modules.demo.pretrain import (ATTRIBUTES, Clause, attribute_values, ca
                                         class_index, class_names, counting_clauses, dense_clauses, hard_negatives)
 from data_modules.demo.world import MATERIALS, SIZES, ObjectSpec, Scene, SceneObject, WorldConfig
 from data_modules.features import MissingImageError, RegionFeatureStore, RegionFeatureWriter
-from data_modules.pretrain import (IGNORE, ObjectiveSchedule, PretrainDataModule, PretrainStream, mask_regions,
-                                   mask_tokens, ordinary_token_ids)
+from data_modules.pretrain import IGNORE, ObjectiveSchedule, PretrainDataModule, mask_regions, mask_tokens
 
 MIX = {"mlm": 2, "itm": 2, "mrfr": 1, "mrckl": 1}
 
@@ -645,3 +644,27 @@ def test_validation_batches_are_split_across_ranks_by_lightnings_sampler(dm):
         shards.append([(b["objective"], tuple(b["ids"])) for b in _update_dataloader(loader, sampler)])
     assert set(shards[0]) | set(shards[1]) == set(everything) and len(shards[0]) == len(shards[1])
     assert all(len(ids) == len(set(ids)) for _, ids in shards[0])
+
+
+def test_lightning_vl_data_links_and_checks_the_caption_files(demo, tmp_path, monkeypatch):
+    """``lightning-vl data --task pretrain``: file entries given as {path: ...} are linked and read too."""
+    import shutil
+
+    import yaml
+
+    from data_modules.prepare import prepare_task
+
+    src = tmp_path / "downloads"
+    src.mkdir()
+    for name in ("pretrain_train", "pretrain_val"):
+        shutil.copy(demo[name], src)
+    config = tmp_path / "pretrain.yaml"
+    config.write_text(yaml.safe_dump({"model": {"task": "pretrain"}, "data": {
+        "class_path": "data_modules.pretrain.PretrainDataModule",
+        "init_args": {"train_files": [{"path": "data/pretrain/captions_train.jsonl", "format": "jsonl"}],
+                      "val_files": ["data/pretrain/captions_val.jsonl"], "features": demo["pretrain_features"],
+                      "tokenizer": demo["tokenizer"], "img_dim": 16}}}))
+    monkeypatch.chdir(tmp_path)
+    report = prepare_task("pretrain", src, config)
+    assert sorted(report["linked"]) == ["data/pretrain/captions_train.jsonl", "data/pretrain/captions_val.jsonl"]
+    assert report["checks"] == {"train": {"examples": 160}, "val": {"examples": 24}}
