@@ -69,7 +69,8 @@ override the module's options for one file). ``format``: ``auto`` (told by conte
 (``{"images": [{"id", "file_name"}], "annotations": [{"image_id", "id", "caption"}]}``),
 ``karpathy`` (``{"images": [{"filename", "imgid", "cocoid"?, "split", "sentences": [{"raw",
 "sentid"}]}]}``; ``train_split`` / ``val_split`` pick its images, a name or a list such as
-``[train, restval]``; without ``val_files`` the val split is read from the train files) or
+``[train, restval]``, for the Karpathy files among them; a file's own ``split`` on another format
+is an error; without ``val_files``, ``val_split`` reads the Karpathy train files again) or
 ``jsonl`` (``{"image_id", "caption", "negatives"?: [...], "id"?}`` per line). Any caption record
 may carry ``negatives``. ``image_key`` maps a caption's image to its store key with the fields
 its format has: ``{image_id}`` (all; Karpathy: ``cocoid``, else ``imgid``), ``{file_name}`` /
@@ -82,6 +83,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -136,6 +138,8 @@ class CaptionFile:
     format: str = "auto"
     image_key: str = "{image_id}"
     split: Optional[tuple[str, ...]] = None  # Karpathy splits to read (None: all)
+    split_given: bool = False  # the file's own split (an error on other formats), not the module's default
+    karpathy_only: bool = False  # val_split over the train files: their Karpathy files only
 
 
 @dataclass(frozen=True)
@@ -178,7 +182,8 @@ def caption_files(files, option: str, fmt: str, image_key: str, split) -> list[C
             raise ValueError(f"{where}: format {f!r}, expected one of {', '.join(FORMATS)}")
         pattern = entry.get("image_key", image_key)
         key_pattern(pattern, IMAGE_KEY_FIELDS, f"{where} image_key")  # a bad pattern fails at start-up
-        out.append(CaptionFile(str(entry["path"]), f, pattern, _splits(entry.get("split", split), where)))
+        out.append(CaptionFile(str(entry["path"]), f, pattern, _splits(entry.get("split", split), where),
+                               split_given="split" in entry))
     return out
 
 
@@ -329,13 +334,15 @@ def read_jsonl_captions(path) -> list[RawCaption]:
 def read_caption_file(entry: CaptionFile) -> tuple[str, list[RawCaption]]:
     """``(format, captions)`` of one file; an empty file (or split) is an error naming it."""
     fmt, doc = (entry.format, None) if entry.format != "auto" else detect_format(entry.path)
-    if entry.split is not None and fmt != "karpathy":
+    if entry.karpathy_only and fmt != "karpathy":
+        return fmt, []  # a train file without splits has no validation part
+    if entry.split is not None and fmt != "karpathy" and entry.split_given:
         raise ValueError(f"{entry.path}: a split ({', '.join(entry.split)}) is given, but splits select images of "
                          f"Karpathy files and this is read as {fmt}; drop the split for it")
     if fmt == "coco":
         captions = read_coco(entry.path, doc)
     elif fmt == "karpathy":
-        captions = read_karpathy_captions(entry.path, doc, entry.split)
+        captions = read_karpathy_captions(entry.path, doc, entry.split)  # the module's splits apply here only
     else:
         captions = read_jsonl_captions(entry.path)
     if not captions:
@@ -426,6 +433,9 @@ def build_caption_set(files: list[CaptionFile], tokenizer, max_txt_len: int, sto
             negatives.append(cap.negatives)
             where.append(cap.where)
     source = " + ".join(f.path for f in files) + f" ({split})"
+    if not ids:  # only val_split over train files without a Karpathy file can get here
+        raise ValueError(f"{source}: no {split} captions: val_split picks images of Karpathy files, and none of these "
+                         "is one; give val_files")
     if store is not None:
         store.require(zip(keys, where), source)
     del seen, where
@@ -771,7 +781,7 @@ class PretrainDataModule(VLDataModule):
 
     Args:
         train_files / val_files: caption files (paths or ``{path, format, image_key, split}``);
-            without ``val_files``, ``val_split`` reads validation captions from the train files.
+            without ``val_files``, ``val_split`` reads validation captions from the Karpathy train files.
         format: ``auto``, ``coco``, ``karpathy`` or ``jsonl``, for files that do not say.
         train_split / val_split: the Karpathy splits to read (a name or a list).
         image_key: a caption's store key from its format's fields (default ``{image_id}``).
@@ -834,8 +844,8 @@ class PretrainDataModule(VLDataModule):
         if val_files is not None:
             self.val_entries = caption_files(val_files, "val_files", format, image_key, val_split)
         elif val_split is not None:
-            self.val_entries = [CaptionFile(e.path, e.format, e.image_key, _splits(val_split, "val_split"))
-                                for e in self.train_entries]
+            self.val_entries = [CaptionFile(e.path, e.format, e.image_key, _splits(val_split, "val_split"),
+                                            karpathy_only=True) for e in self.train_entries]
         else:
             self.val_entries = None
         self.train_files, self.val_files, self.format = train_files, val_files, format
@@ -929,6 +939,9 @@ class PretrainDataModule(VLDataModule):
                             world_size=int(trainer.world_size), max_steps=int(trainer.max_steps),
                             global_step=int(trainer.global_step))
         stream = self.train_stream(**settings)
+        # Lightning warns that a sized IterableDataset may repeat data across workers: ours gives each
+        # worker its own micro-batches (PretrainStream.__iter__), so the length is exact.
+        warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
         return DataLoader(stream, batch_size=None, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory)
 

@@ -413,6 +413,12 @@ def test_each_caption_format_is_read(tmp_path, small_store, demo):
     kp.setup("fit")
     assert kp.datasets["train"].ids == ["0", "1", "2"] and kp.datasets["train"].images == ["1", "2"]
     assert kp.datasets["val"].ids == ["3"] and kp.datasets["val"].images == ["3"]
+    # the module's splits pick the Karpathy file's images; other formats give all their captions
+    mixed = PretrainDataModule(train_files=[karpathy, jsonl], train_split=["train", "restval"], val_split="val",
+                               **{**common, "objectives": {"mlm": 1}})
+    mixed.setup("fit")
+    assert mixed.datasets["train"].ids == ["dataset_coco:0", "dataset_coco:1", "dataset_coco:2", "vg:r1", "vg:line2"]
+    assert mixed.datasets["val"].ids == ["dataset_coco:3"]  # not the VG captions again
     # several files in a split: ids carry the file's stem
     both = PretrainDataModule(train_files=[coco, jsonl], **common)
     both.setup("fit")
@@ -453,7 +459,9 @@ def test_option_and_store_errors_name_what_is_wrong(tmp_path, small_store, demo)
     with pytest.raises(ValueError, match=r"no image has split 'test'; the file's splits are \['restval', 'train', 'val'\]"):
         PretrainDataModule(train_files=[karpathy], train_split="test", **common).setup("fit")
     with pytest.raises(ValueError, match="splits select images of Karpathy files and this is read as coco"):
-        PretrainDataModule(train_files=[coco], train_split="train", **common).setup("fit")
+        PretrainDataModule(train_files=[{"path": coco, "split": "train"}], **common).setup("fit")
+    with pytest.raises(ValueError, match=r"no val captions: val_split picks images of Karpathy files"):
+        PretrainDataModule(train_files=[coco], val_split="val", **common).setup("fit")
     with pytest.raises(MissingImageError, match=r"store\.h5: 1 images used by .*c2\.json \(train\) are not in the "
                                                 r"region-feature store: '9' \(.*annotations\[0\] \(id 1\)\)"):
         bad = write(tmp_path / "c2.json", {"annotations": [{"image_id": 9, "id": 1, "caption": "A cube."}]})
