@@ -15,15 +15,17 @@ INIT ?=
 ARGS ?=
 DEMO_DIR ?= data/demo
 RUNS ?= runs
+TEXT_PRETRAIN_STEPS ?= 1000
+PRETRAIN_STEPS ?= 1500
 
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-TASKS := vqa gqa vcr nlvr2 snli-ve refcoco+ flickr30k-ir flickr30k-tr
+TASKS := vqa gqa vcr nlvr2 snli-ve refcoco+ flickr30k-ir flickr30k-tr pretrain
 
-.PHONY: install demo prune branch finetune features data test bench clean help check-task
+.PHONY: install demo pretrain prune branch finetune features data test bench clean help check-task
 
 help:
 	@echo "make prune TASK=<task> [PRUNE=imp|omp|lamp|snip|random|random-layerwise] [SPARSITY=0.7] [SCHEDULE=linear|geometric] [REWIND=0] [INIT=ckpt]"
@@ -31,7 +33,7 @@ help:
 	@echo "make finetune TASK=<task> [MASK=round_NN/mask.pt] [INIT=ckpt]"
 	@echo "make features SRC=<path...> FORMAT=tsv|butd-h5|img-db|npz OUT=<store.h5>"
 	@echo "make data TASK=<task> SRC=<folder with the public annotation files>"
-	@echo "make test | make bench | make demo | make clean"
+	@echo "make pretrain (the demo's θ'_0 and θ_0) | make test | make bench | make demo | make clean"
 	@echo "tasks: $(TASKS)"
 
 check-task:
@@ -50,23 +52,47 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(DEMO_DIR)/.complete
 
 # regenerated when the code or model size that makes it changes
-$(DEMO_DIR)/.complete: $(STAMP) $(wildcard data_modules/demo/*.py) lightning_vl/pretraining.py configs/model/uniter-tiny.yaml
+$(DEMO_DIR)/.complete: $(STAMP) $(wildcard data_modules/demo/*.py) configs/model/uniter-tiny.yaml
 	$(BIN)/lightning-vl demo --out $(DEMO_DIR)
 
-prune: check-task demo
+# the demo's models, pre-trained on the demo world as UNITER is: first the text-only θ'_0 (MLM on
+# the captions alone, a HuggingFace BERT folder), then θ_0 from it with UNITER's objectives
+DEMO_BERT := $(DEMO_DIR)/bert-tiny/model.safetensors
+DEMO_MODEL := $(DEMO_DIR)/uniter-tiny.pt
+PRETRAIN := $(BIN)/lightning-vl fit --config configs/task/pretrain.yaml --config configs/model/uniter-tiny.yaml \
+  --config configs/demo.yaml --config configs/demo/pretrain.yaml --trainer.enable_checkpointing false \
+  --trainer.logger CSVLogger --trainer.logger.save_dir $(DEMO_DIR)/pretraining --trainer.callbacks+=lightning_vl.export.ExportWeights
+
+pretrain: $(DEMO_MODEL)
+
+PRETRAIN_CODE := lightning_vl/pretraining.py lightning_vl/optimal_transport.py data_modules/pretrain.py \
+  configs/task/pretrain.yaml configs/demo/pretrain.yaml
+
+$(DEMO_BERT): $(DEMO_DIR)/.complete $(PRETRAIN_CODE) configs/demo/pretrain-text.yaml
+	$(PRETRAIN) --config configs/demo/pretrain-text.yaml --trainer.callbacks.path $(DEMO_DIR)/bert-tiny \
+	  --trainer.callbacks.layout bert --model.init null --trainer.logger.name text \
+	  --trainer.max_steps $(TEXT_PRETRAIN_STEPS) --trainer.val_check_interval $(TEXT_PRETRAIN_STEPS) $(ARGS)
+
+$(DEMO_MODEL): $(DEMO_BERT)
+	$(PRETRAIN) --trainer.callbacks.path $(DEMO_MODEL) --trainer.callbacks.layout uniter \
+	  --model.init $(DEMO_DIR)/bert-tiny --trainer.logger.name uniter \
+	  --trainer.max_steps $(PRETRAIN_STEPS) --trainer.val_check_interval $(PRETRAIN_STEPS) \
+	  --model.warmup_steps $$(( $(PRETRAIN_STEPS) / 10 )) $(ARGS)
+
+prune: check-task pretrain
 	$(BIN)/lightning-vl prune \
 	  --config configs/task/$(TASK).yaml --config configs/model/uniter-tiny.yaml --config configs/demo.yaml --config configs/demo/$(TASK).yaml \
 	  --imp.method $(PRUNE) --imp.target_sparsity $(SPARSITY) --imp.schedule $(SCHEDULE) \
 	  --imp.rewind_step $(REWIND) --imp.root $(RUNS) $(if $(INIT),--model.init $(INIT)) $(ARGS)
 
 # a branch of a trained round: the source run's settings (KIND=transfer: TO's files of the same stack)
-branch: demo
+branch: pretrain
 	@test -n "$(FROM)" -a -n "$(KIND)" || { echo "usage: make branch FROM=runs/<task>/<run>/round_NN KIND=random|shuffle|reinit|transfer [TO=<task>] [INIT=<init>|none]"; exit 2; }
 	$(BIN)/lightning-vl branch --from $(FROM) --kind $(KIND) $(if $(TO),--task $(TO)) \
 	  $(if $(INIT),--model.init $(if $(filter none,$(INIT)),null,$(INIT))) \
 	  $(if $(STRATEGY),--branch.strategy $(STRATEGY)) $(if $(SEED),--branch.seed $(SEED)) $(ARGS)
 
-finetune: check-task demo
+finetune: check-task pretrain
 	$(BIN)/lightning-vl fit \
 	  --config configs/task/$(TASK).yaml --config configs/model/uniter-tiny.yaml --config configs/demo.yaml --config configs/demo/$(TASK).yaml \
 	  $(if $(INIT),--model.init $(INIT)) $(if $(MASK),--model.mask $(MASK)) $(ARGS)

@@ -10,6 +10,9 @@
     lightning-vl demo   --out data/demo
     lightning-vl data   --task vqa --src ~/downloads/vqa
     lightning-vl check-store data/features/coco.h5      (scan a region-feature store for damage)
+    lightning-vl study  configs/study/table1-demo.yaml   (a grid of runs and branches; many workers may share it)
+    lightning-vl report --runs runs --out reports        (tables and figures of every run folder)
+    lightning-vl overlap vqa=runs/vqa/imp-…/round_07 nlvr2=runs/nlvr2/imp-…/round_07   (mask overlap)
 
 Every Trainer flag passes through (``--trainer.max_steps 500``, ``--trainer.strategy ddp``…).
 """
@@ -100,9 +103,10 @@ class VLCli(LightningCLI):
         config_yaml, config, defaults = self._resolved("prune")
         identity = results_identity(config, defaults)
         folder = RunFolder(Path(imp.root) / model.task_name / (imp.name or f"{imp.method}-{identity_hash(identity)}"))
-        LotteryRunner(imp, model, datamodule, self._round_trainer, folder, config_yaml=config_yaml,
-                      identity=identity, command=self._command("prune"), seed=self._seed("prune"),
-                      wandb_config=config).run()
+        results = LotteryRunner(imp, model, datamodule, self._round_trainer, folder, config_yaml=config_yaml,
+                                identity=identity, command=self._command("prune"), seed=self._seed("prune"),
+                                wandb_config=config).run()
+        self._report_outcome({"run_dir": str(folder.path), "results": results})
 
     def run_branch(self, model: VLModule, datamodule: LightningDataModule, branch: BranchConfig) -> None:
         """Fine-tune a variant of a trained round's ticket: random or shuffled mask, other init, other task."""
@@ -111,9 +115,21 @@ class VLCli(LightningCLI):
         config_yaml, config, defaults = self._resolved("branch")
         identity = results_identity(config, defaults, section="branch", keys=BRANCH_KEYS)
         kind = f"transfer-{model.task_name}" if branch.kind == "transfer" else branch.kind
-        BranchRunner(branch, model, datamodule, self._round_trainer, branch.name or f"{kind}-{identity_hash(identity)}",
-                     config_yaml=config_yaml, identity=identity, command=self._command("branch"),
-                     seed=self._seed("branch"), wandb_config=config).run()
+        runner = BranchRunner(branch, model, datamodule, self._round_trainer,
+                              branch.name or f"{kind}-{identity_hash(identity)}", config_yaml=config_yaml,
+                              identity=identity, command=self._command("branch"), seed=self._seed("branch"),
+                              wandb_config=config)
+        result = runner.run()
+        self._report_outcome({"run_dir": str(runner.folder.path), "result": result})
+
+    @staticmethod
+    def _report_outcome(outcome: dict) -> None:
+        """For ``lightning-vl study``: where the command's results are (``$LIGHTNING_VL_RESULT_FILE``)."""
+        from pytorch_lightning.utilities import rank_zero_only
+
+        target = os.environ.get("LIGHTNING_VL_RESULT_FILE")
+        if target and rank_zero_only.rank == 0:
+            Path(target).write_text(json.dumps(outcome, default=str))
 
     def _command(self, subcommand: str) -> dict:
         """How the run was started (``command.json``): the command line and its config files."""
@@ -219,30 +235,20 @@ def _swapped_configs(config: dict, task: str, run: Path) -> list[str]:
 
 
 def make_demo(argv: list[str]) -> Path:
-    """``lightning-vl demo``: the demo world plus a tiny UNITER pre-trained on it
-    (``lightning_vl.pretraining``), saved in UNITER's released checkpoint format so the demo's
-    ``init:`` walks the same path as ``uniter-base.pt``; ``--pretrain-steps 0`` saves the seeded
-    random initialisation instead. ``pretraining.json`` records the recipe and its final losses.
-    ``.complete`` is written last; the Makefile regenerates anything without it."""
-    import torch
-
+    """``lightning-vl demo``: the demo world — every task's files in its public schema, the
+    pre-training corpus and the region-feature stores — sized for the demo model of
+    ``--model-config`` (its ``img_dim`` sets the feature size, its ``vocab_size`` the vocabulary's).
+    The demo models are pre-trained on it afterwards (``make pretrain``). ``.complete`` is
+    written last; the Makefile regenerates a world without it."""
     from data_modules.demo import argument_parser, generate_from_args
 
-    from .uniter import UniterConfig, UniterModel
+    from .uniter import UniterConfig
 
-    ap = argument_parser("lightning-vl demo", "Generate the offline demo world and model.")
+    ap = argument_parser("lightning-vl demo", "Generate the offline demo world.")
     ap.add_argument("--model-config", default=str(ROOT / "configs" / "model" / "uniter-tiny.yaml"),
                     help="YAML with model.uniter sizes of the demo model (its img_dim sets --feat-dim, its "
                          "vocab_size --vocab-size; default: the project's configs/model/uniter-tiny.yaml)")
-    ap.add_argument("--pretrain-steps", type=int, default=1000, help="pre-training steps of the demo model (0: none)")
-    ap.add_argument("--pretrain-batch-size", type=int, default=64)
-    ap.add_argument("--pretrain-scenes", type=int, default=20000, help="captioned scenes to pre-train on")
-    ap.add_argument("--pretrain-lr", type=float, default=1e-3)
     args = ap.parse_args(argv)
-    if args.pretrain_steps < 0:
-        ap.error(f"--pretrain-steps must be >= 0, got {args.pretrain_steps}")
-    out = Path(args.out)
-    (out / ".complete").unlink(missing_ok=True)
     sizes = yaml.safe_load(Path(args.model_config).read_text())["model"]["uniter"]
     config = UniterConfig(**sizes)
     args.feat_dim = config.img_dim
@@ -250,45 +256,10 @@ def make_demo(argv: list[str]) -> Path:
         ap.error(f"--vocab-size {args.vocab_size} differs from the demo model's vocab_size {config.vocab_size} "
                  f"({args.model_config}); leave it out, the model's is used")
     args.vocab_size = config.vocab_size  # the demo vocabulary fills the model's word table exactly
-    paths = generate_from_args(args, mark_complete=False)
-    torch.manual_seed(args.seed)
-    if args.pretrain_steps:
-        state, record = pretrain_demo_model(config, args)
-        (out / "pretraining.json").write_text(json.dumps(record, indent=1) + "\n")
-        paths["pretraining"] = str(out / "pretraining.json")
-    else:
-        state = {f"uniter.{k}": v for k, v in UniterModel(config).state_dict().items()}
-    torch.save(state, out / "uniter-tiny.pt")
-    (out / ".complete").write_text(json.dumps({**paths, "model": str(out / "uniter-tiny.pt")}, indent=1))
-    print(f"demo world and model written to {out}")
+    generate_from_args(args)
+    out = Path(args.out)
+    print(f"demo world written to {out}")
     return out
-
-
-def pretrain_demo_model(config, args) -> tuple[dict, dict]:
-    """Pre-train the demo model on fresh scenes of the world ``args`` describes (same feature
-    prototypes as the task files); returns its state dict and a record for ``pretraining.json``."""
-    import pytorch_lightning as pl
-
-    from data_modules.demo import world_from_args
-    from data_modules.demo.pretraining import make_corpus
-    from data_modules.demo.world import FeatureRenderer
-    from data_modules.tokenization import load_tokenizer
-
-    from .pretraining import DemoPretraining, PretrainingBatches, pretrain
-
-    world = world_from_args(args)
-    renderer = FeatureRenderer(config.img_dim, args.seed, noise=world.noise)
-    corpus = make_corpus(args.pretrain_scenes, args.seed, world, renderer)
-    tokenizer = load_tokenizer(Path(args.out) / "tokenizer")
-    batches = PretrainingBatches(corpus, tokenizer, config.vocab_size, args.pretrain_batch_size,
-                                 args.pretrain_steps, seed=args.seed)
-    pl.seed_everything(args.seed, verbose=False)
-    model = DemoPretraining(config, num_attributes=len(corpus.attribute_names), max_count=world.max_objects,
-                            lr=args.pretrain_lr)
-    final = pretrain(model, batches)
-    record = {"steps": args.pretrain_steps, "batch_size": args.pretrain_batch_size, "scenes": args.pretrain_scenes,
-              "lr": args.pretrain_lr, "seed": args.seed, "objectives": ["mlm", "itm", "bow", "image"], "final": final}
-    return model.uniter_state_dict(), record
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -297,6 +268,27 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args[:1] == ["demo"]:
         make_demo(args[1:])
+        return
+    if args[:1] == ["study"]:
+        from .study.command import study_main
+
+        code = study_main(args[1:])
+        if code:
+            raise SystemExit(code)
+        return
+    if args[:1] == ["overlap"]:
+        from .analysis.overlap import main as overlap_main
+
+        code = overlap_main(args[1:], prog="lightning-vl overlap")
+        if code:
+            raise SystemExit(code)
+        return
+    if args[:1] == ["report"]:
+        from .study.command import report_main
+
+        code = report_main(args[1:])
+        if code:
+            raise SystemExit(code)
         return
     if args[:1] == ["check-store"]:
         from data_modules.check_store import main as check_store_main

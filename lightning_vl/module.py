@@ -17,12 +17,22 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 
+from .adversarial import AdversarialConfig, adversarial_loss
 from .checkpoints import TYPE_TABLE, WORD_TABLE, load_into, map_head_keys, read_init
 from .heads import init_head_weights
 from .tasks import get_task
 from .uniter import UniterConfig, UniterModel, encoder_linear_names
 
 NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight")  # UNITER's substring filter
+
+
+def _detached(outputs):
+    """Model outputs for the metrics: float tensors without graph (dict outputs item by item)."""
+    if isinstance(outputs, dict):
+        return {k: _detached(v) for k, v in outputs.items()}
+    if isinstance(outputs, torch.Tensor):
+        return outputs.detach().float() if outputs.is_floating_point() else outputs.detach()
+    return outputs
 
 
 def warmup_linear(step: int, warmup: int, total: int) -> float:
@@ -49,6 +59,7 @@ class VLModule(pl.LightningModule):
         mask: a mask file (a ticket) to fine-tune with; pruned weights are kept at zero.
         lr: peak learning rate. head_lr_mult: multiplier for the head's learning rate.
         warmup_steps: linear warm-up length in optimizer steps (then linear decay to the fit's end).
+        adversarial: VILLA's adversarial training (``lightning_vl.adversarial``); off by default.
     """
 
     def __init__(
@@ -66,10 +77,14 @@ class VLModule(pl.LightningModule):
         betas: tuple[float, float] = (0.9, 0.98),
         eps: float = 1e-6,
         warmup_steps: int = 800,
+        adversarial: AdversarialConfig = AdversarialConfig(),
     ):
         super().__init__()
         self.save_hyperparameters()
         self.spec = get_task(task)
+        if isinstance(adversarial, dict):
+            adversarial = AdversarialConfig(**adversarial)
+        self.adversarial = adversarial.resolved(task)
         head = head or self.spec.default_head
         if head not in self.spec.heads:
             raise ValueError(f"task {task!r} has heads {sorted(self.spec.heads)}, not {head!r}")
@@ -81,7 +96,8 @@ class VLModule(pl.LightningModule):
         self.head = self.spec.heads[head](uniter, len(self.labels) if self.labels else None)
         init_head_weights(self.head, uniter.initializer_range)
         # parameters fine-tuning never uses are frozen, so DDP needs no unused-parameter search
-        self.uniter.img_embeddings.mask_embedding.requires_grad_(False)  # only MRM masks regions
+        if not self.spec.trains_mask_embedding:
+            self.uniter.img_embeddings.mask_embedding.requires_grad_(False)  # only MRM masks regions
         if not self.head.uses_pooler:
             self.uniter.pooler.requires_grad_(False)
         self._type_rows = uniter.type_vocab_size + len(self.spec.type_rows_from)
@@ -89,6 +105,11 @@ class VLModule(pl.LightningModule):
         if init:
             self.load_initial_weights(init)
         self._extend_tables()
+        if hasattr(self.head, "tie_to"):  # pre-training heads share the word and image embeddings
+            self.head.tie_to(self.uniter)
+        core = {p.data_ptr() for p in self.uniter.parameters()}
+        self._tied_head_keys = {f"head.{k}" for k, p in self.head.named_parameters(remove_duplicate=False)
+                                if p.data_ptr() in core}
         num_labels = len(self.labels) if self.labels else None
         self.val_metrics = self.spec.metrics(num_labels).clone(prefix="val/")
         self.test_metrics = self.spec.metrics(num_labels).clone(prefix="test/")
@@ -106,9 +127,16 @@ class VLModule(pl.LightningModule):
     def monitor(self) -> str:
         return self.spec.monitor
 
-    @staticmethod
-    def is_head_parameter(name: str) -> bool:
-        return name.startswith("head.")
+    def is_head_parameter(self, name: str) -> bool:
+        """Task-specific weights (reset per ``head_reset``, never pruned); a head weight tied to
+        the core (the MLM decoder, MRFR's regression) belongs to the core."""
+        return name.startswith("head.") and name not in self._tied_head_keys
+
+    def released_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights in UNITER's released layout: ``uniter.*`` plus the head's UNITER names at the
+        top level (``cls.*``, ``itm_output.*``, ``vqa_output.*``…; tied tensors appear twice)."""
+        return {(k[len("head."):] if k.startswith("head.") else k): v.detach().cpu().clone()
+                for k, v in self.state_dict(keep_vars=False).items()}
 
     def training_loss(self, batch: dict) -> torch.Tensor:
         return self.spec.loss(self(batch), batch)
@@ -202,16 +230,19 @@ class VLModule(pl.LightningModule):
         (Path(log_dir) / "data_ids.json").write_text(json.dumps(record, indent=1) + "\n")
 
     # ------------------------------------------------------------------------------------------
-    def forward(self, batch: dict) -> torch.Tensor:
+    def forward(self, batch: dict, txt_delta=None, img_delta=None) -> torch.Tensor:
         seq = self.uniter(
             batch["input_ids"],
             batch["position_ids"],
-            batch["img_feat"],
-            batch["img_pos_feat"],
+            batch.get("img_feat"),
+            batch.get("img_pos_feat"),
             batch["attn_masks"],
-            batch["gather_index"],
+            batch.get("gather_index"),
             txt_type_ids=batch.get("txt_type_ids"),
             img_type_ids=batch.get("img_type_ids"),
+            img_masks=batch.get("img_masks"),
+            txt_delta=txt_delta,
+            img_delta=img_delta,
         )
         pooled = self.uniter.pooler(seq) if self.head.uses_pooler else None
         return self.head(seq, pooled, batch)
@@ -228,7 +259,7 @@ class VLModule(pl.LightningModule):
         loss = self.spec.loss(logits, batch)
         if loss is not None:
             self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=self._batch_size(batch))
-        metrics.update(*self.spec.metric_inputs(logits.detach().float(), batch))
+        metrics.update(*self.spec.metric_inputs(_detached(logits), batch))
 
     def _log_metrics(self, metrics) -> None:
         """Compute (synced across ranks), log and reset: metrics like retrieval recall need the
@@ -238,9 +269,21 @@ class VLModule(pl.LightningModule):
         self.log_dict({k: v.float() for k, v in values.items()}, prog_bar=True, sync_dist=False)
 
     def training_step(self, batch, batch_idx):
-        loss = self.training_loss(batch)
+        if self.adversarial.active:
+            loss, parts = adversarial_loss(self, batch, self.adversarial, *self._loss_scale())
+            self.log_dict({"train/adv_task_loss": parts["task"], "train/adv_kl": parts["kl"]},
+                          batch_size=self._batch_size(batch))
+        else:
+            loss = self.training_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=self._batch_size(batch))
         return loss
+
+    def _loss_scale(self):
+        """Mixed precision's loss scaling, for the adversarial δ gradients: (scale, 1 / scale)."""
+        scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None) if self._trainer else None
+        if scaler is None or not scaler.is_enabled():
+            return (lambda x: x), 1.0
+        return scaler.scale, float(scaler.get_scale())
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, self.val_metrics, "val")

@@ -1,175 +1,301 @@
-"""Pre-training the demo's θ0: the study prunes *pre-trained* UNITER, so the demo's tiny UNITER is
-pre-trained too, on the demo world's captioned scenes (``data_modules.demo.pretraining``).
+"""UNITER's pre-training as a task: its heads, losses and validation metrics (uniter-reference §3).
 
-Objectives, each row of a batch doing one of the first two:
-* masked language modelling (UNITER's MLM) of attribute words, conditioned on the image: binds
-  words to regions, which is what RefCOCO+ and retrieval fine-tuning build on;
-* image-text matching (UNITER's ITM) on the pooled [CLS], half of the negatives one attribute off;
-  saved as ``itm_output`` so retrieval's rank head starts from it, as in UNITER;
-* two [CLS] summaries on every row, the bag of words of the text and which attribute values and
-  how many objects the image has. Without them a small model's pooled output collapses onto the
-  matching decision and task heads on top of it cannot even learn their label priors (measured).
+The ``pretrain`` task (``lightning_vl.tasks``) trains the UNITER core with one objective per batch,
+drawn per optimizer step by the data module's mix ratios (``data_modules.pretrain``):
 
-A few minutes on a laptop CPU; the schedule is UNITER's (AdamW, linear warm-up and decay, clip 2.0).
+===========  =============================================  ===========================================
+objective    head (UNITER's keys, under ``head.``)           loss
+===========  =============================================  ===========================================
+``mlm``      ``cls.predictions``: Linear–GELU–LN, decoder    cross-entropy at the masked word-pieces
+             tied to the word embeddings, own bias
+``mrfr``     ``feat_regress``: Linear–GELU–LN, then the      MSE to the masked regions' features
+             transpose of ``img_linear.weight`` (tied) + bias
+``mrc``      ``region_classifier``: Linear–GELU–LN–Linear    cross-entropy to the soft label's arg-max
+``mrckl``    the same head                                   KL(soft label ‖ prediction), mean
+``itm``      ``itm_output``: Linear(H→2) on the pooled        cross-entropy + 0.1 · WRA (optimal transport)
+             [CLS]
+===========  =============================================  ===========================================
+
+Two optional [CLS] objectives of the demo (head variant ``uniter+summaries``): ``bow`` — the
+caption's bag of words — and ``summary`` — which region classes the image holds and how many
+objects. Without them a small model's pooled output collapsed onto the matching decision and task
+heads on top of it could not even learn their label priors (measured on the demo); UNITER's own
+recipe does not have them, so real-data configs leave them out.
+
+Keys are UNITER's, so a released ``uniter-base.pt`` (230 tensors) loads with its pre-training
+heads, and ``VLModule.released_state_dict`` writes the same layout back (tied tensors twice, as
+UNITER's files hold them); the retrieval head starts from the ITM head as with released files.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Optional
 
-import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset
+from torchmetrics import Metric, MetricCollection
 
-from data_modules.batching import collate_rows
-from data_modules.demo.pretraining import PretrainingCorpus, change_one_attribute, dense_caption
-from data_modules.tokenization import encode_uniter
-
-from .module import warmup_linear
+from .optimal_transport import ot_loss
 from .uniter import UniterConfig, UniterModel
 
-IGNORE = -100
+OBJECTIVES = ("mlm", "mrfr", "mrc", "mrckl", "itm", "bow", "summary")
+IGNORE = -1  # txt_labels at unmasked positions (UNITER's convention)
+MAX_COUNT = 8  # the summary objective's count classes: 0..MAX_COUNT objects
 
 
-class PretrainingBatches(IterableDataset):
-    """``steps`` batches, seeded: the first half of each batch are MLM rows (true captions,
-    attribute words masked with probability ``mask_prob``, at least one per row), the second half
-    ITM rows (half of them mismatched)."""
-
-    def __init__(self, corpus: PretrainingCorpus, tokenizer, vocab_size: int, batch_size: int, steps: int,
-                 seed: int, mask_prob: float = 0.3, max_txt_len: int = 60):
-        if batch_size < 2 or steps < 0:
-            raise ValueError(f"need batch_size >= 2 and steps >= 0, got {batch_size} and {steps}")
-        self.corpus, self.tokenizer, self.vocab_size = corpus, tokenizer, vocab_size
-        self.batch_size, self.steps, self.seed = batch_size, steps, seed
-        self.mask_prob, self.max_txt_len = mask_prob, max_txt_len
-        words = [v for _, v in corpus.attribute_names]
-        ids = tokenizer.convert_tokens_to_ids(words)
-        unknown = [w for w, i in zip(words, ids) if i == tokenizer.unk_token_id]
-        if unknown:
-            raise ValueError(f"the demo tokenizer has no word piece for {unknown}; regenerate the demo world")
-        self.attribute_ids = torch.zeros(vocab_size, dtype=torch.bool)
-        self.attribute_ids[ids] = True
-        self.special_ids = torch.zeros(vocab_size, dtype=torch.bool)
-        self.special_ids[[tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id]] = True
-        self.mask_id = tokenizer.mask_token_id
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self) -> Iterator[dict]:
-        rng = np.random.default_rng([self.seed, 17])
-        for _ in range(self.steps):
-            yield self.make_batch(rng)
-
-    def make_batch(self, rng: np.random.Generator) -> dict:
-        corpus, half = self.corpus, self.batch_size // 2
-        rows, itm_labels, picked = [], [], []
-        for j in range(self.batch_size):
-            k = int(rng.integers(len(corpus)))
-            objects = [corpus.scenes[k].objects[i] for i in rng.permutation(len(corpus.scenes[k].objects))]
-            label = IGNORE
-            if j >= half:
-                label = 1
-                if rng.random() < 0.5:
-                    label = 0
-                    if rng.random() < 0.5:
-                        objects = change_one_attribute(objects, rng, corpus.world)
-                    else:
-                        other = corpus.scenes[(k + 1 + int(rng.integers(len(corpus) - 1))) % len(corpus)].objects
-                        objects = [other[i] for i in rng.permutation(len(other))]
-            ids = encode_uniter(self.tokenizer, dense_caption(objects), self.max_txt_len)
-            feat, pos = corpus.features[k]
-            rows.append({"input_ids": torch.tensor(ids, dtype=torch.long), "img_feat": feat, "img_pos_feat": pos})
-            itm_labels.append(label)
-            picked.append(k)
-        batch = collate_rows(rows)
-        ids = batch["input_ids"]
-        # MLM on the first half: attribute words, each with mask_prob, at least one per row
-        u = torch.from_numpy(rng.random(ids.shape)).float()
-        candidate = self.attribute_ids[ids]
-        candidate[half:] = False
-        first = torch.where(candidate, u, torch.full_like(u, 2.0)).argmin(dim=1, keepdim=True)
-        masked = candidate & ((u < self.mask_prob) | (torch.arange(ids.shape[1]) == first))
-        bow = torch.zeros(len(ids), self.vocab_size)
-        bow.scatter_(1, ids, 1.0)
-        bow[:, self.special_ids] = 0.0
-        batch.update({
-            "input_ids": torch.where(masked, torch.full_like(ids, self.mask_id), ids),
-            "mlm_labels": torch.where(masked, ids, torch.full_like(ids, IGNORE)),
-            "itm_labels": torch.tensor(itm_labels, dtype=torch.long),
-            "bow": bow,
-            "presence": corpus.presence[picked],
-            "counts": corpus.counts[picked],
-        })
-        return batch
+def _transform(hidden: int, eps: float) -> nn.Sequential:
+    """Linear–GELU–LayerNorm (keys ``.0`` and ``.2``), the trunk of UNITER's region heads."""
+    return nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden, eps=eps))
 
 
-class DemoPretraining(pl.LightningModule):
-    """The UNITER core with the pre-training heads; ``uniter_state_dict`` is what fine-tuning loads."""
+class PredictionTransform(nn.Module):
+    """BERT's MLM transform: ``dense`` → GELU → ``LayerNorm``."""
 
-    def __init__(self, config: UniterConfig, num_attributes: int, max_count: int, lr: float = 1e-3,
-                 warmup_steps: int = 100, weight_decay: float = 0.01, bow_weight: float = 2.0):
+    def __init__(self, config: UniterConfig):
         super().__init__()
-        self.uniter = UniterModel(config)
-        h, v = config.hidden_size, config.vocab_size
-        self.mlm_head = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.LayerNorm(h, eps=config.layer_norm_eps), nn.Linear(h, v))
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(F.gelu(self.dense(x)))
+
+
+class LanguagePredictions(nn.Module):
+    """``cls.predictions``: transform, then the decoder (weight tied to the word embeddings, no
+    bias of its own) plus a separate ``bias``."""
+
+    def __init__(self, config: UniterConfig):
+        super().__init__()
+        self.transform = PredictionTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(x)) + self.bias
+
+
+class MaskedLanguageHead(nn.Module):
+    """``cls`` (BERT's ``BertOnlyMLMHead``)."""
+
+    def __init__(self, config: UniterConfig):
+        super().__init__()
+        self.predictions = LanguagePredictions(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predictions(x)
+
+
+class RegionFeatureRegression(nn.Module):
+    """``feat_regress``: ``net`` then ``F.linear(·, weight.T, bias)``; ``weight`` is the image
+    embedding's ``img_linear.weight`` (H, D), tied."""
+
+    def __init__(self, config: UniterConfig):
+        super().__init__()
+        self.net = _transform(config.hidden_size, config.layer_norm_eps)
+        self.weight = nn.Parameter(torch.zeros(config.hidden_size, config.img_dim))
+        self.bias = nn.Parameter(torch.zeros(config.img_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.net(x), self.weight.t(), self.bias)
+
+
+class RegionClassification(nn.Module):
+    """``region_classifier``: Linear–GELU–LN–Linear(H→C) (keys ``net.0``, ``net.2``, ``net.3``)."""
+
+    def __init__(self, config: UniterConfig, num_classes: int):
+        super().__init__()
+        self.net = nn.Sequential(*_transform(config.hidden_size, config.layer_norm_eps),
+                                 nn.Linear(config.hidden_size, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class PretrainingHeads(nn.Module):
+    """All pre-training heads; ``forward`` runs the one the batch's ``objective`` names.
+
+    Args:
+        num_labels: region classes of the store's soft labels (UNITER: 1,601); None = no region
+            classifier (then ``mrc``/``mrckl``/``summary`` are unavailable).
+        summaries: add the demo's [CLS] objectives (``bow``, ``summary``).
+        ot_weight: weight of the WRA term in the ITM loss (UNITER: 0.1; 0 = none).
+    """
+
+    uses_pooler = True
+
+    def __init__(self, config: UniterConfig, num_labels: Optional[int] = None, summaries: bool = False,
+                 ot_weight: float = 0.1):
+        super().__init__()
+        h = config.hidden_size
+        self.cls = MaskedLanguageHead(config)
+        self.feat_regress = RegionFeatureRegression(config)
+        self.region_classifier = RegionClassification(config, num_labels) if num_labels else None
         self.itm_output = nn.Linear(h, 2)
-        self.bow_head = nn.Linear(h, v)
-        self.summary_head = nn.Linear(h, num_attributes + max_count + 1)
-        self.num_attributes, self.lr, self.warmup_steps = num_attributes, lr, warmup_steps
-        self.weight_decay, self.bow_weight = weight_decay, bow_weight
+        self.ot_weight = ot_weight
+        self.summaries = summaries
+        if summaries:
+            self.bow_output = nn.Linear(h, config.vocab_size)
+            self.summary_output = nn.Linear(h, (num_labels or 0) + MAX_COUNT + 1)
+        self.num_labels = num_labels or 0
+        self._core: tuple[UniterModel, ...] = ()
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        losses, accuracies = self.losses(batch)
-        self.log_dict({**accuracies, **{f"{k}_loss": v for k, v in losses.items()}}, prog_bar=True, on_step=True)
-        return sum(losses.values())
+    def tie_to(self, core: UniterModel) -> None:
+        """Share the MLM decoder with the word embeddings and MRFR's weight with ``img_linear``."""
+        self.cls.predictions.decoder.weight = core.embeddings.word_embeddings.weight
+        self.feat_regress.weight = core.img_embeddings.img_linear.weight
+        self._core = (core,)  # not a submodule: the core is the task module's
 
-    def losses(self, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Each objective's loss, and the MLM / ITM accuracies of the batch."""
-        seq = self.uniter(batch["input_ids"], batch["position_ids"], batch["img_feat"], batch["img_pos_feat"],
-                          batch["attn_masks"], batch["gather_index"])
-        pooled = self.uniter.pooler(seq)
-        labels = batch["mlm_labels"]
-        masked = labels != IGNORE
-        mlm_logits = self.mlm_head(seq[:, : labels.shape[1]][masked])
-        losses = {
-            "mlm": F.cross_entropy(mlm_logits, labels[masked]),
-            "itm": F.cross_entropy(self.itm_output(pooled), batch["itm_labels"], ignore_index=IGNORE),
-            "bow": self.bow_weight * F.binary_cross_entropy_with_logits(self.bow_head(pooled), batch["bow"]),
-        }
-        summary = self.summary_head(pooled)
-        losses["image"] = (F.binary_cross_entropy_with_logits(summary[:, : self.num_attributes], batch["presence"])
-                           + F.cross_entropy(summary[:, self.num_attributes:], batch["counts"]))
-        itm = batch["itm_labels"] != IGNORE
-        accuracies = {
-            "mlm_acc": (mlm_logits.argmax(-1) == labels[masked]).float().mean(),
-            "itm_acc": (self.itm_output(pooled[itm]).argmax(-1) == batch["itm_labels"][itm]).float().mean(),
-        }
-        return losses, accuracies
+    def forward(self, sequence_output: torch.Tensor, pooled_output: torch.Tensor, batch: dict) -> dict:
+        objective = batch["objective"]
+        out: dict = {"objective": objective}
+        if objective == "mlm":
+            labels = batch["txt_labels"]
+            masked = labels != IGNORE
+            out["logits"] = self.cls(sequence_output[:, : labels.size(1)][masked])
+            out["targets"] = labels[masked]
+        elif objective == "mrfr":
+            out["logits"] = self.feat_regress(sequence_output[batch["img_mask_tgt"]])
+            out["targets"] = batch["feat_targets"]
+        elif objective in ("mrc", "mrckl"):
+            if self.region_classifier is None:
+                raise ValueError(f"objective {objective!r} needs region soft labels: the store has none "
+                                 "(model.labels / the data's region classes are empty)")
+            out["logits"] = self.region_classifier(sequence_output[batch["img_mask_tgt"]])
+            out["targets"] = batch["label_targets"]
+        elif objective == "itm":
+            out["logits"] = self.itm_output(pooled_output)
+            out["targets"], out["ot_weight"] = batch["targets"], self.ot_weight
+            if self.ot_weight and batch.get("img_feat") is not None:
+                out["ot_loss"], out["ot_pos"], out["ot_neg"] = ot_loss(sequence_output, batch, batch["targets"])
+        elif objective in ("bow", "summary") and self.summaries:
+            if objective == "bow":
+                out["logits"], out["targets"] = self.bow_output(pooled_output), batch["bow_targets"]
+            else:
+                out["logits"] = self.summary_output(pooled_output)
+                out["presence"], out["counts"] = batch["presence"], batch["counts"].clamp(max=MAX_COUNT)
+        else:
+            raise ValueError(f"unknown pre-training objective {objective!r}; this head has "
+                             f"{[o for o in OBJECTIVES if o not in ('bow', 'summary') or self.summaries]}")
+        out["unused"] = self._touch(pooled_output)
+        return out
 
-    def configure_optimizers(self):
-        decay = [p for n, p in self.named_parameters() if not any(s in n for s in ("bias", "LayerNorm", "layer_norm"))]
-        no_decay = [p for n, p in self.named_parameters() if any(s in n for s in ("bias", "LayerNorm", "layer_norm"))]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=self.lr, betas=(0.9, 0.98), eps=1e-6)
-        total = int(self.trainer.max_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_linear(s + 1, self.warmup_steps, total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def uniter_state_dict(self) -> dict[str, torch.Tensor]:
-        """UNITER's released layout: ``uniter.*`` plus the ITM head (``itm_output.*``)."""
-        state = {f"uniter.{k}": v.detach().clone() for k, v in self.uniter.state_dict().items()}
-        state.update({f"itm_output.{k}": v.detach().clone() for k, v in self.itm_output.state_dict().items()})
-        return state
+    def _touch(self, pooled_output: torch.Tensor) -> torch.Tensor:
+        """0 × every head parameter, the pooled output and the MRM mask embedding: each step uses
+        one objective, so without this DDP would find parameters without gradients (and fail)."""
+        params = list(self.parameters())
+        if self._core:
+            params.append(self._core[0].img_embeddings.mask_embedding.weight)
+        touched = sum(p.reshape(-1)[0] for p in params if p.requires_grad)
+        return 0.0 * (touched + pooled_output.reshape(-1)[0])
 
 
-def pretrain(model: DemoPretraining, batches: PretrainingBatches, progress: bool = True) -> dict[str, float]:
-    """Run the pre-training; returns the last logged values (losses, accuracies)."""
-    trainer = pl.Trainer(max_steps=batches.steps, accelerator="cpu", devices=1, logger=False,
-                         enable_checkpointing=False, enable_model_summary=False, gradient_clip_val=2.0,
-                         enable_progress_bar=progress, log_every_n_steps=max(1, min(50, batches.steps)))
-    trainer.fit(model, DataLoader(batches, batch_size=None))
-    return {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()}
+# ---- losses -------------------------------------------------------------------------------------
+def objective_loss(out: dict) -> torch.Tensor:
+    """UNITER's loss of one objective's outputs (every term a plain mean, as ``pretrain.py``)."""
+    objective, logits = out["objective"], out["logits"]
+    if objective == "mlm":
+        return F.cross_entropy(logits, out["targets"])
+    if objective == "mrfr":
+        return F.mse_loss(logits, out["targets"].to(logits.dtype))
+    if objective == "mrc":
+        return F.cross_entropy(logits, hard_region_labels(out["targets"]), ignore_index=0)
+    if objective == "mrckl":
+        return mrc_kl(logits, out["targets"])
+    if objective == "itm":
+        loss = F.cross_entropy(logits, out["targets"])
+        return loss + out["ot_weight"] * out["ot_loss"] if "ot_loss" in out else loss
+    if objective == "bow":
+        return F.binary_cross_entropy_with_logits(logits, out["targets"].to(logits.dtype))
+    presence, counts = logits[:, : out["presence"].size(1)], logits[:, out["presence"].size(1):]
+    return (F.binary_cross_entropy_with_logits(presence, out["presence"].to(logits.dtype))
+            + F.cross_entropy(counts, out["counts"]))
+
+
+def pretraining_loss(out: dict, batch: dict) -> torch.Tensor:
+    return objective_loss(out) + out["unused"]
+
+
+def hard_region_labels(soft: torch.Tensor) -> torch.Tensor:
+    """UNITER's MRC target: the arg-max over the object classes 1.. (background 0 excluded)."""
+    return soft[:, 1:].argmax(dim=-1) + 1
+
+
+def mrc_kl(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """MRC-kl: ``kl_div(log_softmax(logits), soft)`` element-wise, then the global mean (i.e.
+    KL(soft ‖ p) summed over classes, divided by classes × masked regions, as UNITER)."""
+    return F.kl_div(F.log_softmax(logits.float(), dim=-1), soft.float(), reduction="none").mean()
+
+
+# ---- metrics ------------------------------------------------------------------------------------
+class PretrainingMetrics(Metric):
+    """Validation metrics of every objective the split has, synced across ranks: ``mlm_acc``
+    (masked word-pieces), ``mrfr_loss``, ``mrc_acc`` (arg-max vs the soft label's, MRC and MRC-kl
+    batches), ``mrckl_loss``, ``itm_acc``, ``ot_pos``/``ot_neg`` (mean WRA distances), and ``score``:
+    the mean of the accuracies present (MLM, ITM, MRC) — the one number pre-training IMP is
+    scored by, because each is in [0, 1] and pruning that hurts any objective lowers it."""
+
+    full_state_update = False
+    ACCURACIES = ("mlm", "itm", "mrc")
+    MEANS = ("mrfr_loss", "mrckl_loss", "ot_pos", "ot_neg")
+
+    def __init__(self):
+        super().__init__()
+        for name in self.ACCURACIES:
+            self.add_state(f"{name}_correct", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{name}_total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        for name in self.MEANS:
+            self.add_state(f"{name}_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{name}_count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def _add(self, name: str, correct, total) -> None:
+        setattr(self, f"{name}_correct", getattr(self, f"{name}_correct") + float(correct))
+        setattr(self, f"{name}_total", getattr(self, f"{name}_total") + float(total))
+
+    def _mean(self, name: str, value, count) -> None:
+        if torch.isfinite(torch.as_tensor(value)):
+            setattr(self, f"{name}_sum", getattr(self, f"{name}_sum") + float(value) * count)
+            setattr(self, f"{name}_count", getattr(self, f"{name}_count") + count)
+
+    def update(self, out: dict, batch: dict) -> None:
+        objective, logits = out["objective"], out["logits"]
+        if objective in ("mlm", "itm"):
+            self._add(objective, (logits.argmax(-1) == out["targets"]).sum(), out["targets"].numel())
+        elif objective in ("mrc", "mrckl"):
+            soft = out["targets"]
+            self._add("mrc", (logits.argmax(-1) == soft.argmax(-1)).sum(), len(soft))
+            if objective == "mrckl":
+                self._mean("mrckl_loss", mrc_kl(logits, soft), len(soft))
+        elif objective == "mrfr":
+            self._mean("mrfr_loss", F.mse_loss(logits, out["targets"].to(logits.dtype)), len(logits))
+        if objective == "itm" and "ot_pos" in out:
+            targets = out["targets"]
+            self._mean("ot_pos", out["ot_pos"], int((targets == 1).sum()))
+            self._mean("ot_neg", out["ot_neg"], int((targets == 0).sum()))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        values = {}
+        for name in self.ACCURACIES:
+            total = getattr(self, f"{name}_total")
+            if total > 0:
+                values[f"{name}_acc"] = (getattr(self, f"{name}_correct") / total).float()
+        for name in self.MEANS:
+            count = getattr(self, f"{name}_count")
+            if count > 0:
+                values[name] = (getattr(self, f"{name}_sum") / count).float()
+        accuracies = [values[f"{n}_acc"] for n in self.ACCURACIES if f"{n}_acc" in values]
+        if accuracies:
+            values["score"] = torch.stack(accuracies).mean()
+        return values
+
+
+def pretraining_metrics(num_labels: Optional[int]) -> MetricCollection:
+    return MetricCollection({"pretrain": PretrainingMetrics()})
+
+
+def outputs_and_batch(out: dict, batch: dict) -> tuple:
+    return out, batch
+
+
+def summaries_head(config: UniterConfig, num_labels: Optional[int] = None) -> PretrainingHeads:
+    """The head variant ``uniter+summaries``: UNITER's heads plus the demo's [CLS] objectives."""
+    return PretrainingHeads(config, num_labels, summaries=True)

@@ -21,6 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from .heads import (Nlvr2PairedAttnHead, Nlvr2PairedHead, RankHead, RefExpHead, RefExpLinearHead, VcrHead,
                     VqaHead)
 from .metrics import GroundingAccuracy, RetrievalRecall, SoftScore, VcrAccuracy
+from .pretraining import PretrainingHeads, outputs_and_batch, pretraining_loss, pretraining_metrics, summaries_head
 from .uniter import UniterConfig
 
 
@@ -44,6 +45,8 @@ class TaskSpec:
     extra_word_rows: int = 0
     # label strings when fixed by the task; None = read from the data (answer vocabularies)
     labels: Optional[tuple[str, ...]] = None
+    # masked region modelling adds the learned mask embedding to masked regions: train it
+    trains_mask_embedding: bool = False
     description: str = ""
 
 
@@ -177,7 +180,15 @@ TASKS: dict[str, TaskSpec] = {
         name="flickr30k-tr", monitor="val/tr_r1", **_RETRIEVAL,
         description="Flickr30k text retrieval: R@1 (R@5, R@10 and image retrieval also logged)",
     ),
+    "pretrain": TaskSpec(
+        name="pretrain", heads={"uniter": PretrainingHeads, "uniter+summaries": summaries_head},
+        default_head="uniter", loss=pretraining_loss, metrics=pretraining_metrics,
+        metric_inputs=outputs_and_batch, monitor="val/score", trains_mask_embedding=True,
+        description="UNITER's pre-training (MLM, MRFR, MRC(-kl), ITM + WRA): the mean of MLM, ITM and MRC "
+                    "accuracy (IMP on it finds the universal ticket)",
+    ),
 }
+DOWNSTREAM = tuple(name for name in TASKS if name != "pretrain")  # the study's eight columns
 
 
 def get_task(name: str) -> TaskSpec:

@@ -71,14 +71,15 @@ class UniterTextEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids, position_ids, token_type_ids=None):
+    def forward(self, input_ids, position_ids, token_type_ids=None, delta=None):
+        """``delta`` (R, L, H): a perturbation added to the word embeddings before the position and
+        type sum (VILLA's text seam)."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        emb = (
-            self.word_embeddings(input_ids)
-            + self.position_embeddings(position_ids)
-            + self.token_type_embeddings(token_type_ids)
-        )
+        words = self.word_embeddings(input_ids)
+        if delta is not None:
+            words = words + delta
+        emb = words + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
         return self.dropout(self.LayerNorm(emb))
 
 
@@ -96,11 +97,15 @@ class UniterImageEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(h, eps=eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, img_feat, img_pos_feat, type_embeddings, img_masks=None):
+    def forward(self, img_feat, img_pos_feat, type_embeddings, img_masks=None, delta=None):
+        """``delta`` (R, N, D): a perturbation added to the raw region features, after the mask
+        embedding and before ``img_linear`` (VILLA's image seam)."""
         if img_masks is not None:
             # UNITER zeroes row 0 on every call, so unmasked regions get nothing added.
             self.mask_embedding.weight.data[0].zero_()
             img_feat = img_feat + self.mask_embedding(img_masks.long())
+        if delta is not None:
+            img_feat = img_feat + delta
         transformed_im = self.img_layer_norm(self.img_linear(img_feat))
         transformed_pos = self.pos_layer_norm(self.pos_linear(img_pos_feat))
         return self.dropout(self.LayerNorm(transformed_im + transformed_pos + type_embeddings))
@@ -170,13 +175,22 @@ class UniterModel(nn.Module):
         txt_type_ids=None,
         img_type_ids=None,
         img_masks=None,
+        txt_delta=None,
+        img_delta=None,
     ) -> torch.Tensor:
-        """Joint text+image encoding; returns the last layer's sequence (R, Ltot, H)."""
-        txt_emb = self.embeddings(input_ids, position_ids, txt_type_ids)
+        """Joint text+image encoding; returns the last layer's sequence (R, Ltot, H).
+
+        ``img_feat=None`` encodes the text alone (UNITER's text-only mode: no gather, the mask
+        covers the text), as a BERT-like text-only model is trained. ``txt_delta`` / ``img_delta``
+        perturb the word embeddings / raw region features (the embedding seam VILLA trains
+        adversarially through; same parameter names, so UNITER and VILLA checkpoints load alike)."""
+        txt_emb = self.embeddings(input_ids, position_ids, txt_type_ids, delta=txt_delta)
+        if img_feat is None:
+            return self.encoder(txt_emb, self.extended_attention_mask(attn_masks))[0]
         if img_type_ids is None:
             img_type_ids = torch.ones(img_feat.shape[:2], dtype=torch.long, device=img_feat.device)
         img_type_emb = self.embeddings.token_type_embeddings(img_type_ids)
-        img_emb = self.img_embeddings(img_feat, img_pos_feat, img_type_emb, img_masks)
+        img_emb = self.img_embeddings(img_feat, img_pos_feat, img_type_emb, img_masks, delta=img_delta)
         joint = torch.cat([txt_emb, img_emb], dim=1)
         index = gather_index.unsqueeze(-1).expand(-1, -1, self.config.hidden_size)
         embedding_output = torch.gather(joint, 1, index)

@@ -45,6 +45,8 @@ def collate_pairs(items):
         "attn_masks": torch.zeros(n, ltot, dtype=torch.long),
         "gather_index": torch.arange(ltot).repeat(n, 1),
         "targets": torch.tensor([it["target"] for it in items]),
+        "txt_lens": [len(r[0]) for r in rows],
+        "num_bbs": [len(r[1]) for r in rows],
     }
     for i, (ids, feat, pos, side) in enumerate(rows):
         t, b = len(ids), len(feat)

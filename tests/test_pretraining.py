@@ -1,136 +1,251 @@
-"""The demo θ0's pre-training: corpus, batches (MLM / ITM rows), a run that learns, the saved file."""
+"""UNITER's pre-training task, model side: heads with UNITER's keys (a released checkpoint loads
+with no missing or unexpected key), tied weights, each objective's loss by hand, WRA by IPOT, and
+the layouts our pre-trained models are exported in."""
+import dataclasses
 import json
 
-import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from data_modules.demo.pretraining import (ATTRIBUTES, change_one_attribute, dense_caption, make_corpus,
-                                           position_features)
-from data_modules.demo.world import FeatureRenderer, SceneObject, WorldConfig
-from data_modules.tokenization import load_tokenizer
-from lightning_vl.pretraining import IGNORE, DemoPretraining, PretrainingBatches, pretrain
-from lightning_vl.uniter import UniterConfig
+from lightning_vl.export import export
+from lightning_vl.module import VLModule
+from lightning_vl.optimal_transport import cosine_cost, ipot_plan, ot_distance
+from lightning_vl.pretraining import MAX_COUNT, hard_region_labels, mrc_kl, objective_loss
+from lightning_vl.tasks import DOWNSTREAM, TASKS
 
-WORLD = WorldConfig()
-TINY = dict(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-            max_position_embeddings=128, type_vocab_size=2, img_dim=128)
+from .synthetic import TINY, RandomPairs, collate_pairs
+from .uniter_reference import make_uniter_state_dict, released_checkpoint_extras
 
-
-def _obj(color="red", shape="cube", size="small", material="metal"):
-    return SceneObject(color=color, shape=shape, size=size, material=material, box=(0, 0, 10, 10))
+CLASSES = [f"class {i}" for i in range(9)]
 
 
-def test_dense_caption_names_every_attribute_in_order():
-    objs = [_obj(), _obj("blue", "sphere", "large", "rubber")]
-    assert dense_caption(objs) == "a small red metal cube and a large blue rubber sphere."
-    assert dense_caption(objs[:1]) == "a small red metal cube."
-    three = dense_caption([objs[0], objs[1], _obj("green")])
-    assert three == "a small red metal cube, a large blue rubber sphere and a small green metal cube."
-
-
-def test_change_one_attribute_changes_exactly_one():
-    rng = np.random.default_rng(0)
-    objs = [_obj(), _obj("blue", "sphere", "large", "rubber")]
-    for _ in range(50):
-        changed = change_one_attribute(objs, rng, WORLD)
-        diffs = [(i, a) for i, (o, c) in enumerate(zip(objs, changed)) for a in ATTRIBUTES if getattr(o, a) != getattr(c, a)]
-        assert len(diffs) == 1
-
-
-def test_position_features_are_uniter_layout():
-    pos = position_features(np.array([[10.0, 20.0, 60.0, 120.0]]), 100, 200)
-    np.testing.assert_allclose(pos[0], [0.1, 0.1, 0.6, 0.6, 0.5, 0.5, 0.25], rtol=1e-6)
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    return make_corpus(64, seed=5, world=WORLD, renderer=FeatureRenderer(128, 5, noise=WORLD.noise))
-
-
-@pytest.fixture(scope="module")
-def tokenizer(demo_all):
-    return load_tokenizer(demo_all / "tokenizer")
-
-
-def test_corpus_targets_match_scenes(corpus):
-    assert len(corpus) == 64
-    for k in (0, 7, 63):
-        scene = corpus.scenes[k]
-        feat, pos = corpus.features[k]
-        assert feat.shape == (len(scene.objects) + len(scene.clutter), 128) and pos.shape[1] == 7
-        assert int(corpus.counts[k]) == len(scene.objects)
-        present = {(a, getattr(o, a)) for o in scene.objects for a in ATTRIBUTES}
-        assert {n for n, p in zip(corpus.attribute_names, corpus.presence[k].tolist()) if p} == present
-    with pytest.raises(ValueError, match="at least 2"):
-        make_corpus(1, seed=5, world=WORLD, renderer=FeatureRenderer(128, 5))
-
-
-def test_batches_mask_attribute_words_in_mlm_rows_only(corpus, tokenizer):
-    batches = PretrainingBatches(corpus, tokenizer, vocab_size=512, batch_size=16, steps=3, seed=1)
-    a, b = list(batches), list(PretrainingBatches(corpus, tokenizer, vocab_size=512, batch_size=16, steps=3, seed=1))
-    assert len(a) == 3 and all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(a, b))  # seeded
-    attribute_ids = set(tokenizer.convert_tokens_to_ids([v for _, v in corpus.attribute_names]))
-    for batch in a:
-        labels, ids = batch["mlm_labels"], batch["input_ids"]
-        masked = labels != IGNORE
-        assert masked[:8].any(dim=1).all() and not masked[8:].any()  # >= 1 per MLM row, none in ITM rows
-        assert (ids[masked] == tokenizer.mask_token_id).all()
-        assert set(labels[masked].tolist()) <= attribute_ids
-        assert (batch["itm_labels"][:8] == IGNORE).all() and set(batch["itm_labels"][8:].tolist()) <= {0, 1}
-        # the bag of words holds the unmasked text, without [CLS]/[SEP]/[PAD]
-        restored = torch.where(masked, labels, ids)
-        for row in range(16):
-            words = set(restored[row].tolist()) - {0, tokenizer.cls_token_id, tokenizer.sep_token_id}
-            assert set(batch["bow"][row].nonzero().flatten().tolist()) == words
-
-
-def test_mismatched_captions_are_false_of_their_image(corpus, tokenizer):
-    batches = PretrainingBatches(corpus, tokenizer, vocab_size=512, batch_size=64, steps=1, seed=2)
-    batch = next(iter(batches))
-    captions = {k: dense_caption(s.objects) for k, s in enumerate(corpus.scenes)}
-    negatives = (batch["itm_labels"] == 0).nonzero().flatten().tolist()
-    positives = (batch["itm_labels"] == 1).nonzero().flatten().tolist()
-    assert negatives and positives
-    for row in positives + negatives:
-        text = tokenizer.decode(batch["input_ids"][row], skip_special_tokens=True)
-        # the row's image: the corpus scene whose features were used
-        k = next(k for k, (f, _) in enumerate(corpus.features)
-                 if f.shape[0] == int(batch["num_bbs"][row]) and torch.equal(f, batch["img_feat"][row, : f.shape[0]]))
-        words = sorted(text.replace(",", " ").replace(".", " ").split())
-        truth = sorted(captions[k].replace(",", " ").replace(".", " ").split())
-        assert (words == truth) == (row in positives), (row, text, captions[k])
-
-
-def test_a_short_pretraining_learns_and_saves_uniter_layout(corpus, tokenizer):
+def pretrain_model(**kw):
     torch.manual_seed(0)
-    model = DemoPretraining(UniterConfig(**TINY), num_attributes=len(corpus.attribute_names),
-                            max_count=WORLD.max_objects, lr=3e-3, warmup_steps=5)
-    batches = PretrainingBatches(corpus, tokenizer, vocab_size=512, batch_size=32, steps=60, seed=0)
-    first = next(iter(batches))
+    return VLModule(task="pretrain", uniter=TINY, labels=CLASSES, lr=1e-3, warmup_steps=1, **kw)
+
+
+def base_batch(rows=4, seed=0):
+    """UNITER inputs of ``rows`` image-text rows (tests.synthetic's pairs, one row per image)."""
+    items = RandomPairs(rows, TINY, seed=seed).items
+    batch = collate_pairs(items)
+    batch["txt_lens"] = [int((r != 0).sum()) for r in batch["input_ids"]]
+    batch["num_bbs"] = [int(m.sum()) - t for m, t in zip(batch["attn_masks"], batch["txt_lens"])]
+    batch["ids"] = [str(i) for i in range(len(batch["input_ids"]))]
+    batch.pop("img_type_ids")
+    return batch
+
+
+def with_objective(objective, seed=0):
+    batch = base_batch(seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    rows, lt = batch["input_ids"].shape
+    batch["objective"] = objective
+    if objective == "mlm":
+        labels = torch.full_like(batch["input_ids"], -1)
+        labels[:, 1] = batch["input_ids"][:, 1]
+        batch["txt_labels"] = labels
+        batch["input_ids"] = batch["input_ids"].clone()
+        batch["input_ids"][:, 1] = 3
+    elif objective in ("mrfr", "mrc", "mrckl"):
+        masks = torch.zeros(batch["img_feat"].shape[:2], dtype=torch.bool)
+        masks[:, 0] = True
+        batch["feat_targets"] = batch["img_feat"][masks].clone()
+        batch["img_feat"] = batch["img_feat"].masked_fill(masks[..., None], 0.0)
+        batch["img_masks"] = masks
+        tgt = torch.zeros_like(batch["attn_masks"], dtype=torch.bool)
+        for i, t in enumerate(batch["txt_lens"]):
+            tgt[i, t] = True  # the first region of each row follows its text
+        batch["img_mask_tgt"] = tgt
+        batch["label_targets"] = torch.softmax(torch.randn(int(masks.sum()), len(CLASSES), generator=g), -1)
+    elif objective == "itm":
+        batch["targets"] = torch.tensor([1, 0] * (rows // 2))
+    return batch
+
+
+@pytest.mark.parametrize("objective", ["mlm", "mrfr", "mrc", "mrckl", "itm"])
+def test_every_objective_trains_every_head_parameter_under_ddp_rules(objective):
+    """One objective per step, yet every trainable parameter receives a gradient (zero where unused),
+    so DDP needs no unused-parameter search; the loss is finite and moves the used head."""
+    model = pretrain_model()
+    loss = model.training_loss(with_objective(objective))
+    assert torch.isfinite(loss)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    used = {"mlm": "cls", "mrfr": "feat_regress", "mrc": "region_classifier", "mrckl": "region_classifier",
+            "itm": "itm_output"}[objective]
+    assert not missing, missing
+    assert any(p.grad.abs().sum() > 0 for n, p in model.head.named_parameters() if n.startswith(used))
+
+
+def test_tied_weights_are_one_tensor_through_training_and_rewinding():
+    model = pretrain_model()
+    words, img_linear = model.uniter.embeddings.word_embeddings.weight, model.uniter.img_embeddings.img_linear.weight
+    assert model.head.cls.predictions.decoder.weight is words and model.head.feat_regress.weight is img_linear
+    assert model.head.cls.predictions.decoder.weight.data_ptr() == words.data_ptr()
+    names = [n for n, _ in model.named_parameters()]
+    assert "head.cls.predictions.decoder.weight" not in names and "head.feat_regress.weight" not in names
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert torch.equal(state["head.cls.predictions.decoder.weight"], state["uniter.embeddings.word_embeddings.weight"])
     with torch.no_grad():
-        model.eval()
-        before = float(sum(model.losses(first)[0].values()))
-    final = pretrain(model, batches, progress=False)
-    with torch.no_grad():
-        model.eval()
-        after = float(sum(model.losses(first)[0].values()))
-    assert after < 0.6 * before, (before, after, final)
-    state = model.uniter_state_dict()
-    assert {k for k in state if not k.startswith("uniter.")} == {"itm_output.weight", "itm_output.bias"}
-    assert state["itm_output.weight"].shape == (2, 32)
+        words.add_(1.0)
+    model.load_state_dict(state)  # an IMP rewind: both keys are written into the one tensor
+    assert model.head.cls.predictions.decoder.weight is words and torch.equal(words, state["uniter.embeddings.word_embeddings.weight"])
+    assert not model.is_head_parameter("head.cls.predictions.decoder.weight")  # rewinds with the core
+    assert model.is_head_parameter("head.itm_output.weight")
 
 
-def test_demo_model_is_pretrained_and_retrieval_starts_from_its_itm_head(demo_all):
-    from lightning_vl.module import VLModule
+def test_mrc_kl_by_hand():
+    logits = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 2.0]])
+    soft = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    p = torch.softmax(logits, -1)
+    hand = (soft * (soft.log() - p.log())).sum() / soft.numel()  # KL(soft || p), element mean
+    assert float(mrc_kl(logits, soft)) == pytest.approx(float(hand), rel=1e-6)
+    assert hard_region_labels(torch.tensor([[0.9, 0.05, 0.05], [0.2, 0.3, 0.5]])).tolist() == [1, 2]  # 0 excluded
+    out = {"objective": "mrckl", "logits": logits, "targets": soft}
+    assert float(objective_loss(out)) == pytest.approx(float(hand), rel=1e-6)
 
-    record = json.loads((demo_all / "pretraining.json").read_text())
-    assert record["steps"] == 4 and set(record["final"]) >= {"mlm_loss", "itm_loss", "bow_loss", "image_loss"}
-    state = torch.load(demo_all / "uniter-tiny.pt", weights_only=True)
-    model = VLModule(task="flickr30k-ir", uniter=UniterConfig(vocab_size=512, hidden_size=64, num_hidden_layers=4,
-                                                               num_attention_heads=4, intermediate_size=256,
-                                                               max_position_embeddings=128, img_dim=128),
-                     init=str(demo_all / "uniter-tiny.pt"))
-    assert torch.equal(model.head.rank_output.weight, state["itm_output.weight"][1:2])
-    assert torch.equal(model.uniter.encoder.layer[0].attention.self.query.weight,
-                       state["uniter.encoder.layer.0.attention.self.query.weight"])
+
+def test_ipot_plan_has_uniform_marginals_and_the_distance_flows_through_the_cost_only():
+    g = torch.Generator().manual_seed(0)
+    txt = torch.randn(3, 7, 16, generator=g, requires_grad=True)
+    img = torch.randn(3, 5, 16, generator=g, requires_grad=True)
+    txt_pad = torch.zeros(3, 7, dtype=torch.bool)
+    txt_pad[1, 4:] = True
+    img_pad = torch.zeros(3, 5, dtype=torch.bool)
+    img_pad[2, 2:] = True
+    plan = ipot_plan(cosine_cost(txt, img, txt_pad, img_pad), txt_pad, img_pad)
+    assert not plan.requires_grad
+    for b in range(3):
+        m, n = int((~txt_pad[b]).sum()), int((~img_pad[b]).sum())
+        torch.testing.assert_close(plan[b].sum(1)[:m], torch.full((m,), 1 / m), atol=1e-3, rtol=0)
+        torch.testing.assert_close(plan[b].sum(0)[:n], torch.full((n,), 1 / n), atol=1e-3, rtol=0)
+        assert float(plan[b][txt_pad[b]].abs().sum() + plan[b][:, img_pad[b]].abs().sum()) == 0.0
+    distance = ot_distance(txt, img, txt_pad, img_pad)
+    grad_txt, = torch.autograd.grad(distance.sum(), txt)
+    fixed = (cosine_cost(txt, img, txt_pad, img_pad) * plan).sum()  # the plan as a constant
+    expected, = torch.autograd.grad(fixed, txt)
+    torch.testing.assert_close(grad_txt, expected)
+
+
+def test_a_released_base_checkpoint_loads_with_its_pretraining_heads(tmp_path):
+    """UNITER's 230-tensor uniter-base.pt: no missing and no unexpected key."""
+    sd = released_checkpoint_extras(make_uniter_state_dict())
+    assert len(sd) == 230
+    torch.save(sd, tmp_path / "uniter-base.pt")
+    from lightning_vl.uniter import UniterConfig
+
+    model = VLModule(task="pretrain", uniter=UniterConfig(), labels=[str(i) for i in range(1601)],
+                     init=str(tmp_path / "uniter-base.pt"))
+    report = model.init_report
+    assert report.missing == [] and report.unexpected == []
+    state = model.state_dict()
+    assert torch.equal(state["head.region_classifier.net.3.weight"], sd["region_classifier.net.3.weight"])
+    assert torch.equal(state["head.cls.predictions.decoder.weight"], sd["uniter.embeddings.word_embeddings.weight"])
+    assert set(model.released_state_dict()) == set(sd)
+
+
+def test_our_pretrained_model_loads_into_every_task_as_a_released_file_does(tmp_path):
+    model = pretrain_model()
+    path = export(model, tmp_path / "pretrained.pt", "uniter")
+    saved = torch.load(path, weights_only=True)
+    assert "itm_output.weight" in saved and "cls.predictions.bias" in saved
+    for task in DOWNSTREAM:
+        labels = None if TASKS[task].labels else ["a", "b", "c"]
+        target = VLModule(task=task, uniter=TINY, labels=labels, init=str(path))
+        assert not [k for k in target.init_report.missing if k.startswith("uniter.")], task
+        if task.startswith("flickr30k"):  # UNITER's init_output: rank head from the ITM match row
+            assert torch.equal(target.head.rank_output.weight.detach(), saved["itm_output.weight"][1:2])
+
+
+def test_a_text_only_model_exports_as_a_bert_folder_that_loads_as_theta_prime(tmp_path):
+    model = pretrain_model()
+    folder = export(model, tmp_path / "bert-tiny", "bert")
+    assert (folder / "config.json").exists() and (folder / "model.safetensors").exists()
+    target = VLModule(task="nlvr2", uniter=TINY, init=str(folder))
+    ours, theirs = model.state_dict(), target.state_dict()
+    for k in ("uniter.encoder.layer.1.output.dense.weight", "uniter.embeddings.position_embeddings.weight",
+              "uniter.pooler.dense.weight"):
+        assert torch.equal(ours[k], theirs[k]), k
+    assert not torch.equal(ours["uniter.img_embeddings.img_linear.weight"],
+                           theirs["uniter.img_embeddings.img_linear.weight"])  # BERT has no image embeddings
+    from transformers import BertConfig
+
+    assert BertConfig.from_pretrained(folder).hidden_size == TINY.hidden_size
+
+
+def test_text_only_batches_run_the_core_without_images():
+    model = pretrain_model()
+    batch = with_objective("mlm")
+    for k in ("img_feat", "img_pos_feat", "gather_index"):
+        batch.pop(k)
+    lt = batch["input_ids"].shape[1]
+    batch["attn_masks"] = (batch["input_ids"] != 0).long()[:, :lt]
+    assert torch.isfinite(model.training_loss(batch))
+
+
+def test_summaries_head_variant_adds_the_demo_objectives():
+    model = pretrain_model(head="uniter+summaries")
+    batch = with_objective("itm")
+    batch["objective"] = "summary"
+    batch["presence"] = torch.zeros(len(batch["ids"]), len(CLASSES))
+    batch["counts"] = torch.tensor([1, 2, 30, 0] * 2)
+    assert torch.isfinite(model.training_loss(batch))
+    assert model.head.summary_output.out_features == len(CLASSES) + MAX_COUNT + 1
+    plain = pretrain_model()
+    assert not hasattr(plain.head, "bow_output")
+
+
+# ---- end to end on the demo world ---------------------------------------------------------------
+def pretrain_args(world, tmp_path):
+    from pathlib import Path
+
+    from .test_tasks_demo import ROOT, demo_config
+
+    return ["--config", str(ROOT / "configs/task/pretrain.yaml"), "--config", str(ROOT / "configs/model/uniter-tiny.yaml"),
+            "--config", str(ROOT / "configs/demo.yaml"), "--config", str(demo_config("pretrain", world, tmp_path)),
+            "--data.init_args.batch_size", "8", "--data.init_args.eval_batch_size", "8",
+            "--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--trainer.enable_progress_bar", "false"]
+
+
+@pytest.mark.slow
+def test_make_pretrain_path_text_only_then_vl_export_loads(demo_all, tmp_path):
+    """The two stages of `make pretrain`: text-only MLM → a BERT folder (θ'_0), then UNITER's
+    objectives from it → a released-layout θ_0 with a training record."""
+    from lightning_vl.cli import main
+
+    from .test_tasks_demo import ROOT
+
+    args = pretrain_args(demo_all, tmp_path)
+    main(["fit", *args, "--config", str(ROOT / "configs/demo/pretrain-text.yaml"), "--model.init", "null",
+          "--trainer.callbacks+=lightning_vl.export.ExportWeights", "--trainer.callbacks.path", str(tmp_path / "bert"),
+          "--trainer.callbacks.layout", "bert"])
+    assert (tmp_path / "bert" / "model.safetensors").exists() and (tmp_path / "bert" / "training.json").exists()
+    main(["fit", *args, "--model.init", str(tmp_path / "bert"),
+          "--trainer.callbacks+=lightning_vl.export.ExportWeights", "--trainer.callbacks.path", str(tmp_path / "u.pt")])
+    record = json.loads((tmp_path / "u.json").read_text())
+    for key in ("val/mlm_acc", "val/itm_acc", "val/mrc_acc", "val/mrfr_loss", "val/score"):
+        assert key in record["metrics"], key
+    state = torch.load(tmp_path / "u.pt", weights_only=True)
+    assert "itm_output.weight" in state and "region_classifier.net.3.weight" in state
+
+
+@pytest.mark.slow
+def test_prune_pretrain_and_transfer_its_ticket_to_a_task(demo_all, tmp_path):
+    """make prune TASK=pretrain SPARSITY=0.3 on the demo; its round-3 mask fine-tunes NLVR2."""
+    from lightning_vl.cli import main
+
+    from .test_branches import task_args
+
+    main(["prune", *pretrain_args(demo_all, tmp_path), "--imp.target_sparsity", "0.3",
+          "--imp.root", str(tmp_path / "runs"), "--imp.wandb", "disabled"])
+    (run,) = list((tmp_path / "runs" / "pretrain").iterdir())
+    summary = json.loads((run / "summary.json").read_text())
+    assert [round(r["sparsity"], 2) for r in summary] == [0.0, 0.1, 0.2, 0.3]
+    assert all(r["monitor"] == "val/score" and 0 <= r["metric"] <= 1 for r in summary)
+    main(["branch", *task_args("nlvr2", demo_all, tmp_path), "--from", str(run / "round_03"), "--kind", "transfer",
+          "--branch.wandb", "disabled"])
+    (branch,) = list((run / "round_03" / "branches").iterdir())
+    result = json.loads((branch / "metrics.json").read_text())
+    assert result["task"] == "nlvr2" and result["source_task"] == "pretrain" and result["metric"] is not None
+    assert abs(result["sparsity"] - 0.3) < 1e-3
