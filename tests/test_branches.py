@@ -136,3 +136,27 @@ def test_transfer_core_copies_the_core_and_the_rows_both_tables_have():
     assert torch.equal(words[TINY.vocab_size:], words_before[TINY.vocab_size:])
     assert sorted(notes) == [f"uniter.embeddings.token_type_embeddings.weight (3 of 4 rows)",
                              f"uniter.embeddings.word_embeddings.weight ({TINY.vocab_size} of {TINY.vocab_size + 81} rows)"]
+
+
+@pytest.mark.slow
+def test_the_index_labels_every_round_and_branch_and_the_report_is_written(source_round, tmp_path):
+    """After the branches above: records for the run's rounds and each branch, and `lightning-vl
+    report` writes the tables and figures with one index.md."""
+    from lightning_vl.study.index import records
+
+    runs = source_round.parents[2]
+    found = records(runs)
+    rows = {(r["task"], r["row"]) for r in found}
+    assert {("nlvr2", "imp"), ("nlvr2", "random"), ("nlvr2", "random-layerwise"), ("nlvr2", "shuffle"),
+            ("nlvr2", "shuffled"), ("refcoco+", "transfer")} <= rows
+    transfer = next(r for r in found if r["row"] == "transfer")
+    assert transfer["source_task"] == "nlvr2" and transfer["level"] == 2
+    imp = sorted((r for r in found if r["row"] == "imp"), key=lambda r: r["level"])
+    assert [r["level"] for r in imp] == [0, 1, 2] and all(r["seed"] == 0 for r in imp)
+    main(["report", "--runs", str(runs), "--out", str(tmp_path / "reports"),
+          "--mask", f"r2={source_round / 'mask.pt'}", f"r1={source_round.parent / 'round_01' / 'mask.pt'}"])
+    index = (tmp_path / "reports" / "index.md").read_text()
+    assert "Table 1" in index and ".png" in index
+    for link in [line.split("](")[1].split(")")[0] for line in index.splitlines() if "](" in line]:
+        assert (tmp_path / "reports" / link).exists(), link
+    assert json.loads((tmp_path / "reports" / "records.json").read_text()) == found

@@ -1,0 +1,187 @@
+"""A study: a small YAML grid that expands into *cells*, each one lottery run or one branch of one.
+
+::
+
+    study: table1                       # name (studies/<name>/ holds the cells' state)
+    tasks: [nlvr2, refcoco+]            # the grid's task axis
+    seeds: [0, 1, 2]                    # or per task: {nlvr2: [0, 1, 2], default: [0]}
+    stack: [configs/task/{task}.yaml, configs/model/uniter-tiny.yaml, configs/demo.yaml,
+            configs/demo/{task}.yaml]   # config files of a task's command ({task} substituted)
+    args: [--trainer.enable_progress_bar, "false"]   # added to every command
+    runs:                               # lottery runs, per task × seed (× rewind step); a run's own
+      - {method: imp, target_sparsity: 0.7, rewind_steps: [0]}   # `tasks:` narrows the task axis
+      - {method: random, target_sparsity: 0.7}
+    branches:                           # branches of a run's rounds, per task × seed
+      - {name: bert, from: imp, kind: reinit, init: data/demo/bert-tiny, at: [0.5, 0.7]}
+      - {name: transfer, from: imp, kind: transfer, to: [vqa, gqa], at: [0.7]}
+
+A branch cell depends on the run cell it hangs off (``from`` names the run's method; ``source``
+names another task's run, e.g. ``source: pretrain`` for the universal ticket); ``at`` lists
+sparsities on the run's schedule. ``configs/study/*.yaml`` are the shipped studies.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from callbacks import schedule_level
+from lightning_vl.tasks import TASKS
+
+RUN_KEYS = {"method", "target_sparsity", "rewind_steps", "schedule", "rate", "args", "tasks"}
+BRANCH_KEYS = {"name", "from", "source", "kind", "init", "strategy", "to", "at", "seeds", "args"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One command of a study. ``depends`` are the ids of cells that must be done first."""
+
+    id: str
+    kind: str  # "run" or "branch"
+    task: str  # the task whose folder holds the result (a branch: its source run's task)
+    label: str  # for progress lines: "nlvr2 imp seed 0"
+    spec: dict = field(hash=False)
+    depends: tuple[str, ...] = ()
+
+
+@dataclass
+class Study:
+    name: str
+    cells: list[Cell]
+    path: Optional[Path] = None
+    raw: dict = field(default_factory=dict)
+
+    def cell(self, cell_id: str) -> Cell:
+        return next(c for c in self.cells if c.id == cell_id)
+
+
+def _cell_id(spec: dict) -> str:
+    """Content address of a cell: what it runs (not where it runs it)."""
+    return hashlib.md5(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _list(value, default):
+    if value is None:
+        return list(default)
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _check_keys(entry: dict, allowed: set, where: str) -> None:
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; allowed: {sorted(allowed)}")
+
+
+def expand(raw: dict, tasks: Optional[list[str]] = None, seeds: Optional[list[int]] = None,
+           source: str = "study") -> Study:
+    """The cells of a study (``tasks`` / ``seeds`` override the grid's axes)."""
+    if not isinstance(raw, dict) or "study" not in raw:
+        raise ValueError(f"{source}: a study needs a 'study:' name, 'tasks', 'stack' and 'runs'")
+    tasks = _list(tasks if tasks is not None else raw.get("tasks"), [])
+    seed_spec = seeds if seeds is not None else raw.get("seeds")
+
+    def seeds_of(task: str) -> list[int]:
+        """``seeds`` is a list, or per task: ``{nlvr2: [0, 1, 2], default: [0]}``."""
+        if isinstance(seed_spec, dict):
+            return [int(s) for s in _list(seed_spec.get(task, seed_spec.get("default")), [0])]
+        return [int(s) for s in _list(seed_spec, [0])]
+
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"{source}: tasks {unknown or tasks} — expected some of {sorted(TASKS)}")
+    stack = [str(s) for s in raw.get("stack") or []]
+    if not stack:
+        raise ValueError(f"{source}: 'stack' must list the config files of a task's command ({{task}} substituted)")
+    common = {"stack": stack, "args": [str(a) for a in raw.get("args") or []]}
+    cells: list[Cell] = []
+    runs: dict[tuple, str] = {}  # (task, method, seed, rewind) -> cell id
+
+    def run_cell(task: str, seed: int, entry: dict, rewind: int) -> str:
+        key = (task, entry["method"], seed, rewind)
+        if key in runs:
+            return runs[key]
+        spec = {**common, "kind": "run", "task": task, "seed": seed, "method": entry["method"],
+                "target_sparsity": float(entry.get("target_sparsity", 0.7)), "rewind_step": int(rewind),
+                "schedule": entry.get("schedule", "linear"), "rate": float(entry.get("rate", 0.1)),
+                "extra": [str(a) for a in entry.get("args") or []]}
+        cell = Cell(_cell_id(spec), "run", task, f"{task} {entry['method']} seed {seed}"
+                    + (f" rewind {rewind}" if rewind else ""), spec)
+        cells.append(cell)
+        runs[key] = cell.id
+        return cell.id
+
+    run_entries = raw.get("runs") or []
+    for i, entry in enumerate(run_entries):
+        _check_keys(entry, RUN_KEYS, f"{source}: runs[{i}]")
+        if "method" not in entry:
+            raise ValueError(f"{source}: runs[{i}] needs a method")
+    for entry in run_entries:  # a run entry's own `tasks` narrows the grid's (e.g. the pre-training run only)
+        for task in _list(entry.get("tasks"), tasks):
+            if task not in TASKS:
+                raise ValueError(f"{source}: runs: task {task!r} is not a task")
+            for seed in seeds_of(task):
+                for rewind in _list(entry.get("rewind_steps"), [0]):
+                    run_cell(task, seed, entry, int(rewind))
+    for i, entry in enumerate(raw.get("branches") or []):
+        where = f"{source}: branches[{i}]"
+        _check_keys(entry, BRANCH_KEYS, where)
+        if entry.get("kind") not in ("random", "shuffle", "reinit", "transfer"):
+            raise ValueError(f"{where}: kind must be random, shuffle, reinit or transfer")
+        method = entry.get("from", "imp")
+        template = next((e for e in run_entries if e["method"] == method), None)
+        if template is None:
+            raise ValueError(f"{where}: from: {method!r} names no entry of 'runs'")
+        sources = _list(entry.get("source"), []) or tasks
+        for src in sources:
+            if src not in TASKS:
+                raise ValueError(f"{where}: source {src!r} is not a task")
+            if entry["kind"] == "transfer":  # default: every other task of the grid
+                targets = [t for t in _list(entry.get("to"), tasks) if t != src]
+            else:
+                targets = [None]
+            for seed in [int(s) for s in _list(entry.get("seeds"), seeds_of(src))]:
+                parent = run_cell(src, seed, template, 0)
+                for at in _list(entry.get("at"), []):
+                    level = level_of(float(at), template)
+                    for target in targets:
+                        spec = {**common, "kind": "branch", "name": entry.get("name", entry["kind"]),
+                                "branch_kind": entry["kind"], "task": src, "seed": seed, "level": level,
+                                "sparsity": float(at), "source_cell": parent, "init": entry.get("init"),
+                                "strategy": entry.get("strategy"), "to": target,
+                                "extra": [str(a) for a in entry.get("args") or []]}
+                        label = (f"{src} r{level:02d} {entry.get('name', entry['kind'])}"
+                                 + (f" → {target}" if target else "") + f" seed {seed}")
+                        cells.append(Cell(_cell_id(spec), "branch", src, label, spec, (parent,)))
+    ids = [c.id for c in cells]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{source}: two cells of the grid are the same command")
+    return Study(str(raw["study"]), cells, raw=raw)
+
+
+def level_of(sparsity: float, run: dict) -> int:
+    """The round index whose sparsity is ``sparsity`` on the run's schedule (an error if none is)."""
+    schedule, rate = run.get("schedule", "linear"), float(run.get("rate", 0.1))
+    for level in range(200):
+        value = schedule_level(level, schedule, rate)
+        if abs(value - sparsity) < 1e-6:
+            if value > float(run.get("target_sparsity", 0.7)) + 1e-9:
+                raise ValueError(f"branch at {sparsity:.0%}: past the run's target sparsity "
+                                 f"{run.get('target_sparsity', 0.7)}")
+            return level
+        if value > sparsity:
+            break
+    raise ValueError(f"sparsity {sparsity} is not a level of the {schedule} schedule with rate {rate}")
+
+
+def load(path: str | Path, tasks=None, seeds=None) -> Study:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"study file {path} does not exist")
+    raw = yaml.safe_load(path.read_text())
+    study = expand(raw, tasks, seeds, source=str(path))
+    study.path = path
+    return study

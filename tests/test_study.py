@@ -1,0 +1,177 @@
+"""Studies: grid expansion, skip/resume, dependencies and failures (with a stand-in for the
+commands), and two real worker processes sharing one study (claims, a dead worker's claim)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_vl.study import StudyRunner, expand, load
+from lightning_vl.study.runner import StudyState
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = {
+    "study": "t", "tasks": ["nlvr2", "refcoco+"], "seeds": [0, 1],
+    "stack": ["configs/task/{task}.yaml", "configs/demo/{task}.yaml"],
+    "runs": [{"method": "imp", "target_sparsity": 0.7}, {"method": "random", "target_sparsity": 0.7}],
+    "branches": [{"name": "bert", "from": "imp", "kind": "reinit", "init": "data/demo/bert-tiny", "at": [0.5, 0.7]},
+                 {"name": "transfer", "from": "imp", "kind": "transfer", "at": [0.7]}],
+}
+
+
+def test_grid_expands_into_content_addressed_cells():
+    study = expand(GRID)
+    runs = [c for c in study.cells if c.kind == "run"]
+    branches = [c for c in study.cells if c.kind == "branch"]
+    assert len(runs) == 2 * 2 * 2  # tasks × seeds × methods
+    assert len(branches) == 2 * 2 * 2 + 2 * 2 * 1  # bert at 2 sparsities; transfer to the other task
+    assert {c.spec["level"] for c in branches} == {5, 7}
+    transfer = [c for c in branches if c.spec["branch_kind"] == "transfer"]
+    assert {(c.task, c.spec["to"]) for c in transfer} == {("nlvr2", "refcoco+"), ("refcoco+", "nlvr2")}
+    for c in branches:  # every branch hangs off its task's IMP run of the same seed
+        parent = study.cell(c.depends[0])
+        assert parent.spec["method"] == "imp" and parent.task == c.task and parent.spec["seed"] == c.spec["seed"]
+    assert [c.id for c in expand(GRID).cells] == [c.id for c in study.cells]  # stable ids
+    fewer = expand(GRID, tasks=["nlvr2"], seeds=[1])
+    assert {c.id for c in fewer.cells} < {c.id for c in study.cells}
+    per_task = expand({**GRID, "seeds": {"nlvr2": [0, 1, 2], "default": [0]}})
+    assert sum(c.kind == "run" and c.task == "nlvr2" for c in per_task.cells) == 6
+    assert sum(c.kind == "run" and c.task == "refcoco+" for c in per_task.cells) == 2
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"tasks": ["nope"]}, "expected some of"), ({"runs": [{"method": "imp", "colour": 1}]}, "unknown keys"),
+    ({"branches": [{"from": "imp", "kind": "reinit", "at": [0.75]}]}, "not a level"),
+    ({"branches": [{"from": "omp", "kind": "reinit", "at": [0.5]}]}, "names no entry"),
+    ({"branches": [{"from": "imp", "kind": "reinit", "at": [0.9]}]}, "past the run's target"),
+])
+def test_bad_grids_are_refused_by_name(bad, message):
+    with pytest.raises(ValueError, match=message):
+        expand({**GRID, **bad})
+
+
+def test_shipped_studies_expand():
+    for path in sorted((ROOT / "configs" / "study").glob("*.yaml")):
+        study = load(path)
+        assert study.cells, path
+
+
+class FakeCommands:
+    """Stands in for lightning-vl prune/branch: records what ran, 'writes' a run folder."""
+
+    def __init__(self, tmp_path, fail=()):
+        self.ran, self.tmp, self.fail = [], tmp_path, set(fail)
+
+    def __call__(self, command, log, result_file):
+        self.ran.append(command)
+        log.write_text("ran\n")
+        verb = command[3]
+        key = " ".join(command)
+        if any(f in key for f in self.fail):
+            return 1
+        run_dir = self.tmp / "runs" / f"run{len(self.ran)}"
+        result_file.write_text(json.dumps({"run_dir": str(run_dir), "verb": verb}))
+        return 0
+
+
+def test_a_study_runs_dependencies_first_skips_done_cells_and_retries_failed_ones(tmp_path):
+    study = expand(GRID, tasks=["nlvr2"], seeds=[0])
+    fake = FakeCommands(tmp_path, fail=["--kind reinit"])
+    runner = StudyRunner(study, runs=tmp_path / "runs", root=tmp_path / "studies", execute=fake, poll=0.01,
+                         echo=lambda s: None)
+    assert runner.run() == 1  # the bert branches failed
+    verbs = [c[3] for c in fake.ran]
+    assert verbs[:2] == ["prune", "prune"] and verbs.count("branch") == 2
+    state = StudyState(tmp_path / "studies", study)
+    assert sum(state.is_done(c) for c in study.cells) == 2
+    assert all(state.failed_path(c).exists() for c in study.cells if c.kind == "branch")
+    branch = next(c for c in fake.ran if c[3] == "branch")
+    assert branch[branch.index("--from") + 1].endswith(("round_05", "round_07"))
+    fake.fail.clear()
+    fake.ran.clear()
+    assert runner.run() == 0  # re-running retries the failed cells only
+    assert [c[3] for c in fake.ran] == ["branch", "branch"]
+    fake.ran.clear()
+    assert runner.run() == 0 and fake.ran == []  # everything done: nothing runs
+
+
+def test_a_cell_waiting_on_a_failed_one_is_reported_not_run(tmp_path):
+    study = expand(GRID, tasks=["nlvr2"], seeds=[0])
+    fake = FakeCommands(tmp_path, fail=["--imp.method imp"])
+    lines = []
+    runner = StudyRunner(study, runs=tmp_path / "runs", root=tmp_path / "studies", execute=fake, poll=0.01,
+                         echo=lines.append)
+    assert runner.run() == 1
+    assert all(c[3] == "prune" for c in fake.ran)  # no branch of the failed run was attempted
+    assert "failed or blocked" in lines[-1] and "nlvr2 r05 bert seed 0" in lines[-1]
+
+
+# ---- real worker processes ----------------------------------------------------------------------
+def tiny_study(world: Path, tmp_path: Path) -> Path:
+    study = {
+        "study": "tiny", "tasks": ["nlvr2"], "seeds": [0, 1],
+        "stack": [str(ROOT / "configs/task/{task}.yaml"), str(ROOT / "configs/model/uniter-tiny.yaml"),
+                  str(ROOT / "configs/demo.yaml"), str(ROOT / "configs/demo/{task}.yaml")],
+        "args": ["--model.init", str(world / "uniter-tiny.pt"),
+                 "--data.init_args.train_file", str(world / "nlvr2/train.json"),
+                 "--data.init_args.val_file", str(world / "nlvr2/dev.json"),
+                 "--data.init_args.test_file", str(world / "nlvr2/test.json"),
+                 "--data.init_args.features", str(world / "features.h5"),
+                 "--data.init_args.tokenizer", str(world / "tokenizer"),
+                 "--data.init_args.batch_size", "8", "--trainer.max_steps", "4", "--trainer.val_check_interval", "4",
+                 "--trainer.enable_progress_bar", "false"],
+        "runs": [{"method": "imp", "target_sparsity": 0.1, "args": ["--imp.wandb", "disabled"]}],
+        "branches": [{"name": "shuffle", "from": "imp", "kind": "shuffle", "at": [0.1],
+                      "args": ["--branch.wandb", "disabled"]}],
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def worker(study: Path, tmp_path: Path, name: str) -> subprocess.Popen:
+    log = open(tmp_path / f"{name}.log", "w")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    return subprocess.Popen([sys.executable, "-m", "lightning_vl.cli", "study", str(study), "--runs",
+                             str(tmp_path / "runs"), "--root", str(tmp_path / "studies"), "--poll", "0.5"],
+                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def cells_done(tmp_path: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in (tmp_path / "studies" / "tiny" / "cells").glob("*.json")]
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_study_and_never_run_the_same_cell(demo_world, tmp_path):
+    study = tiny_study(demo_world, tmp_path)
+    workers = [worker(study, tmp_path, f"w{i}") for i in range(2)]
+    assert [w.wait(timeout=600) for w in workers] == [0, 0], (tmp_path / "w0.log").read_text()[-2000:]
+    done = cells_done(tmp_path)
+    assert len(done) == 4  # 2 runs + 2 branches, each exactly once
+    logs = [(tmp_path / f"w{i}.log").read_text() for i in range(2)]
+    ran = [line for log in logs for line in log.splitlines() if line.strip().startswith("✓")]
+    assert len(ran) == 4 and len({line.split(" in ")[0] for line in ran}) == 4
+    assert all(log.count("✓") >= 1 for log in logs)  # both workers did some of the work
+    runs = list((tmp_path / "runs" / "nlvr2").iterdir())
+    assert len(runs) == 2 and all((r / "round_01" / "branches").is_dir() for r in runs)
+
+
+@pytest.mark.slow
+def test_a_dead_workers_claim_is_taken_over(demo_world, tmp_path):
+    study = tiny_study(demo_world, tmp_path)
+    first = worker(study, tmp_path, "first")
+    deadline = time.time() + 300
+    while not list((tmp_path / "studies" / "tiny" / "cells").glob("*.log")):
+        assert first.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    os.killpg(first.pid, signal.SIGKILL)  # the worker and its command, mid-cell
+    first.wait()
+    assert len(cells_done(tmp_path)) < 4
+    second = worker(study, tmp_path, "second")
+    assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-2000:]
+    assert len(cells_done(tmp_path)) == 4
