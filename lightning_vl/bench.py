@@ -23,6 +23,7 @@ import torch.nn.utils.prune as tprune
 
 from callbacks import Mask, random_prune
 
+from .adversarial import AdversarialConfig, adversarial_loss
 from .module import VLModule
 from .uniter import UniterConfig
 
@@ -45,8 +46,13 @@ def synthetic_batch(pairs: int, txt_len: int, n_boxes: int, cfg: UniterConfig, s
 
 
 class Variant:
-    def __init__(self, name: str, model: VLModule, mask: Mask | None, torch_prune: bool):
+    def __init__(self, name: str, model: VLModule, mask: Mask | None, torch_prune: bool,
+                 adversarial: AdversarialConfig | None = None):
         self.name, self.model, self.mask = name, model, mask
+        self.adversarial = adversarial.resolved(model.spec.name) if adversarial is not None else None
+        self.passes: list[int] = []
+        self._calls = 0
+        model.uniter.register_forward_hook(self._count)
         self.params = {n: model.get_parameter(n) for n in mask.keys()} if mask else {}
         if torch_prune:
             for n in mask.keys():
@@ -75,10 +81,18 @@ class Variant:
                     extra += getattr(module, name[: -len("_mask")]).numel() * buf.element_size()
         return extra
 
+    def _count(self, *_) -> None:
+        self._calls += 1
+
     def step(self, batch: dict) -> None:
         start = time.perf_counter()
-        loss = self.model.spec.loss(self.model(batch), batch)
+        self._calls = 0
+        if self.adversarial is not None:
+            loss, _ = adversarial_loss(self.model, batch, self.adversarial)
+        else:
+            loss = self.model.spec.loss(self.model(batch), batch)
         loss.backward()
+        self.passes.append(self._calls)
         masking = 0.0
         if self.mask is not None:  # what MaskedTraining.on_before_optimizer_step does
             t = time.perf_counter()
@@ -105,6 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=6, help="measured steps per variant")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--out", default="bench/results.json")
+    ap.add_argument("--adversarial-steps", type=int, default=3,
+                    help="also time masked training with VILLA's adversarial steps K (0: skip)")
+    ap.add_argument("--adversarial-modality", default="text", help="text, image, image+text or alter")
     args = ap.parse_args(argv)
 
     torch.manual_seed(0)
@@ -121,6 +138,9 @@ def main(argv: list[str] | None = None) -> dict:
         Variant("masked", copy.deepcopy(base), mask, False),
         Variant("torch-prune", copy.deepcopy(base), mask, True),
     ]
+    if args.adversarial_steps:
+        adv = AdversarialConfig(enabled=True, steps=args.adversarial_steps, modality=args.adversarial_modality)
+        variants.append(Variant(f"masked+adv K={args.adversarial_steps}", copy.deepcopy(base), mask, False, adv))
     batch = synthetic_batch(args.pairs, args.txt_len, args.boxes, cfg)
     print(f"UNITER-{args.size}: {sum(p.numel() for p in base.parameters()):,} params, "
           f"{mask.num_total:,} prunable at {args.sparsity:.0%} sparsity; batch {2 * args.pairs} rows × "
@@ -135,15 +155,16 @@ def main(argv: list[str] | None = None) -> dict:
         v.times = v.times[args.warmup:]
     dense = statistics.median(variants[0].times)
     result = {"config": vars(args), "threads": torch.get_num_threads(), "variants": {}}
-    print(f"\n{'variant':<12} {'median step':>12} {'ratio':>8} {'extra memory':>14}")
+    print(f"\n{'variant':<20} {'median step':>12} {'ratio':>8} {'extra memory':>14} {'passes':>7}")
     for v in variants:
         med = statistics.median(v.times)
         entry = {"median_s": med, "ratio_to_dense": med / dense, "times_s": v.times,
-                 "extra_memory_mb": v.extra_bytes / 2**20}
+                 "extra_memory_mb": v.extra_bytes / 2**20, "forward_passes_per_step": statistics.median(v.passes)}
         if v.mask_times:
             entry["mask_apply_median_s"] = statistics.median(v.mask_times)
         result["variants"][v.name] = entry
-        print(f"{v.name:<12} {med:>11.3f}s {med / dense:>8.3f} {v.extra_bytes / 2**20:>11.0f} MB")
+        print(f"{v.name:<20} {med:>11.3f}s {med / dense:>8.3f} {v.extra_bytes / 2**20:>11.0f} MB "
+              f"{statistics.median(v.passes):>7.0f}")
     if variants[1].mask_times:
         apply = statistics.median(variants[1].mask_times)
         result["mask_apply_fraction_of_dense_step"] = apply / dense
