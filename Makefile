@@ -17,15 +17,16 @@ DEMO_DIR ?= data/demo
 RUNS ?= runs
 TEXT_PRETRAIN_STEPS ?= 1000
 PRETRAIN_STEPS ?= 1500
+PRETRAIN_ARGS ?= --trainer.enable_progress_bar false
 
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-TASKS := vqa gqa vcr nlvr2 snli-ve refcoco+ flickr30k-ir flickr30k-tr pretrain
+TASK_NAMES := vqa gqa vcr nlvr2 snli-ve refcoco+ flickr30k-ir flickr30k-tr pretrain
 
-.PHONY: install demo pretrain prune branch finetune features data test bench clean help check-task
+.PHONY: install demo pretrain prune branch finetune study report overlap features data test bench clean help check-task
 
 help:
 	@echo "make prune TASK=<task> [PRUNE=imp|omp|lamp|snip|random|random-layerwise] [SPARSITY=0.7] [SCHEDULE=linear|geometric] [REWIND=0] [INIT=ckpt]"
@@ -33,11 +34,13 @@ help:
 	@echo "make finetune TASK=<task> [MASK=round_NN/mask.pt] [INIT=ckpt]"
 	@echo "make features SRC=<path...> FORMAT=tsv|butd-h5|img-db|npz OUT=<store.h5>"
 	@echo "make data TASK=<task> SRC=<folder with the public annotation files>"
-	@echo "make pretrain (the demo's θ'_0 and θ_0) | make test | make bench | make demo | make clean"
-	@echo "tasks: $(TASKS)"
+	@echo "make study STUDY=table1|universal|transfer|rewind [TASKS='nlvr2 vqa'] [SEEDS='0 1'] [REAL=1] | make report [RUNS=runs] [MASKS='vqa=…/mask.pt …']"
+	@echo "make overlap MASKS='vqa=runs/vqa/imp-…/round_07/mask.pt nlvr2=…' | make pretrain (the demo's θ'_0 and θ_0)"
+	@echo "make test | make bench | make demo | make clean"
+	@echo "tasks: $(TASK_NAMES)"
 
 check-task:
-	@case " $(TASKS) " in *" $(TASK) "*) ;; *) echo "unknown TASK=$(TASK); one of: $(TASKS)"; exit 2;; esac
+	@case " $(TASK_NAMES) " in *" $(TASK) "*) ;; *) echo "unknown TASK=$(TASK); one of: $(TASK_NAMES)"; exit 2;; esac
 
 install: $(STAMP)
 
@@ -71,13 +74,13 @@ PRETRAIN_CODE := lightning_vl/pretraining.py lightning_vl/optimal_transport.py d
 $(DEMO_BERT): $(DEMO_DIR)/.complete $(PRETRAIN_CODE) configs/demo/pretrain-text.yaml
 	$(PRETRAIN) --config configs/demo/pretrain-text.yaml --trainer.callbacks.path $(DEMO_DIR)/bert-tiny \
 	  --trainer.callbacks.layout bert --model.init null --trainer.logger.name text \
-	  --trainer.max_steps $(TEXT_PRETRAIN_STEPS) --trainer.val_check_interval $(TEXT_PRETRAIN_STEPS) $(ARGS)
+	  --trainer.max_steps $(TEXT_PRETRAIN_STEPS) --trainer.val_check_interval $(TEXT_PRETRAIN_STEPS) $(PRETRAIN_ARGS)
 
 $(DEMO_MODEL): $(DEMO_BERT)
 	$(PRETRAIN) --trainer.callbacks.path $(DEMO_MODEL) --trainer.callbacks.layout uniter \
 	  --model.init $(DEMO_DIR)/bert-tiny --trainer.logger.name uniter \
 	  --trainer.max_steps $(PRETRAIN_STEPS) --trainer.val_check_interval $(PRETRAIN_STEPS) \
-	  --model.warmup_steps $$(( $(PRETRAIN_STEPS) / 10 )) $(ARGS)
+	  --model.warmup_steps $$(( $(PRETRAIN_STEPS) / 10 )) $(PRETRAIN_ARGS)
 
 prune: check-task pretrain
 	$(BIN)/lightning-vl prune \
@@ -91,6 +94,18 @@ branch: pretrain
 	$(BIN)/lightning-vl branch --from $(FROM) --kind $(KIND) $(if $(TO),--task $(TO)) \
 	  $(if $(INIT),--model.init $(if $(filter none,$(INIT)),null,$(INIT))) \
 	  $(if $(STRATEGY),--branch.strategy $(STRATEGY)) $(if $(SEED),--branch.seed $(SEED)) $(ARGS)
+
+# a study of the paper (configs/study/<STUDY>-demo.yaml on the demo; STUDY=table1 REAL=1 for real data)
+STUDY ?= table1
+study: pretrain
+	$(BIN)/lightning-vl study configs/study/$(STUDY)$(if $(REAL),,-demo).yaml --runs $(RUNS) \
+	  $(if $(TASKS),--tasks $(TASKS)) $(if $(SEEDS),--seeds $(SEEDS)) $(ARGS)
+
+report: $(STAMP)
+	$(BIN)/lightning-vl report --runs $(RUNS) --out $(or $(OUT),reports) $(if $(MASKS),--mask $(MASKS)) $(ARGS)
+
+overlap: $(STAMP)
+	$(BIN)/lightning-vl overlap $(MASKS) --out $(or $(OUT),reports/overlap)
 
 finetune: check-task pretrain
 	$(BIN)/lightning-vl fit \

@@ -159,6 +159,8 @@ def test_two_workers_share_a_study_and_never_run_the_same_cell(demo_world, tmp_p
     assert all(log.count("✓") >= 1 for log in logs)  # both workers did some of the work
     runs = list((tmp_path / "runs" / "nlvr2").iterdir())
     assert len(runs) == 2 and all((r / "round_01" / "branches").is_dir() for r in runs)
+    index = (tmp_path / "studies" / "tiny" / "report" / "index.md").read_text()  # the study's own report
+    assert "Table 1" in index and "accuracy" in index
 
 
 @pytest.mark.slow

@@ -36,11 +36,11 @@ def test_the_registry_has_the_study_tasks():
 
 def test_makefile_tasks_line():
     makefile = ROOT / "Makefile"
-    lines = [m.group(1) for m in re.finditer(r"^TASKS\s*[:?]?=\s*(.*?)\s*$", makefile.read_text(), re.MULTILINE)]
-    assert len(lines) == 1, f"{makefile}: expected one 'TASKS := ...' line, found {len(lines)}"
+    lines = [m.group(1) for m in re.finditer(r"^TASK_NAMES\s*[:?]?=\s*(.*?)\s*$", makefile.read_text(), re.MULTILINE)]
+    assert len(lines) == 1, f"{makefile}: expected one 'TASK_NAMES := ...' line, found {len(lines)}"
     names = lines[0].split()
-    assert len(names) == len(set(names)), f"{makefile}: TASKS lists a task twice: {names}"
-    problems = differences(f"{makefile}: TASKS", names)
+    assert len(names) == len(set(names)), f"{makefile}: TASK_NAMES lists a task twice: {names}"
+    problems = differences(f"{makefile}: TASK_NAMES", names)
     assert not problems, "\n".join(problems)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from .grid import load
@@ -19,6 +20,9 @@ def study_main(argv: list[str]) -> int:
     ap.add_argument("--root", default="studies", help="where the study's cell records live (default studies/)")
     ap.add_argument("--poll", type=float, default=10.0, help="seconds between looks while other workers hold cells")
     ap.add_argument("--list", action="store_true", help="list the cells and their state, run nothing")
+    ap.add_argument("--wandb", default=os.environ.get("WANDB_MODE", "offline"),
+                    choices=["offline", "online", "disabled"],
+                    help="the study's summary W&B run, logged when every cell is done (default: $WANDB_MODE or offline)")
     args = ap.parse_args(argv)
     try:
         study = load(args.study, args.tasks, args.seeds)
@@ -31,7 +35,43 @@ def study_main(argv: list[str]) -> int:
                                                        "failed" if state.failed_path(cell).exists() else "to do")
             print(f"{cell.id}  {mark:<8} {cell.label}")
         return 0
-    return StudyRunner(study, runs=args.runs, root=args.root, poll=args.poll).run()
+    runner = StudyRunner(study, runs=args.runs, root=args.root, poll=args.poll)
+    code = runner.run()
+    if code == 0:
+        summarise(study, runner.state, args.wandb)
+    return code
+
+
+def summarise(study, state: StudyState, wandb_mode: str) -> None:
+    """When every cell is done: the study's own report (``studies/<study>/report/``, from its
+    cells' run folders only) and its summary W&B run."""
+    from ..analysis.report import write_report
+    from .index import records_of
+    from .summary import log_summary_run
+
+    import fcntl
+
+    fd = os.open(state.path / "report.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:  # several workers finish together: one writes the report
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return
+        runs = sorted({state.record(c)["run_dir"] for c in study.cells if c.kind == "run"})
+        found = [r for r in records_of(runs) if _in_study(r, study, state)]
+        index = write_report(found, state.path / "report")
+        log_summary_run(study.name, found, state.path, wandb_mode)
+        print(f"study {study.name}: report {index} ({len(found)} records)")
+    finally:
+        os.close(fd)
+
+
+def _in_study(record: dict, study, state: StudyState) -> bool:
+    """A run's rounds always; a branch only when one of this study's cells made it."""
+    if "/branches/" not in record["path"]:
+        return True
+    mine = {state.record(c)["run_dir"] for c in study.cells if c.kind == "branch" and state.is_done(c)}
+    return record["path"] in mine
 
 
 def report_main(argv: list[str]) -> int:

@@ -64,8 +64,14 @@ def run_folders(root: str | Path) -> Iterator[Path]:
 
 
 def records(root: str | Path) -> list[dict]:
+    """The records of every run folder under ``root``."""
+    return records_of(run_folders(root))
+
+
+def records_of(runs) -> list[dict]:
+    """The records of the given run folders: their rounds and the branches under them."""
     out = []
-    for run in run_folders(root):
+    for run in map(Path, runs):
         config = _config(run)
         imp = config.get("imp") or {}
         seed = config.get("seed_everything")
