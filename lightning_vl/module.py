@@ -51,6 +51,7 @@ class VLModule(pl.LightningModule):
         task: a name from ``lightning_vl.tasks.TASKS``.
         uniter: the core's sizes (``configs/model/uniter-*.yaml``).
         head: head variant of the task (NLVR2: ``paired-attn`` or ``paired``); None = the default.
+        head_options: keyword arguments of the head (pre-training: ``ot_weight``, ``summaries``).
         labels: label strings in index order (VQA/GQA answers). The CLI copies them from the data
             module; they are saved with every checkpoint, so predictions can be decoded.
         init: weights to start from: a released UNITER checkpoint, one of ours, a HuggingFace BERT
@@ -67,6 +68,7 @@ class VLModule(pl.LightningModule):
         task: str = "nlvr2",
         uniter: UniterConfig = UniterConfig(),
         head: Optional[str] = None,
+        head_options: Optional[dict] = None,
         labels: Optional[list[str]] = None,
         init: Optional[str] = None,
         init_seed: int = 0,
@@ -93,7 +95,7 @@ class VLModule(pl.LightningModule):
             raise ValueError(f"task {task!r} has the labels {fixed} in this order, the data gave {list(labels)}")
         self.labels = list(labels) if labels is not None else fixed
         self.uniter = UniterModel(uniter)
-        self.head = self.spec.heads[head](uniter, len(self.labels) if self.labels else None)
+        self.head = self.spec.heads[head](uniter, len(self.labels) if self.labels else None, **(head_options or {}))
         init_head_weights(self.head, uniter.initializer_range)
         # parameters fine-tuning never uses are frozen, so DDP needs no unused-parameter search
         if not self.spec.trains_mask_embedding:

@@ -296,6 +296,6 @@ def outputs_and_batch(out: dict, batch: dict) -> tuple:
     return out, batch
 
 
-def summaries_head(config: UniterConfig, num_labels: Optional[int] = None) -> PretrainingHeads:
+def summaries_head(config: UniterConfig, num_labels: Optional[int] = None, **options) -> PretrainingHeads:
     """The head variant ``uniter+summaries``: UNITER's heads plus the demo's [CLS] objectives."""
-    return PretrainingHeads(config, num_labels, summaries=True)
+    return PretrainingHeads(config, num_labels, summaries=True, **options)

@@ -1,4 +1,5 @@
 """Flickr30k retrieval: Karpathy-file reading, training groups, full-evaluation pairs, the demo."""
+import dataclasses
 import copy
 import filecmp
 import json
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from data_modules.demo import generate_demo
-from data_modules.demo.flickr30k import FIRST_IMAGE, make_captions, retrieval_stats
+from data_modules.demo.flickr30k import MIN_OBJECTS, FIRST_IMAGE, make_captions, retrieval_stats
 from data_modules.demo.world import WorldConfig, make_scene
 from data_modules.features import MissingImageError, RegionFeatureStore, RegionFeatureWriter
 from data_modules.flickr30k import (EpochIndexSampler, Flickr30kDataModule, KarpathyImage, read_karpathy,
@@ -290,22 +291,19 @@ def test_demo_is_deterministic(demo, tmp_path):
     assert Path(paths["flickr30k_karpathy"]).read_text() != Path(other["flickr30k_karpathy"]).read_text()
 
 
-def test_captions_are_true_and_discriminate_but_not_trivially():
-    """Captions hold for their own scene; a caption fits several images of a 100-image split (so
-    text cannot name the image, and R@1 is bounded), yet an oracle knowing the scenes retrieves
-    far above chance (1/100)."""
+def test_captions_are_true_and_specific_enough_to_learn_retrieval():
+    """Captions hold for their own scene; on a 100-image split most pin their image down (an
+    oracle knowing the scenes gets IR R@1 well above the study's 0.30 target), yet some fit several
+    images (R@1 is bounded below 1, and the model must bind every attribute to get there)."""
     rng = np.random.default_rng(0)
-    world = WorldConfig()
+    world = dataclasses.replace(WorldConfig(), min_objects=MIN_OBJECTS)
     scenes = [make_scene(rng, str(i), world=world) for i in range(100)]
     captions = [make_captions(s, rng) for s in scenes]
     assert all(c.holds(s) for s, caps in zip(scenes, captions) for c in caps)
     stats = retrieval_stats(scenes, captions)
-    assert 3 <= stats["images_per_caption_mean"] <= 40, stats
-    assert 0.1 <= stats["oracle_ir_r1"] <= 0.6, stats
-    texts = [c.text for caps in captions for c in caps]
-    assert len(set(texts)) < len(texts)  # the same caption text describes several images
-    one_object = sum(1 for caps in captions for c in caps if c.template in ("single", "count"))
-    assert one_object >= 0.2 * len(texts)
+    assert 1.2 <= stats["images_per_caption_mean"] <= 4, stats
+    assert 0.6 <= stats["oracle_ir_r1"] <= 0.95 and 0.4 <= stats["oracle_tr_r1"] <= 0.95, stats
+    assert all(len(s.objects) >= MIN_OBJECTS for s in scenes)
 
 
 def test_datamodule_on_the_demo(demo):

@@ -1,11 +1,11 @@
 """Flickr30k-style captions of demo scenes, in Karpathy's ``dataset_flickr30k.json`` schema.
 
-Every image gets 5 different captions, each true of its scene: one object with some of its
-attributes ("A large red cube."), two or three objects, a left/right relation, an exact count.
-Objects are described with a random subset of their attributes, so a caption usually fits
-several images of a split (a "red cube" is in about a quarter of the scenes), while captions
-naming two or three objects or a relation pin an image down: retrieval is possible but not
-trivial. The manifest records how ambiguous the captions are (``images_per_caption``: how many
+Every image (3 to 6 objects) gets 5 different captions, each true of its scene: two or three
+objects, a left/right relation, or an exact count beside an object, each object named by its colour
+and shape and mostly by its size and material too ("A large red metal cube and a small blue
+sphere."). Most captions pin their image down among a split's (an oracle that knows the scenes
+gets image retrieval R@1 ≈ 0.85 on the 100-image dev split), so retrieval is learnable, but only by
+binding every attribute to the right object. The manifest records how ambiguous the captions are (``images_per_caption``: how many
 images of the split a caption is true of) and the R@1 an oracle that knows the scenes would get
 by picking at random among the images a caption fits (``oracle_ir_r1``).
 
@@ -14,6 +14,7 @@ tasks' image ids.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import Counter
@@ -43,13 +44,11 @@ class Caption:
 
 
 def describe(obj: SceneObject, rng: np.random.Generator) -> ObjectSpec:
-    """A description of ``obj`` with a random subset of its attributes (never empty)."""
-    u = rng.random(4)
-    spec = ObjectSpec(color=obj.color if u[0] < 0.85 else None, shape=obj.shape if u[1] < 0.85 else None,
-                      size=obj.size if u[2] < 0.5 else None, material=obj.material if u[3] < 0.4 else None)
-    if spec.color is None and spec.shape is None:
-        spec = ObjectSpec(color=obj.color, size=spec.size, material=spec.material)
-    return spec
+    """A description of ``obj``: its colour and shape, and its size and material most of the time
+    (as a detailed Flickr30k caption names what it shows)."""
+    u = rng.random(2)
+    return ObjectSpec(color=obj.color, shape=obj.shape, size=obj.size if u[0] < 0.85 else None,
+                      material=obj.material if u[1] < 0.85 else None)
 
 
 def _cap(phrase: str) -> str:
@@ -60,15 +59,6 @@ def _distinct(scene: Scene, k: int, rng: np.random.Generator) -> list[SceneObjec
     """``k`` different objects of the scene, in random order."""
     order = np.argsort(rng.random(len(scene.objects)))[:k]
     return [scene.objects[i] for i in order]
-
-
-def single_caption(scene: Scene, rng: np.random.Generator) -> Caption:
-    spec = describe(_distinct(scene, 1, rng)[0], rng)
-    if rng.random() < 0.5:
-        text = _cap(spec.with_article()) + "."
-    else:
-        text = f"There is {spec.with_article()} in the image."
-    return Caption(text, "single", lambda s: s.has(spec))
 
 
 def pair_caption(scene: Scene, rng: np.random.Generator) -> Caption:
@@ -91,16 +81,14 @@ def relation_caption(scene: Scene, rng: np.random.Generator) -> Caption:
 
 
 def count_caption(scene: Scene, rng: np.random.Generator) -> Caption:
-    """An exact count: of all objects, or of the objects sharing a colour or shape with one."""
-    if rng.random() < 0.4:
-        n = len(scene.objects)
-        text = f"The image contains {number_word(n)} object{'s' if n > 1 else ''}."
-        return Caption(text, "count", lambda s: len(s.objects) == n)
-    obj = _distinct(scene, 1, rng)[0]
-    spec = ObjectSpec(color=obj.color) if rng.random() < 0.5 else ObjectSpec(shape=obj.shape)
+    """An exact count of the objects sharing a colour or shape with one, beside another object."""
+    first, second = _distinct(scene, 2, rng)
+    spec = ObjectSpec(color=first.color) if rng.random() < 0.5 else ObjectSpec(shape=first.shape)
     n = scene.count(spec)
-    text = f"The image contains {number_word(n)} {spec.noun_phrase(plural=n > 1)}."
-    return Caption(text, "count", lambda s: s.count(spec) == n)
+    other = describe(second, rng)
+    text = (f"The image contains {number_word(n)} {spec.noun_phrase(plural=n > 1)} and "
+            f"{other.with_article()}.")
+    return Caption(text, "count", lambda s: s.count(spec) == n and s.has(other))
 
 
 def _both(scene: Scene, a: ObjectSpec, b: ObjectSpec) -> bool:
@@ -110,12 +98,12 @@ def _both(scene: Scene, a: ObjectSpec, b: ObjectSpec) -> bool:
 
 # template -> (generator, objects it needs, weight)
 TEMPLATES: dict[str, tuple[Callable[[Scene, np.random.Generator], Caption], int, float]] = {
-    "single": (single_caption, 1, 0.25),
-    "pair": (pair_caption, 2, 0.25),
-    "triple": (triple_caption, 3, 0.15),
-    "relation": (relation_caption, 2, 0.25),
+    "pair": (pair_caption, 2, 0.3),
+    "triple": (triple_caption, 3, 0.3),
+    "relation": (relation_caption, 2, 0.3),
     "count": (count_caption, 1, 0.1),
 }
+MIN_OBJECTS = 3  # retrieval scenes: enough objects for specific captions
 
 
 def make_captions(scene: Scene, rng: np.random.Generator, n: int = CAPTIONS_PER_IMAGE, max_tries: int = 200) -> list[Caption]:
@@ -178,7 +166,9 @@ def generate(out: Path, writer, ctx, sizes: dict[str, int]):
         for _ in range(n):
             imgid = len(images)
             filename = f"{FIRST_IMAGE + imgid}.jpg"
-            scene = make_scene(ctx.scene_rng, filename[:-4], world=world)
+            scene = make_scene(ctx.scene_rng, filename[:-4],
+                               world=dataclasses.replace(world, min_objects=max(world.min_objects, MIN_OBJECTS),
+                                                         max_objects=max(world.max_objects, MIN_OBJECTS)))
             captions = make_captions(scene, ctx.scene_rng)
             feats, boxes = ctx.renderer.render(scene, ctx.render_rng)
             writer.add(scene.image_id, feats, boxes, scene.width, scene.height)
