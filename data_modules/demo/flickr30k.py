@@ -82,13 +82,16 @@ def relation_caption(scene: Scene, rng: np.random.Generator) -> Caption:
 
 def count_caption(scene: Scene, rng: np.random.Generator) -> Caption:
     """An exact count of the objects sharing a colour or shape with one, beside another object."""
-    first, second = _distinct(scene, 2, rng)
+    picked = _distinct(scene, 2, rng)
+    first = picked[0]
     spec = ObjectSpec(color=first.color) if rng.random() < 0.5 else ObjectSpec(shape=first.shape)
     n = scene.count(spec)
-    other = describe(second, rng)
-    text = (f"The image contains {number_word(n)} {spec.noun_phrase(plural=n > 1)} and "
-            f"{other.with_article()}.")
-    return Caption(text, "count", lambda s: s.count(spec) == n and s.has(other))
+    counted = f"The image contains {number_word(n)} {spec.noun_phrase(plural=n > 1)}"
+    if len(picked) < 2:  # a one-object scene (SNLI-VE premises): the count alone
+        return Caption(f"{counted}.", "count", lambda s: s.count(spec) == n)
+    other = describe(picked[1], rng)
+    return Caption(f"{counted} and {other.with_article()}.", "count",
+                   lambda s: s.count(spec) == n and s.has(other))
 
 
 def _both(scene: Scene, a: ObjectSpec, b: ObjectSpec) -> bool:
