@@ -94,7 +94,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from .base import VLDataModule
-from .batching import collate_rows
+from .batching import collate_rows, get_gather_index
 from .features import RegionFeatureStore
 from .image_keys import key_pattern
 from .jsonl import read_json, read_json_lines
@@ -105,6 +105,7 @@ REGION_OBJECTIVES = ("mrfr", "mrc", "mrckl")
 SOFT_LABEL_OBJECTIVES = ("mrc", "mrckl", "summary")
 UNITER_MIX = {"itm": 2.0, "mlm": 2.0, "mrfr": 1.0, "mrckl": 1.0}  # pretrain-indomain-base-8gpu
 FORMATS = ("auto", "coco", "karpathy", "jsonl")
+MIXES = ("step", "row")
 IGNORE = -1  # txt_labels where no word-piece is predicted (UNITER's convention)
 UNUSED_TOKEN = re.compile(r"\[unused\d+\]")
 IMAGE_KEY_FIELDS = {"image_id": 42, "file_name": "COCO_train2014_000000000042.jpg",
@@ -464,11 +465,15 @@ def ordinary_token_ids(tokenizer) -> np.ndarray:
 
 
 def mask_tokens(input_ids: torch.Tensor, rng: np.random.Generator, prob: float, mask_id: int,
-                keep_ids: np.ndarray, ordinary: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+                keep_ids: np.ndarray, ordinary: np.ndarray,
+                only: Optional[np.ndarray] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """UNITER's ``random_word`` on one row: ``(masked ids, labels)``; ``keep_ids`` are never
-    selected ([CLS], [SEP], [PAD]); labels are the original id where selected, -1 elsewhere."""
+    selected ([CLS], [SEP], [PAD]); ``only`` (when given) limits the selection to these ids (the
+    demo's content words); labels are the original id where selected, -1 elsewhere."""
     ids = input_ids.numpy()
     eligible = ~np.isin(ids, keep_ids)
+    if only is not None:
+        eligible &= np.isin(ids, only)
     selected = (rng.random(len(ids)) < prob) & eligible
     how = rng.random(len(ids))  # < 0.8: [MASK]; < 0.9: a random ordinary token; else unchanged
     if not selected.any() and eligible.any():
@@ -517,8 +522,9 @@ class PretrainBatchMaker:
     def __init__(self, captions: CaptionSet, store: Optional[RegionFeatureStore], special_ids: dict[str, int],
                  ordinary: np.ndarray, vocab_size: int, mlm_prob: float = 0.15, mrm_prob: float = 0.15,
                  itm_neg_prob: float = 0.5, itm_hard_neg_prob: float = 0.0, max_count: int = 8,
-                 text_only: bool = False):
+                 text_only: bool = False, mlm_only: Optional[np.ndarray] = None):
         self.captions, self.store, self.text_only = captions, store, text_only
+        self.mlm_only = mlm_only
         self.mask_id = special_ids["mask"]
         self.keep_ids = np.asarray([special_ids["cls"], special_ids["sep"], special_ids["pad"]], dtype=np.int64)
         self.ordinary, self.vocab_size = ordinary, vocab_size
@@ -552,7 +558,8 @@ class PretrainBatchMaker:
                         example = f"the negative image of caption {caps.ids[i]!r}"
                 targets.append(target)
             elif objective == "mlm":
-                ids, row_labels = mask_tokens(ids, rng, self.mlm_prob, self.mask_id, self.keep_ids, self.ordinary)
+                ids, row_labels = mask_tokens(ids, rng, self.mlm_prob, self.mask_id, self.keep_ids, self.ordinary,
+                                              self.mlm_only)
                 labels.append(row_labels)
             row = {"input_ids": ids}
             if not self.text_only:
@@ -606,6 +613,77 @@ class PretrainBatchMaker:
             presence[r, objects] = 1.0
             counts[r] = min(len(objects), self.max_count)
         batch["presence"], batch["counts"] = presence, counts
+
+
+# --------------------------------------------------------------------------------- joint batches
+
+PART_KEYS = ("txt_labels", "img_mask_tgt", "feat_targets", "label_targets", "targets", "presence", "counts",
+             "bow_targets")
+
+
+def _pad_to(x: torch.Tensor, width: int, value) -> torch.Tensor:
+    if x.size(1) == width:
+        return x
+    pad = x.new_full((x.size(0), width - x.size(1), *x.shape[2:]), value)
+    return torch.cat([x, pad], dim=1)
+
+
+def merge_batches(parts: dict[str, dict]) -> dict:
+    """One batch of the rows of several objectives' batches (``mix: row``): UNITER's inputs
+    re-padded and re-joined, ``objective`` = ``"joint"`` and ``parts``: per objective its rows
+    (``rows``, indices into the joint batch) and its targets in the single-objective contract
+    (position-indexed ones padded to the joint widths; a row's joint positions are its own:
+    text, then its regions). One forward pass serves every objective."""
+    names = list(parts)
+    lt = max(p["input_ids"].size(1) for p in parts.values())
+    nb = max(p["img_feat"].size(1) for p in parts.values())
+    txt_lens = [t for n in names for t in parts[n]["txt_lens"]]
+    num_bbs = [b for n in names for b in parts[n]["num_bbs"]]
+    joint = torch.tensor([t + b for t, b in zip(txt_lens, num_bbs)], dtype=torch.long)
+    ltot = int(joint.max())
+    batch = {
+        "input_ids": torch.cat([_pad_to(parts[n]["input_ids"], lt, 0) for n in names]),
+        "position_ids": torch.arange(lt, dtype=torch.long).unsqueeze(0),
+        "img_feat": torch.cat([_pad_to(parts[n]["img_feat"], nb, 0.0) for n in names]),
+        "img_pos_feat": torch.cat([_pad_to(parts[n]["img_pos_feat"], nb, 0.0) for n in names]),
+        "attn_masks": (torch.arange(ltot)[None, :] < joint[:, None]).long(),
+        "gather_index": get_gather_index(txt_lens, num_bbs, lt, ltot),
+        "txt_lens": txt_lens, "num_bbs": num_bbs,
+        "ids": [i for n in names for i in parts[n]["ids"]],
+        "objective": "joint", "parts": {},
+    }
+    masks = [parts[n].get("img_masks") for n in names]
+    if any(m is not None for m in masks):
+        batch["img_masks"] = torch.cat([_pad_to(m, nb, False) if m is not None
+                                        else torch.zeros(len(parts[n]["ids"]), nb, dtype=torch.bool)
+                                        for n, m in zip(names, masks)])
+    start = 0
+    for n in names:
+        part, rows = parts[n], len(parts[n]["ids"])
+        entry = {"rows": torch.arange(start, start + rows), "txt_lens": part["txt_lens"], "num_bbs": part["num_bbs"]}
+        for key in PART_KEYS:
+            if key in part:
+                value = part[key]
+                if key == "txt_labels":
+                    value = _pad_to(value, lt, IGNORE)
+                elif key == "img_mask_tgt":
+                    value = _pad_to(value, ltot, False)
+                entry[key] = value
+        batch["parts"][n] = entry
+        start += rows
+    return batch
+
+
+def row_counts(batch_size: int, ratios: tuple[float, ...]) -> list[int]:
+    """Rows per objective of a joint batch: ``batch_size`` split by ratio (largest remainder),
+    every objective at least one row."""
+    if batch_size < len(ratios):
+        raise ValueError(f"a joint batch of {batch_size} rows cannot hold {len(ratios)} objectives")
+    share = np.asarray(ratios, dtype=np.float64) / sum(ratios) * (batch_size - len(ratios))
+    counts = np.floor(share).astype(int) + 1
+    for k in np.argsort(-(share - np.floor(share)))[: batch_size - int(counts.sum())]:
+        counts[k] += 1
+    return counts.tolist()
 
 
 # ------------------------------------------------------------------------------------- scheduling
@@ -679,7 +757,8 @@ class PretrainStream(IterableDataset):
     resumes). Without ``total`` a pass is one epoch over the captions, counted from ``start``."""
 
     def __init__(self, maker: PretrainBatchMaker, schedule: ObjectiveSchedule, batch_size: int, accumulate: int = 1,
-                 rank: int = 0, world_size: int = 1, seed: int = 0, total: Optional[int] = None, start: int = 0):
+                 rank: int = 0, world_size: int = 1, seed: int = 0, total: Optional[int] = None, start: int = 0,
+                 row_mix: Optional[list[int]] = None):
         if batch_size <= 0 or accumulate <= 0 or world_size <= 0 or not 0 <= rank < world_size or start < 0:
             raise ValueError(f"need batch_size, accumulate, world_size > 0, 0 <= rank < world_size and start >= 0, got "
                              f"{batch_size}, {accumulate}, {world_size}, {rank}, {start}")
@@ -696,6 +775,10 @@ class PretrainStream(IterableDataset):
             self.length = max(accumulate, (n // (batch_size * world_size)) // accumulate * accumulate)
             self._first_end = int(start) + self.length
         self.start = int(start)
+        self.row_mix = None if row_mix is None else [int(c) for c in row_mix]
+        if self.row_mix is not None and (len(self.row_mix) != len(schedule.names) or sum(self.row_mix) != batch_size):
+            raise ValueError(f"row_mix {row_mix}: expected one row count per objective of {schedule.names}, "
+                             f"summing to the batch size {batch_size}")
         self._passes = 0  # completed passes (each worker counts its own copy's)
 
     def __len__(self) -> int:
@@ -723,6 +806,10 @@ class PretrainStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         begin, end = self.micro_batch_range(self._passes)
+        if self.row_mix is not None:
+            yield from self._joint(begin, end, worker, workers)
+            self._passes += 1
+            return
         counts = self.schedule.micro_batches_before(begin, self.accumulate)
         acc = self.accumulate
         steps = self.schedule.steps(begin // acc, (end - 1) // acc + 1) if end > begin else np.zeros(0, np.int64)
@@ -735,6 +822,22 @@ class PretrainStream(IterableDataset):
             rngs = [np.random.default_rng([self.seed, _TRAIN_ROW, self.rank, g, j]) for j in range(self.batch_size)]
             yield self.maker.build(self.schedule.names[o], self.examples(o, count), rngs)
         self._passes += 1  # only a pass run to its end counts (an abandoned iterator does not)
+
+    def _joint(self, begin: int, end: int, worker: int, workers: int):
+        """``mix: row``: micro-batch g holds ``row_mix[o]`` rows of every objective o (its own
+        stream's positions g·rows ..), merged into one joint batch."""
+        for g in range(begin, end):
+            if (g - begin) % workers == worker:
+                yield merge_batches(self.joint_parts(g))
+
+    def joint_parts(self, g: int) -> dict[str, dict]:
+        """The single-objective batches micro-batch ``g`` of ``mix: row`` is merged from."""
+        parts, w = {}, self.world_size
+        for o, (name, c) in enumerate(zip(self.schedule.names, self.row_mix)):
+            indices = self.streams[o].at(((g * w + self.rank) * c) + np.arange(c))
+            rngs = [np.random.default_rng([self.seed, _TRAIN_ROW, self.rank, g, o, j]) for j in range(c)]
+            parts[name] = self.maker.build(name, indices, rngs)
+        return parts
 
 
 class PretrainEvalBatches(Dataset):
@@ -793,6 +896,12 @@ class PretrainDataModule(VLDataModule):
         max_count: ``summary``'s ``counts`` are clipped to it.
         text_only: batches without images (MLM only), for a text-only model; ``features`` may be
             left out then.
+        mix: ``step`` (UNITER's MetaLoader: each optimizer step trains one objective, drawn ∝
+            ratio) or ``row`` (every micro-batch holds rows of every objective, ``batch_size`` split
+            by ratio, one forward pass for all; the demo's recipe: a small model learns every
+            objective at once instead of forgetting between steps).
+        mlm_words: MLM selects only these word-pieces (each with ``mlm_prob``; the demo masks the
+            attribute words, which only the image can tell); None = every ordinary word-piece.
         seed: seeds the schedule, streams and masking; None = the run's ``seed_everything`` seed
             (``PL_GLOBAL_SEED``, else 0). The same on every rank.
         features, tokenizer, batch_size (captions per micro-batch, per device), ...: see ``VLDataModule``.
@@ -816,6 +925,8 @@ class PretrainDataModule(VLDataModule):
         val_examples: Optional[int] = None,
         max_count: int = 8,
         text_only: bool = False,
+        mix: str = "step",
+        mlm_words: Optional[list[str]] = None,
         seed: Optional[int] = None,
         **kwargs,
     ):
@@ -838,6 +949,14 @@ class PretrainDataModule(VLDataModule):
         if text_only and active != ["mlm"]:
             raise ValueError(f"text_only batches carry no image, so only mlm can be trained; objectives {self.objectives} "
                              f"has {', '.join(o for o in active if o != 'mlm')}")
+        if mix not in MIXES:
+            raise ValueError(f"mix {mix!r}: expected 'step' (one objective per optimizer step, UNITER's MetaLoader) or "
+                             "'row' (every micro-batch holds rows of every objective, split by ratio)")
+        if mix == "row" and text_only:
+            raise ValueError("mix 'row' joins rows of several objectives with their images; text_only batches have none")
+        if mlm_words is not None and (isinstance(mlm_words, str) or not mlm_words
+                                      or not all(isinstance(w, str) and w for w in mlm_words)):
+            raise ValueError(f"mlm_words must be a non-empty list of words (word-pieces of the tokenizer), got {mlm_words!r}")
         if not text_only and not features:
             raise ValueError("features (the region-feature store) is required unless text_only is true")
         self.train_entries = caption_files(train_files, "train_files", format, image_key, train_split)
@@ -853,7 +972,9 @@ class PretrainDataModule(VLDataModule):
         self.mlm_prob, self.mrm_prob = mlm_prob, mrm_prob
         self.itm_neg_prob, self.itm_hard_neg_prob = itm_neg_prob, itm_hard_neg_prob
         self.val_examples, self.max_count, self.text_only, self.seed = val_examples, max_count, text_only, seed
+        self.mix, self.mlm_words = mix, None if mlm_words is None else list(mlm_words)
         self._ordinary: Optional[np.ndarray] = None
+        self._mlm_ids: Optional[np.ndarray] = None
 
     # -- what the model reads
     @property
@@ -879,6 +1000,20 @@ class PretrainDataModule(VLDataModule):
         if self._ordinary is None:
             self._ordinary = ordinary_token_ids(self.tokenizer)
         return self._ordinary
+
+    @property
+    def mlm_token_ids(self) -> Optional[np.ndarray]:
+        """The word-pieces MLM may select (``mlm_words``), or None for all."""
+        if self.mlm_words is None:
+            return None
+        if self._mlm_ids is None:
+            ids = self.tokenizer.convert_tokens_to_ids(self.mlm_words)
+            unknown = [w for w, i in zip(self.mlm_words, ids) if i is None or i == self.tokenizer.unk_token_id]
+            if unknown:
+                raise ValueError(f"mlm_words: {unknown} are not word-pieces of the tokenizer {self.tokenizer_path} "
+                                 "(each word must be one entry of its vocabulary)")
+            self._mlm_ids = np.asarray(ids, dtype=np.int64)
+        return self._mlm_ids
 
     def run_seed(self) -> int:
         return self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
@@ -919,7 +1054,7 @@ class PretrainDataModule(VLDataModule):
         return PretrainBatchMaker(
             self.datasets[split], None if self.text_only else self.store, self.special_ids, self.ordinary_token_ids,
             len(self.tokenizer), self.mlm_prob, self.mrm_prob, self.itm_neg_prob, self.itm_hard_neg_prob,
-            self.max_count, self.text_only)
+            self.max_count, self.text_only, self.mlm_token_ids)
 
     def train_stream(self, accumulate: int = 1, rank: int = 0, world_size: int = 1,
                      max_steps: Optional[int] = None, global_step: int = 0) -> PretrainStream:
@@ -928,8 +1063,9 @@ class PretrainDataModule(VLDataModule):
         active = self.active_objectives
         schedule = ObjectiveSchedule(active, tuple(self.objectives[o] for o in active), self.run_seed())
         total = max_steps * accumulate if max_steps is not None and max_steps > 0 else None
+        row_mix = row_counts(self.batch_size, schedule.probs.tolist()) if self.mix == "row" else None
         return PretrainStream(maker, schedule, self.batch_size, accumulate, rank, world_size, self.run_seed(),
-                              total=total, start=global_step * accumulate)
+                              total=total, start=global_step * accumulate, row_mix=row_mix)
 
     def train_dataloader(self) -> DataLoader:
         trainer = getattr(self, "trainer", None)

@@ -146,6 +146,19 @@ class PretrainingHeads(nn.Module):
         self._core = (core,)  # not a submodule: the core is the task module's
 
     def forward(self, sequence_output: torch.Tensor, pooled_output: torch.Tensor, batch: dict) -> dict:
+        if batch["objective"] == "joint":  # mix: row — one forward pass, each objective on its rows
+            parts = {}
+            for name, part in batch["parts"].items():
+                rows = part["rows"]
+                sub = {**part, "objective": name, "img_feat": batch.get("img_feat")}
+                parts[name] = self.objective_outputs(sequence_output[rows], pooled_output[rows], sub)
+            return {"objective": "joint", "parts": parts, "unused": self._touch(pooled_output)}
+        out = self.objective_outputs(sequence_output, pooled_output, batch)
+        out["unused"] = self._touch(pooled_output)
+        return out
+
+    def objective_outputs(self, sequence_output: torch.Tensor, pooled_output: torch.Tensor, batch: dict) -> dict:
+        """The outputs (logits, targets) of the one objective ``batch`` is a batch of."""
         objective = batch["objective"]
         out: dict = {"objective": objective}
         if objective == "mlm":
@@ -176,7 +189,6 @@ class PretrainingHeads(nn.Module):
         else:
             raise ValueError(f"unknown pre-training objective {objective!r}; this head has "
                              f"{[o for o in OBJECTIVES if o not in ('bow', 'summary') or self.summaries]}")
-        out["unused"] = self._touch(pooled_output)
         return out
 
     def _touch(self, pooled_output: torch.Tensor) -> torch.Tensor:
@@ -192,7 +204,11 @@ class PretrainingHeads(nn.Module):
 # ---- losses -------------------------------------------------------------------------------------
 def objective_loss(out: dict) -> torch.Tensor:
     """UNITER's loss of one objective's outputs (every term a plain mean, as ``pretrain.py``)."""
+    if out["objective"] == "joint":  # mix: row — the sum of the parts' losses, each a mean over its rows
+        return sum(objective_loss(part) for part in out["parts"].values())
     objective, logits = out["objective"], out["logits"]
+    if objective in ("mlm", "mrfr", "mrc", "mrckl") and out["targets"].numel() == 0:
+        return logits.sum() * 0.0  # nothing selected in this batch (e.g. mlm_words absent from every row)
     if objective == "mlm":
         return F.cross_entropy(logits, out["targets"])
     if objective == "mrfr":
@@ -257,6 +273,10 @@ class PretrainingMetrics(Metric):
             setattr(self, f"{name}_count", getattr(self, f"{name}_count") + count)
 
     def update(self, out: dict, batch: dict) -> None:
+        if out["objective"] == "joint":
+            for part in out["parts"].values():
+                self.update(part, batch)
+            return
         objective, logits = out["objective"], out["logits"]
         if objective in ("mlm", "itm"):
             self._add(objective, (logits.argmax(-1) == out["targets"]).sum(), out["targets"].numel())

@@ -676,3 +676,64 @@ def test_lightning_vl_data_links_and_checks_the_caption_files(demo, tmp_path, mo
     report = prepare_task("pretrain", src, config)
     assert sorted(report["linked"]) == ["data/pretrain/captions_train.jsonl", "data/pretrain/captions_val.jsonl"]
     assert report["checks"] == {"train": {"examples": 160}, "val": {"examples": 24}}
+
+
+# --------------------------------------------------------------------------------- mix: row
+
+ROW_MIX = {"mlm": 2, "itm": 2, "mrfr": 1, "mrckl": 1, "summary": 1, "bow": 1}
+
+
+def test_row_mix_batches_join_every_objective_and_score_as_the_separate_batches(demo):
+    """``mix: row``: each micro-batch holds every objective's rows (split by ratio), and the joint
+    forward pass gives the sum of the losses of the same rows run as single-objective batches."""
+    from data_modules.pretrain import row_counts
+    from lightning_vl.module import VLModule
+    from lightning_vl.uniter import UniterConfig
+
+    dm = make_module(demo, objectives=ROW_MIX, mix="row", batch_size=16, itm_hard_neg_prob=0.5)
+    dm.setup("fit")
+    stream = dm.train_stream(max_steps=4)
+    assert stream.row_mix == row_counts(16, [ROW_MIX[o] for o in stream.schedule.names]) and sum(stream.row_mix) == 16
+    joint_batches = list(stream)
+    assert len(joint_batches) == 4 and all(b["objective"] == "joint" for b in joint_batches)
+    first = joint_batches[0]
+    parts = stream.joint_parts(0)
+    assert set(first["parts"]) == set(ROW_MIX)
+    assert first["ids"] == [i for p in parts.values() for i in p["ids"]]
+    assert joint_batches[1]["ids"] != first["ids"]  # the streams move on
+
+    cfg = UniterConfig(vocab_size=400, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64, img_dim=16, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = VLModule(task="pretrain", uniter=cfg, labels=dm.labels, head="uniter+summaries").eval()
+    with torch.no_grad():
+        joint = model.training_loss(first)
+        separate = [model.training_loss(p) for p in parts.values()]
+    assert torch.isfinite(joint)
+    assert torch.allclose(joint, sum(separate), atol=1e-4, rtol=1e-4), (joint, separate)
+
+
+def test_mlm_words_limit_what_mlm_selects(demo):
+    words = list(SIZES) + list(MATERIALS)
+    dm = make_module(demo, objectives={"mlm": 1}, mlm_words=words, mlm_prob=0.5)
+    dm.setup("fit")
+    allowed = set(dm.tokenizer.convert_tokens_to_ids(words))
+    picked = []
+    for batch in batches(dm, "mlm", 6):
+        labels = batch["txt_labels"]
+        picked += labels[labels != IGNORE].tolist()
+    assert picked and set(picked) <= allowed
+    assert len(set(picked)) > 2  # several of the words, not one
+
+
+def test_row_mix_and_mlm_words_errors(demo):
+    with pytest.raises(ValueError, match="mix 'sometimes'"):
+        make_module(demo, mix="sometimes")
+    with pytest.raises(ValueError, match="text_only"):
+        make_module(demo, mix="row", text_only=True, objectives={"mlm": 1})
+    with pytest.raises(ValueError, match="mlm_words must be a non-empty list"):
+        make_module(demo, mlm_words="red")
+    dm = make_module(demo, mlm_words=["red", "zyzzyva"])
+    with pytest.raises(ValueError, match=r"\['zyzzyva'\] are not word-pieces of the tokenizer"):
+        dm.setup("fit")
+        dm.batch_maker("train")
