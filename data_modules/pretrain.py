@@ -522,9 +522,9 @@ class PretrainBatchMaker:
     def __init__(self, captions: CaptionSet, store: Optional[RegionFeatureStore], special_ids: dict[str, int],
                  ordinary: np.ndarray, vocab_size: int, mlm_prob: float = 0.15, mrm_prob: float = 0.15,
                  itm_neg_prob: float = 0.5, itm_hard_neg_prob: float = 0.0, max_count: int = 8,
-                 text_only: bool = False, mlm_only: Optional[np.ndarray] = None):
+                 text_only: bool = False, mlm_only: Optional[np.ndarray] = None, every_row: tuple[str, ...] = ()):
         self.captions, self.store, self.text_only = captions, store, text_only
-        self.mlm_only = mlm_only
+        self.mlm_only, self.every_row = mlm_only, tuple(every_row)
         self.mask_id = special_ids["mask"]
         self.keep_ids = np.asarray([special_ids["cls"], special_ids["sep"], special_ids["pad"]], dtype=np.int64)
         self.ordinary, self.vocab_size = ordinary, vocab_size
@@ -541,7 +541,8 @@ class PretrainBatchMaker:
 
     def build(self, objective: str, indices, rngs) -> dict:
         caps = self.captions
-        rows, labels, img_masks, soft, targets = [], [], [], [], []
+        rows, labels, img_masks, soft, targets, shown = [], [], [], [], [], []
+        extras = () if objective in self.every_row else self.every_row  # targets of every row, too
         for i, rng in zip(indices, rngs):
             i = int(i)
             ids, image = caps.tokens(i), int(caps.image_of[i])
@@ -557,7 +558,8 @@ class PretrainBatchMaker:
                         image = self._other_image(i, rng)
                         example = f"the negative image of caption {caps.ids[i]!r}"
                 targets.append(target)
-            elif objective == "mlm":
+            shown.append(ids)
+            if objective == "mlm":
                 ids, row_labels = mask_tokens(ids, rng, self.mlm_prob, self.mask_id, self.keep_ids, self.ordinary,
                                               self.mlm_only)
                 labels.append(row_labels)
@@ -567,7 +569,7 @@ class PretrainBatchMaker:
                 row["img_feat"], row["img_pos_feat"] = self.store.get(key, example=example)
                 if objective in REGION_OBJECTIVES:
                     img_masks.append(torch.from_numpy(mask_regions(len(row["img_feat"]), rng, self.mrm_prob)))
-                if objective in SOFT_LABEL_OBJECTIVES:
+                if objective in SOFT_LABEL_OBJECTIVES or "summary" in extras:
                     soft.append(self.store.get_soft_labels(key, example=example))
             rows.append(row)
         batch = collate_text_rows(rows) if self.text_only else collate_rows(rows)
@@ -580,14 +582,22 @@ class PretrainBatchMaker:
         elif objective == "summary":
             self._summaries(batch, soft)
         elif objective == "bow":
-            bow = torch.zeros(len(rows), self.vocab_size)
-            for r, row in enumerate(rows):
-                ids = row["input_ids"].numpy()
-                bow[r, torch.from_numpy(np.unique(ids[self.ordinary_mask[ids]]))] = 1.0
-            batch["bow_targets"] = bow
+            batch["bow_targets"] = self._bag_of_words(shown)
+        if "bow" in extras:
+            batch["bow_targets"] = self._bag_of_words(shown)
+        if "summary" in extras:
+            self._summaries(batch, soft)
         batch["ids"] = [caps.ids[int(i)] for i in indices]
         batch["objective"] = objective
         return batch
+
+    def _bag_of_words(self, texts: list[torch.Tensor]) -> torch.Tensor:
+        """Which ordinary word-pieces each row's text has (before any masking)."""
+        bow = torch.zeros(len(texts), self.vocab_size)
+        for r, ids in enumerate(texts):
+            ids = ids.numpy()
+            bow[r, torch.from_numpy(np.unique(ids[self.ordinary_mask[ids]]))] = 1.0
+        return bow
 
     @staticmethod
     def _mask_regions(batch: dict, img_masks: list[torch.Tensor], soft: Optional[list[torch.Tensor]]) -> None:
@@ -617,6 +627,7 @@ class PretrainBatchMaker:
 
 # --------------------------------------------------------------------------------- joint batches
 
+EVERY_ROW_KEYS = {"bow": ("bow_targets",), "summary": ("presence", "counts")}  # objectives that can use any row
 PART_KEYS = ("txt_labels", "img_mask_tgt", "feat_targets", "label_targets", "targets", "presence", "counts",
              "bow_targets")
 
@@ -628,12 +639,14 @@ def _pad_to(x: torch.Tensor, width: int, value) -> torch.Tensor:
     return torch.cat([x, pad], dim=1)
 
 
-def merge_batches(parts: dict[str, dict]) -> dict:
+def merge_batches(parts: dict[str, dict], every_row: tuple[str, ...] = ()) -> dict:
     """One batch of the rows of several objectives' batches (``mix: row``): UNITER's inputs
     re-padded and re-joined, ``objective`` = ``"joint"`` and ``parts``: per objective its rows
     (``rows``, indices into the joint batch) and its targets in the single-objective contract
     (position-indexed ones padded to the joint widths; a row's joint positions are its own:
-    text, then its regions). One forward pass serves every objective."""
+    text, then its regions). One forward pass serves every objective. ``every_row`` objectives
+    (``bow``, ``summary``) have no rows of their own: they are trained on every row, from the
+    targets each part's batch carries for them."""
     names = list(parts)
     lt = max(p["input_ids"].size(1) for p in parts.values())
     nb = max(p["img_feat"].size(1) for p in parts.values())
@@ -671,6 +684,11 @@ def merge_batches(parts: dict[str, dict]) -> dict:
                 entry[key] = value
         batch["parts"][n] = entry
         start += rows
+    for name in every_row:
+        entry = {"rows": torch.arange(start), "txt_lens": txt_lens, "num_bbs": num_bbs}
+        for key in EVERY_ROW_KEYS[name]:
+            entry[key] = torch.cat([parts[n][key] for n in names])
+        batch["parts"][name] = entry
     return batch
 
 
@@ -779,6 +797,7 @@ class PretrainStream(IterableDataset):
         if self.row_mix is not None and (len(self.row_mix) != len(schedule.names) or sum(self.row_mix) != batch_size):
             raise ValueError(f"row_mix {row_mix}: expected one row count per objective of {schedule.names}, "
                              f"summing to the batch size {batch_size}")
+        self.every_row = tuple(o for o in schedule.names if o in maker.every_row)
         self._passes = 0  # completed passes (each worker counts its own copy's)
 
     def __len__(self) -> int:
@@ -828,12 +847,14 @@ class PretrainStream(IterableDataset):
         stream's positions g·rows ..), merged into one joint batch."""
         for g in range(begin, end):
             if (g - begin) % workers == worker:
-                yield merge_batches(self.joint_parts(g))
+                yield merge_batches(self.joint_parts(g), self.every_row)
 
     def joint_parts(self, g: int) -> dict[str, dict]:
         """The single-objective batches micro-batch ``g`` of ``mix: row`` is merged from."""
         parts, w = {}, self.world_size
         for o, (name, c) in enumerate(zip(self.schedule.names, self.row_mix)):
+            if name in self.every_row:
+                continue
             indices = self.streams[o].at(((g * w + self.rank) * c) + np.arange(c))
             rngs = [np.random.default_rng([self.seed, _TRAIN_ROW, self.rank, g, o, j]) for j in range(c)]
             parts[name] = self.maker.build(name, indices, rngs)
@@ -900,6 +921,9 @@ class PretrainDataModule(VLDataModule):
             ratio) or ``row`` (every micro-batch holds rows of every objective, ``batch_size`` split
             by ratio, one forward pass for all; the demo's recipe: a small model learns every
             objective at once instead of forgetting between steps).
+        every_row: with ``mix: row``, objectives (``bow``, ``summary``) trained on every row of the
+            joint batch (the text and image it shows) instead of rows of their own (the demo's
+            recipe: the [CLS] summaries keep the pooled output from collapsing onto matching).
         mlm_words: MLM selects only these word-pieces (each with ``mlm_prob``; the demo masks the
             attribute words, which only the image can tell); None = every ordinary word-piece.
         seed: seeds the schedule, streams and masking; None = the run's ``seed_everything`` seed
@@ -927,6 +951,7 @@ class PretrainDataModule(VLDataModule):
         text_only: bool = False,
         mix: str = "step",
         mlm_words: Optional[list[str]] = None,
+        every_row: Optional[list[str]] = None,
         seed: Optional[int] = None,
         **kwargs,
     ):
@@ -957,6 +982,15 @@ class PretrainDataModule(VLDataModule):
         if mlm_words is not None and (isinstance(mlm_words, str) or not mlm_words
                                       or not all(isinstance(w, str) and w for w in mlm_words)):
             raise ValueError(f"mlm_words must be a non-empty list of words (word-pieces of the tokenizer), got {mlm_words!r}")
+        every_row = tuple(every_row or ())
+        if every_row and mix != "row":
+            raise ValueError(f"every_row {list(every_row)} needs mix 'row' (a joint batch whose rows they share)")
+        for name in every_row:
+            if name not in EVERY_ROW_KEYS or self.objectives.get(name, 0) <= 0:
+                raise ValueError(f"every_row: {name!r} must be one of {', '.join(EVERY_ROW_KEYS)} with a positive mix "
+                                 f"ratio in objectives ({self.objectives})")
+        if every_row and all(o in every_row for o, r in self.objectives.items() if r > 0):
+            raise ValueError(f"every_row {list(every_row)}: at least one objective must have rows of its own")
         if not text_only and not features:
             raise ValueError("features (the region-feature store) is required unless text_only is true")
         self.train_entries = caption_files(train_files, "train_files", format, image_key, train_split)
@@ -973,6 +1007,7 @@ class PretrainDataModule(VLDataModule):
         self.itm_neg_prob, self.itm_hard_neg_prob = itm_neg_prob, itm_hard_neg_prob
         self.val_examples, self.max_count, self.text_only, self.seed = val_examples, max_count, text_only, seed
         self.mix, self.mlm_words = mix, None if mlm_words is None else list(mlm_words)
+        self.every_row = every_row
         self._ordinary: Optional[np.ndarray] = None
         self._mlm_ids: Optional[np.ndarray] = None
 
@@ -1054,7 +1089,7 @@ class PretrainDataModule(VLDataModule):
         return PretrainBatchMaker(
             self.datasets[split], None if self.text_only else self.store, self.special_ids, self.ordinary_token_ids,
             len(self.tokenizer), self.mlm_prob, self.mrm_prob, self.itm_neg_prob, self.itm_hard_neg_prob,
-            self.max_count, self.text_only, self.mlm_token_ids)
+            self.max_count, self.text_only, self.mlm_token_ids, self.every_row if split == "train" else ())
 
     def train_stream(self, accumulate: int = 1, rank: int = 0, world_size: int = 1,
                      max_steps: Optional[int] = None, global_step: int = 0) -> PretrainStream:
@@ -1063,7 +1098,11 @@ class PretrainDataModule(VLDataModule):
         active = self.active_objectives
         schedule = ObjectiveSchedule(active, tuple(self.objectives[o] for o in active), self.run_seed())
         total = max_steps * accumulate if max_steps is not None and max_steps > 0 else None
-        row_mix = row_counts(self.batch_size, schedule.probs.tolist()) if self.mix == "row" else None
+        row_mix = None
+        if self.mix == "row":  # every_row objectives take no rows of their own
+            own = [o for o in active if o not in self.every_row]
+            counts = dict(zip(own, row_counts(self.batch_size, [self.objectives[o] for o in own])))
+            row_mix = [counts.get(o, 0) for o in active]
         return PretrainStream(maker, schedule, self.batch_size, accumulate, rank, world_size, self.run_seed(),
                               total=total, start=global_step * accumulate, row_mix=row_mix)
 

@@ -737,3 +737,57 @@ def test_row_mix_and_mlm_words_errors(demo):
     with pytest.raises(ValueError, match=r"\['zyzzyva'\] are not word-pieces of the tokenizer"):
         dm.setup("fit")
         dm.batch_maker("train")
+
+
+def test_every_row_objectives_train_on_every_row_of_the_joint_batch(demo):
+    """``every_row: [bow, summary]``: no rows of their own; their targets are those of every row's
+    own text (before masking) and image, and the joint loss is the own parts' losses plus bow and
+    summary on all rows' pooled outputs."""
+    from lightning_vl.module import VLModule
+    from lightning_vl.pretraining import objective_loss
+    from lightning_vl.uniter import UniterConfig
+
+    dm = make_module(demo, objectives=ROW_MIX, mix="row", batch_size=16, every_row=["bow", "summary"])
+    dm.setup("fit")
+    stream = dm.train_stream(max_steps=2)
+    names = stream.schedule.names
+    assert [c for o, c in zip(names, stream.row_mix) if o in ("bow", "summary")] == [0, 0]
+    assert sum(stream.row_mix) == 16
+    batch = next(iter(stream))
+    parts = stream.joint_parts(0)
+    assert set(parts) == {"mlm", "itm", "mrfr", "mrckl"}
+    assert batch["parts"]["bow"]["rows"].tolist() == list(range(16))
+    # bag of words of the text each row shows, MLM rows before masking
+    ids = batch["input_ids"].clone()
+    mlm_rows = batch["parts"]["mlm"]["rows"]
+    labels = batch["parts"]["mlm"]["txt_labels"]
+    ids[mlm_rows] = torch.where(labels != IGNORE, labels, ids[mlm_rows])
+    ordinary = set(dm.ordinary_token_ids.tolist())
+    for r in range(16):
+        expected = {int(t) for t in ids[r] if int(t) in ordinary}
+        assert set(torch.nonzero(batch["parts"]["bow"]["bow_targets"][r]).flatten().tolist()) == expected
+    assert batch["parts"]["summary"]["counts"].tolist() == [n for p in parts.values() for n in p["counts"].tolist()]
+
+    cfg = UniterConfig(vocab_size=400, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64, img_dim=16, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = VLModule(task="pretrain", uniter=cfg, labels=dm.labels, head="uniter+summaries").eval()
+    with torch.no_grad():
+        joint = model.training_loss(batch)
+        own, pooled = 0.0, []
+        for p in parts.values():
+            own = own + model.training_loss(p)
+            seq = model.uniter(p["input_ids"], p["position_ids"], p["img_feat"], p["img_pos_feat"], p["attn_masks"],
+                               p["gather_index"], img_masks=p.get("img_masks"))
+            pooled.append(model.uniter.pooler(seq))
+        pooled = torch.cat(pooled)
+        bow = objective_loss({"objective": "bow", "logits": model.head.bow_output(pooled),
+                              "targets": torch.cat([p["bow_targets"] for p in parts.values()])})
+        summary = objective_loss({"objective": "summary", "logits": model.head.summary_output(pooled),
+                                  "presence": torch.cat([p["presence"] for p in parts.values()]),
+                                  "counts": torch.cat([p["counts"] for p in parts.values()]).clamp(max=8)})
+    assert torch.allclose(joint, own + bow + summary, atol=1e-4, rtol=1e-4), (joint, own, bow, summary)
+    with pytest.raises(ValueError, match="needs mix 'row'"):
+        make_module(demo, objectives=ROW_MIX, every_row=["bow"])
+    with pytest.raises(ValueError, match="every_row: 'mlm' must be one of bow, summary"):
+        make_module(demo, objectives=ROW_MIX, mix="row", every_row=["mlm"])
