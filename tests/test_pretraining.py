@@ -95,6 +95,21 @@ def test_tied_weights_are_one_tensor_through_training_and_rewinding():
     assert model.is_head_parameter("head.itm_output.weight")
 
 
+def test_untied_word_embeddings_are_a_separate_decoder():
+    """``tie_word_embeddings: false`` (the demo): the MLM decoder is its own parameter, a head
+    parameter, and an MLM step leaves the rows of words that never appear untouched."""
+    model = pretrain_model(head_options={"tie_word_embeddings": False})
+    words, decoder = model.uniter.embeddings.word_embeddings.weight, model.head.cls.predictions.decoder.weight
+    assert decoder is not words and decoder.data_ptr() != words.data_ptr()
+    assert model.head.feat_regress.weight is model.uniter.img_embeddings.img_linear.weight  # MRFR stays tied
+    assert model.is_head_parameter("head.cls.predictions.decoder.weight")
+    batch = with_objective("mlm")
+    model.training_loss(batch).backward()
+    unseen = torch.ones(words.size(0), dtype=torch.bool)
+    unseen[batch["input_ids"].unique()] = False
+    assert decoder.grad.abs().sum() > 0 and words.grad[unseen].abs().sum() == 0
+
+
 def test_mrc_kl_by_hand():
     logits = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 2.0]])
     soft = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
