@@ -522,8 +522,10 @@ class PretrainBatchMaker:
     def __init__(self, captions: CaptionSet, store: Optional[RegionFeatureStore], special_ids: dict[str, int],
                  ordinary: np.ndarray, vocab_size: int, mlm_prob: float = 0.15, mrm_prob: float = 0.15,
                  itm_neg_prob: float = 0.5, itm_hard_neg_prob: float = 0.0, max_count: int = 8,
-                 text_only: bool = False, mlm_only: Optional[np.ndarray] = None, every_row: tuple[str, ...] = ()):
+                 text_only: bool = False, mlm_only: Optional[np.ndarray] = None, every_row: tuple[str, ...] = (),
+                 class_words: Optional[np.ndarray] = None):
         self.captions, self.store, self.text_only = captions, store, text_only
+        self.class_words = class_words  # (classes, vocab) bool: summary over the words of class names
         self.mlm_only, self.every_row = mlm_only, tuple(every_row)
         self.mask_id = special_ids["mask"]
         self.keep_ids = np.asarray([special_ids["cls"], special_ids["sep"], special_ids["pad"]], dtype=np.int64)
@@ -614,22 +616,31 @@ class PretrainBatchMaker:
             batch["label_targets"] = pad_sequence(soft, batch_first=True, padding_value=0.0)[masks]
 
     def _summaries(self, batch: dict, soft: list[torch.Tensor]) -> None:
+        """``presence``: which classes the regions' arg-max labels name (class 0 = background
+        never), or with ``class_words`` which word-pieces of their names (``presence_mask``: the
+        word-pieces some class name has, what the loss scores); ``counts``: the objects."""
         classes = soft[0].shape[1]
-        presence = torch.zeros(len(soft), classes)
+        words = None if self.class_words is None else torch.from_numpy(self.class_words)
+        presence = torch.zeros(len(soft), classes if words is None else words.size(1))
         counts = torch.zeros(len(soft), dtype=torch.long)
         for r, s in enumerate(soft):
             top = s.argmax(dim=1)
             objects = top[top != 0]
-            presence[r, objects] = 1.0
+            if words is None:
+                presence[r, objects] = 1.0
+            elif len(objects):
+                presence[r] = words[objects].any(dim=0).float()
             counts[r] = min(len(objects), self.max_count)
         batch["presence"], batch["counts"] = presence, counts
+        if words is not None:
+            batch["presence_mask"] = words.any(dim=0).expand(len(soft), -1).clone()
 
 
 # --------------------------------------------------------------------------------- joint batches
 
-EVERY_ROW_KEYS = {"bow": ("bow_targets",), "summary": ("presence", "counts")}  # objectives that can use any row
+EVERY_ROW_KEYS = {"bow": ("bow_targets",), "summary": ("presence", "counts", "presence_mask")}  # objectives that can use any row
 PART_KEYS = ("txt_labels", "img_mask_tgt", "feat_targets", "label_targets", "targets", "presence", "counts",
-             "bow_targets")
+             "presence_mask", "bow_targets")
 
 
 def _pad_to(x: torch.Tensor, width: int, value) -> torch.Tensor:
@@ -687,7 +698,8 @@ def merge_batches(parts: dict[str, dict], every_row: tuple[str, ...] = ()) -> di
     for name in every_row:
         entry = {"rows": torch.arange(start), "txt_lens": txt_lens, "num_bbs": num_bbs}
         for key in EVERY_ROW_KEYS[name]:
-            entry[key] = torch.cat([parts[n][key] for n in names])
+            if all(key in parts[n] for n in names):
+                entry[key] = torch.cat([parts[n][key] for n in names])
         batch["parts"][name] = entry
     return batch
 
@@ -924,6 +936,10 @@ class PretrainDataModule(VLDataModule):
         every_row: with ``mix: row``, objectives (``bow``, ``summary``) trained on every row of the
             joint batch (the text and image it shows) instead of rows of their own (the demo's
             recipe: the [CLS] summaries keep the pooled output from collapsing onto matching).
+        summary_targets: what ``summary`` predicts of an image besides its object count: ``classes``
+            (which region classes its regions' arg-max labels name) or ``words`` (which word-pieces
+            of those class names, e.g. ``red``, ``cube``: a bag of attributes; the head option
+            ``summary_targets: words`` must match).
         mlm_words: MLM selects only these word-pieces (each with ``mlm_prob``; the demo masks the
             attribute words, which only the image can tell); None = every ordinary word-piece.
         seed: seeds the schedule, streams and masking; None = the run's ``seed_everything`` seed
@@ -952,6 +968,7 @@ class PretrainDataModule(VLDataModule):
         mix: str = "step",
         mlm_words: Optional[list[str]] = None,
         every_row: Optional[list[str]] = None,
+        summary_targets: str = "classes",
         seed: Optional[int] = None,
         **kwargs,
     ):
@@ -982,6 +999,9 @@ class PretrainDataModule(VLDataModule):
         if mlm_words is not None and (isinstance(mlm_words, str) or not mlm_words
                                       or not all(isinstance(w, str) and w for w in mlm_words)):
             raise ValueError(f"mlm_words must be a non-empty list of words (word-pieces of the tokenizer), got {mlm_words!r}")
+        if summary_targets not in ("classes", "words"):
+            raise ValueError(f"summary_targets {summary_targets!r}: expected 'classes' (the region classes present) or "
+                             "'words' (the word-pieces of their names present; the head needs summary_targets: words too)")
         every_row = tuple(every_row or ())
         if every_row and mix != "row":
             raise ValueError(f"every_row {list(every_row)} needs mix 'row' (a joint batch whose rows they share)")
@@ -1007,7 +1027,7 @@ class PretrainDataModule(VLDataModule):
         self.itm_neg_prob, self.itm_hard_neg_prob = itm_neg_prob, itm_hard_neg_prob
         self.val_examples, self.max_count, self.text_only, self.seed = val_examples, max_count, text_only, seed
         self.mix, self.mlm_words = mix, None if mlm_words is None else list(mlm_words)
-        self.every_row = every_row
+        self.every_row, self.summary_targets = every_row, summary_targets
         self._ordinary: Optional[np.ndarray] = None
         self._mlm_ids: Optional[np.ndarray] = None
 
@@ -1089,7 +1109,21 @@ class PretrainDataModule(VLDataModule):
         return PretrainBatchMaker(
             self.datasets[split], None if self.text_only else self.store, self.special_ids, self.ordinary_token_ids,
             len(self.tokenizer), self.mlm_prob, self.mrm_prob, self.itm_neg_prob, self.itm_hard_neg_prob,
-            self.max_count, self.text_only, self.mlm_token_ids, self.every_row if split == "train" else ())
+            self.max_count, self.text_only, self.mlm_token_ids, self.every_row if split == "train" else (),
+            self.class_words() if self.summary_targets == "words" else None)
+
+    def class_words(self) -> np.ndarray:
+        """``(classes, vocab)`` bool: the word-pieces of each region class's name (background
+        none), what ``summary_targets: words`` summarises an image by."""
+        names = self.labels
+        if names is None:
+            raise ValueError(f"summary_targets 'words' needs region soft labels with class names; the store {self.features} "
+                             "has no soft labels")
+        words = np.zeros((len(names), len(self.tokenizer)), dtype=bool)
+        for c, name in enumerate(names[1:], start=1):
+            ids = self.tokenizer(name, add_special_tokens=False)["input_ids"]
+            words[c, [i for i in ids if i != self.tokenizer.unk_token_id]] = True
+        return words
 
     def train_stream(self, accumulate: int = 1, rank: int = 0, world_size: int = 1,
                      max_steps: Optional[int] = None, global_step: int = 0) -> PretrainStream:

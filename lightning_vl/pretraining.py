@@ -119,6 +119,8 @@ class PretrainingHeads(nn.Module):
             classifier (then ``mrc``/``mrckl``/``summary`` are unavailable).
         summaries: add the demo's [CLS] objectives (``bow``, ``summary``).
         ot_weight: weight of the WRA term in the ITM loss (UNITER: 0.1; 0 = none).
+        summary_targets: ``summary`` predicts the region classes present (``classes``) or the
+            word-pieces of their names (``words``, over the vocabulary), as the data module's option.
         tie_word_embeddings: the MLM decoder is the word-embedding matrix (UNITER, BERT). The
             demo unties it: with Adam at the demo's lr 1e-3, the tied rows of words MLM never
             predicts grow every step (the matrix's norm 3.7 → 21 in 1,000 steps) until the word
@@ -129,7 +131,7 @@ class PretrainingHeads(nn.Module):
     uses_pooler = True
 
     def __init__(self, config: UniterConfig, num_labels: Optional[int] = None, summaries: bool = False,
-                 ot_weight: float = 0.1, tie_word_embeddings: bool = True):
+                 ot_weight: float = 0.1, tie_word_embeddings: bool = True, summary_targets: str = "classes"):
         super().__init__()
         h = config.hidden_size
         self.cls = MaskedLanguageHead(config)
@@ -141,7 +143,10 @@ class PretrainingHeads(nn.Module):
         self.summaries = summaries
         if summaries:
             self.bow_output = nn.Linear(h, config.vocab_size)
-            self.summary_output = nn.Linear(h, (num_labels or 0) + MAX_COUNT + 1)
+            if summary_targets not in ("classes", "words"):
+                raise ValueError(f"summary_targets {summary_targets!r}: expected 'classes' or 'words'")
+            width = config.vocab_size if summary_targets == "words" else (num_labels or 0)
+            self.summary_output = nn.Linear(h, width + MAX_COUNT + 1)
         self.num_labels = num_labels or 0
         self._core: tuple[UniterModel, ...] = ()
 
@@ -194,6 +199,8 @@ class PretrainingHeads(nn.Module):
             else:
                 out["logits"] = self.summary_output(pooled_output)
                 out["presence"], out["counts"] = batch["presence"], batch["counts"].clamp(max=MAX_COUNT)
+                if "presence_mask" in batch:
+                    out["presence_mask"] = batch["presence_mask"]
         else:
             raise ValueError(f"unknown pre-training objective {objective!r}; this head has "
                              f"{[o for o in OBJECTIVES if o not in ('bow', 'summary') or self.summaries]}")
@@ -230,9 +237,18 @@ def objective_loss(out: dict) -> torch.Tensor:
         return loss + out["ot_weight"] * out["ot_loss"] if "ot_loss" in out else loss
     if objective == "bow":
         return F.binary_cross_entropy_with_logits(logits, out["targets"].to(logits.dtype))
-    presence, counts = logits[:, : out["presence"].size(1)], logits[:, out["presence"].size(1):]
-    return (F.binary_cross_entropy_with_logits(presence, out["presence"].to(logits.dtype))
-            + F.cross_entropy(counts, out["counts"]))
+    width = out["presence"].size(1)
+    if logits.size(1) != width + MAX_COUNT + 1:
+        raise ValueError(f"summary: the head predicts {logits.size(1)} values, expected {width} presence targets + "
+                         f"{MAX_COUNT + 1} counts; the head's and the data's summary_targets must match")
+    presence, counts = logits[:, :width], logits[:, width:]
+    bce = F.binary_cross_entropy_with_logits(presence, out["presence"].to(logits.dtype), reduction="none")
+    if "presence_mask" in out:  # words: only the word-pieces class names have
+        mask = out["presence_mask"].to(bce.dtype)
+        bce = (bce * mask).sum() / mask.sum().clamp(min=1.0)
+    else:
+        bce = bce.mean()
+    return bce + F.cross_entropy(counts, out["counts"])
 
 
 def pretraining_loss(out: dict, batch: dict) -> torch.Tensor:

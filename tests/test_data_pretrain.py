@@ -791,3 +791,35 @@ def test_every_row_objectives_train_on_every_row_of_the_joint_batch(demo):
         make_module(demo, objectives=ROW_MIX, every_row=["bow"])
     with pytest.raises(ValueError, match="every_row: 'mlm' must be one of bow, summary"):
         make_module(demo, objectives=ROW_MIX, mix="row", every_row=["mlm"])
+
+
+def test_summary_over_the_words_of_class_names(demo):
+    """``summary_targets: words``: an image's summary is which word-pieces of its regions' class
+    names occur (a bag of attributes); the loss scores only word-pieces some class name has, and
+    a head sized for the other targets is refused by name."""
+    from lightning_vl.module import VLModule
+    from lightning_vl.uniter import UniterConfig
+
+    dm = make_module(demo, objectives={"summary": 1}, summary_targets="words")
+    dm.setup("fit")
+    words = dm.class_words()
+    names = dm.labels
+    tok = dm.tokenizer
+    assert not words[0].any() and words.shape == (len(names), len(tok))
+    (batch,) = batches(dm, "summary", 1)
+    soft = [dm.store.get_soft_labels(dm.datasets["train"].image_key(i)) for i in range(8)]
+    for r, s in enumerate(soft):
+        top = s.argmax(dim=1)
+        expected = {w for c in top[top != 0].tolist() for w in tok.convert_tokens_to_ids(tok.tokenize(names[c]))}
+        assert set(torch.nonzero(batch["presence"][r]).flatten().tolist()) == expected
+    assert batch["presence_mask"][0].sum() == len({w for row in words for w in np.nonzero(row)[0]})
+    cfg = UniterConfig(vocab_size=400, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64, img_dim=16, max_position_embeddings=64)
+    model = VLModule(task="pretrain", uniter=cfg, labels=names, head="uniter+summaries",
+                     head_options={"summary_targets": "words"})
+    assert torch.isfinite(model.training_loss(batch))
+    classes_head = VLModule(task="pretrain", uniter=cfg, labels=names, head="uniter+summaries")
+    with pytest.raises(ValueError, match="summary_targets must match"):
+        classes_head.training_loss(batch)
+    with pytest.raises(ValueError, match="summary_targets 'sometimes'"):
+        make_module(demo, summary_targets="sometimes")
