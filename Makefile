@@ -16,7 +16,7 @@ ARGS ?=
 DEMO_DIR ?= data/demo
 RUNS ?= runs
 TEXT_PRETRAIN_STEPS ?= 1000
-PRETRAIN_STEPS ?= 1500
+PRETRAIN_STEPS ?= 1000
 PRETRAIN_ARGS ?= --trainer.enable_progress_bar false
 
 export WANDB_MODE ?= offline
@@ -58,29 +58,37 @@ demo: $(DEMO_DIR)/.complete
 $(DEMO_DIR)/.complete: $(STAMP) $(wildcard data_modules/demo/*.py) configs/model/uniter-tiny.yaml
 	$(BIN)/lightning-vl demo --out $(DEMO_DIR)
 
-# the demo's models, pre-trained on the demo world as UNITER is: first the text-only θ'_0 (MLM on
-# the captions alone, a HuggingFace BERT folder), then θ_0 from it with UNITER's objectives
+# the demo's models, pre-trained on the demo world: the text-only θ'_0 (MLM on the captions alone, a
+# HuggingFace BERT folder) and θ_0 (UNITER's objectives with the demo's recipe, configs/demo/pretrain.yaml,
+# from a random init), side by side with one thread each
 DEMO_BERT := $(DEMO_DIR)/bert-tiny/model.safetensors
 DEMO_MODEL := $(DEMO_DIR)/uniter-tiny.pt
+PRETRAINED := $(DEMO_DIR)/.pretrained
 PRETRAIN := $(BIN)/lightning-vl fit --config configs/task/pretrain.yaml --config configs/model/uniter-tiny.yaml \
   --config configs/demo.yaml --config configs/demo/pretrain.yaml --trainer.enable_checkpointing false \
   --trainer.logger CSVLogger --trainer.logger.save_dir $(DEMO_DIR)/pretraining --trainer.callbacks+=lightning_vl.export.ExportWeights
 
-pretrain: $(DEMO_MODEL)
+pretrain: $(PRETRAINED)
 
 PRETRAIN_CODE := lightning_vl/pretraining.py lightning_vl/optimal_transport.py data_modules/pretrain.py \
-  configs/task/pretrain.yaml configs/demo/pretrain.yaml
+  configs/task/pretrain.yaml configs/demo/pretrain.yaml configs/demo/pretrain-text.yaml
 
-$(DEMO_BERT): $(DEMO_DIR)/.complete $(PRETRAIN_CODE) configs/demo/pretrain-text.yaml
-	$(PRETRAIN) --config configs/demo/pretrain-text.yaml --trainer.callbacks.path $(DEMO_DIR)/bert-tiny \
+$(DEMO_BERT) $(DEMO_MODEL): $(PRETRAINED)
+
+$(PRETRAINED): $(DEMO_DIR)/.complete $(PRETRAIN_CODE)
+	@mkdir -p $(DEMO_DIR)/pretraining
+	@echo "pre-training the demo's θ'_0 (text only; log $(DEMO_DIR)/pretraining/text.log) and θ_0 side by side"
+	@OMP_NUM_THREADS=1 $(PRETRAIN) --config configs/demo/pretrain-text.yaml --trainer.callbacks.path $(DEMO_DIR)/bert-tiny \
 	  --trainer.callbacks.layout bert --model.init null --trainer.logger.name text \
-	  --trainer.max_steps $(TEXT_PRETRAIN_STEPS) --trainer.val_check_interval $(TEXT_PRETRAIN_STEPS) $(PRETRAIN_ARGS)
-
-$(DEMO_MODEL): $(DEMO_BERT)
-	$(PRETRAIN) --trainer.callbacks.path $(DEMO_MODEL) --trainer.callbacks.layout uniter \
-	  --model.init $(DEMO_DIR)/bert-tiny --trainer.logger.name uniter \
+	  --trainer.max_steps $(TEXT_PRETRAIN_STEPS) --trainer.val_check_interval $(TEXT_PRETRAIN_STEPS) \
+	  --trainer.enable_progress_bar false > $(DEMO_DIR)/pretraining/text.log 2>&1 & text=$$!; \
+	OMP_NUM_THREADS=1 $(PRETRAIN) --trainer.callbacks.path $(DEMO_MODEL) --trainer.callbacks.layout uniter \
+	  --model.init null --trainer.logger.name uniter \
 	  --trainer.max_steps $(PRETRAIN_STEPS) --trainer.val_check_interval $(PRETRAIN_STEPS) \
-	  --model.warmup_steps $$(( $(PRETRAIN_STEPS) / 10 )) $(PRETRAIN_ARGS)
+	  --model.warmup_steps $$(( $(PRETRAIN_STEPS) / 10 )) $(PRETRAIN_ARGS); vl=$$?; \
+	wait $$text; tx=$$?; \
+	if [ $$tx -ne 0 ]; then tail -n 25 $(DEMO_DIR)/pretraining/text.log; echo "text-only pre-training failed (exit $$tx)"; fi; \
+	test $$vl -eq 0 -a $$tx -eq 0 && touch $@
 
 prune: check-task pretrain
 	$(BIN)/lightning-vl prune \

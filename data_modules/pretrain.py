@@ -1110,7 +1110,7 @@ class PretrainDataModule(VLDataModule):
             self.datasets[split], None if self.text_only else self.store, self.special_ids, self.ordinary_token_ids,
             len(self.tokenizer), self.mlm_prob, self.mrm_prob, self.itm_neg_prob, self.itm_hard_neg_prob,
             self.max_count, self.text_only, self.mlm_token_ids, self.every_row if split == "train" else (),
-            self.class_words() if self.summary_targets == "words" else None)
+            self.class_words() if self.summary_targets == "words" and "summary" in self.active_objectives else None)
 
     def class_words(self) -> np.ndarray:
         """``(classes, vocab)`` bool: the word-pieces of each region class's name (background
