@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+import importlib
 import os
 import signal
 import sys
@@ -262,6 +263,15 @@ def make_demo(argv: list[str]) -> Path:
     return out
 
 
+# name -> (module, function(argv, **options) -> exit code, options); imported on use
+SUBCOMMANDS = {
+    "study": ("lightning_vl.study.command", "study_main", {}),
+    "overlap": ("lightning_vl.analysis.overlap", "main", {"prog": "lightning-vl overlap"}),
+    "report": ("lightning_vl.study.command", "report_main", {}),
+    "check-store": ("data_modules.check_store", "main", {"prog": "lightning-vl check-store"}),
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -269,31 +279,9 @@ def main(argv: list[str] | None = None) -> None:
     if args[:1] == ["demo"]:
         make_demo(args[1:])
         return
-    if args[:1] == ["study"]:
-        from .study.command import study_main
-
-        code = study_main(args[1:])
-        if code:
-            raise SystemExit(code)
-        return
-    if args[:1] == ["overlap"]:
-        from .analysis.overlap import main as overlap_main
-
-        code = overlap_main(args[1:], prog="lightning-vl overlap")
-        if code:
-            raise SystemExit(code)
-        return
-    if args[:1] == ["report"]:
-        from .study.command import report_main
-
-        code = report_main(args[1:])
-        if code:
-            raise SystemExit(code)
-        return
-    if args[:1] == ["check-store"]:
-        from data_modules.check_store import main as check_store_main
-
-        code = check_store_main(args[1:], prog="lightning-vl check-store")
+    if args[:1] and args[0] in SUBCOMMANDS:  # commands of their own, outside LightningCLI
+        module, function, options = SUBCOMMANDS[args[0]]
+        code = getattr(importlib.import_module(module), function)(args[1:], **options)
         if code:
             raise SystemExit(code)
         return

@@ -683,12 +683,21 @@ def test_lightning_vl_data_links_and_checks_the_caption_files(demo, tmp_path, mo
 ROW_MIX = {"mlm": 2, "itm": 2, "mrfr": 1, "mrckl": 1, "summary": 1, "bow": 1}
 
 
+def small_pretrain_model(dm, **head_options):
+    """A seeded small pre-training model for the ``demo`` fixture's vocabulary and features."""
+    from lightning_vl.module import VLModule
+    from lightning_vl.uniter import UniterConfig
+
+    cfg = UniterConfig(vocab_size=400, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64, img_dim=16, max_position_embeddings=64)
+    torch.manual_seed(0)
+    return VLModule(task="pretrain", uniter=cfg, labels=dm.labels, head="uniter+summaries", head_options=head_options)
+
+
 def test_row_mix_batches_join_every_objective_and_score_as_the_separate_batches(demo):
     """``mix: row``: each micro-batch holds every objective's rows (split by ratio), and the joint
     forward pass gives the sum of the losses of the same rows run as single-objective batches."""
     from data_modules.pretrain import row_counts
-    from lightning_vl.module import VLModule
-    from lightning_vl.uniter import UniterConfig
 
     dm = make_module(demo, objectives=ROW_MIX, mix="row", batch_size=16, itm_hard_neg_prob=0.5)
     dm.setup("fit")
@@ -702,10 +711,7 @@ def test_row_mix_batches_join_every_objective_and_score_as_the_separate_batches(
     assert first["ids"] == [i for p in parts.values() for i in p["ids"]]
     assert joint_batches[1]["ids"] != first["ids"]  # the streams move on
 
-    cfg = UniterConfig(vocab_size=400, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=64, img_dim=16, max_position_embeddings=64)
-    torch.manual_seed(0)
-    model = VLModule(task="pretrain", uniter=cfg, labels=dm.labels, head="uniter+summaries").eval()
+    model = small_pretrain_model(dm).eval()
     with torch.no_grad():
         joint = model.training_loss(first)
         separate = [model.training_loss(p) for p in parts.values()]
@@ -743,9 +749,7 @@ def test_every_row_objectives_train_on_every_row_of_the_joint_batch(demo):
     """``every_row: [bow, summary]``: no rows of their own; their targets are those of every row's
     own text (before masking) and image, and the joint loss is the own parts' losses plus bow and
     summary on all rows' pooled outputs."""
-    from lightning_vl.module import VLModule
     from lightning_vl.pretraining import objective_loss
-    from lightning_vl.uniter import UniterConfig
 
     dm = make_module(demo, objectives=ROW_MIX, mix="row", batch_size=16, every_row=["bow", "summary"])
     dm.setup("fit")
@@ -768,10 +772,7 @@ def test_every_row_objectives_train_on_every_row_of_the_joint_batch(demo):
         assert set(torch.nonzero(batch["parts"]["bow"]["bow_targets"][r]).flatten().tolist()) == expected
     assert batch["parts"]["summary"]["counts"].tolist() == [n for p in parts.values() for n in p["counts"].tolist()]
 
-    cfg = UniterConfig(vocab_size=400, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=64, img_dim=16, max_position_embeddings=64)
-    torch.manual_seed(0)
-    model = VLModule(task="pretrain", uniter=cfg, labels=dm.labels, head="uniter+summaries").eval()
+    model = small_pretrain_model(dm).eval()
     with torch.no_grad():
         joint = model.training_loss(batch)
         own, pooled = 0.0, []
@@ -797,9 +798,6 @@ def test_summary_over_the_words_of_class_names(demo):
     """``summary_targets: words``: an image's summary is which word-pieces of its regions' class
     names occur (a bag of attributes); the loss scores only word-pieces some class name has, and
     a head sized for the other targets is refused by name."""
-    from lightning_vl.module import VLModule
-    from lightning_vl.uniter import UniterConfig
-
     dm = make_module(demo, objectives={"summary": 1}, summary_targets="words")
     dm.setup("fit")
     words = dm.class_words()
@@ -813,12 +811,9 @@ def test_summary_over_the_words_of_class_names(demo):
         expected = {w for c in top[top != 0].tolist() for w in tok.convert_tokens_to_ids(tok.tokenize(names[c]))}
         assert set(torch.nonzero(batch["presence"][r]).flatten().tolist()) == expected
     assert batch["presence_mask"][0].sum() == len({w for row in words for w in np.nonzero(row)[0]})
-    cfg = UniterConfig(vocab_size=400, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=64, img_dim=16, max_position_embeddings=64)
-    model = VLModule(task="pretrain", uniter=cfg, labels=names, head="uniter+summaries",
-                     head_options={"summary_targets": "words"})
+    model = small_pretrain_model(dm, summary_targets="words")
     assert torch.isfinite(model.training_loss(batch))
-    classes_head = VLModule(task="pretrain", uniter=cfg, labels=names, head="uniter+summaries")
+    classes_head = small_pretrain_model(dm)
     with pytest.raises(ValueError, match="summary_targets must match"):
         classes_head.training_loss(batch)
     with pytest.raises(ValueError, match="summary_targets 'sometimes'"):

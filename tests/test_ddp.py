@@ -26,6 +26,7 @@ from lightning_vl.lottery import ImpConfig, LotteryRunner, RunFolder
 from lightning_vl.module import VLModule
 
 from .synthetic import TINY, RandomPairsDataModule, tiny_trainer
+from .test_tasks_demo import nlvr2_world_args
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,12 +110,7 @@ def prune_command(world: Path, runs: Path, *extra: str) -> list[str]:
         str(CLI), "prune",
         "--config", str(ROOT / "configs/task/nlvr2.yaml"), "--config", str(ROOT / "configs/model/uniter-tiny.yaml"),
         "--config", str(ROOT / "configs/demo.yaml"), "--config", str(ROOT / "configs/demo/nlvr2.yaml"),
-        "--model.init", str(world / "uniter-tiny.pt"),
-        "--data.init_args.train_file", str(world / "nlvr2/train.json"),
-        "--data.init_args.val_file", str(world / "nlvr2/dev.json"),
-        "--data.init_args.test_file", str(world / "nlvr2/test.json"),
-        "--data.init_args.features", str(world / "features.h5"),
-        "--data.init_args.tokenizer", str(world / "tokenizer"),
+        *nlvr2_world_args(world),
         "--data.init_args.batch_size", "8", "--trainer.max_steps", "12", "--trainer.val_check_interval", "12",
         "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp",
         "--imp.target_sparsity", "0.2", "--imp.root", str(runs), "--imp.wandb", "disabled", *extra,

@@ -14,6 +14,8 @@ import yaml
 from lightning_vl.study import StudyRunner, expand, load
 from lightning_vl.study.runner import StudyState
 
+from .test_tasks_demo import nlvr2_world_args
+
 ROOT = Path(__file__).resolve().parents[1]
 GRID = {
     "study": "t", "tasks": ["nlvr2", "refcoco+"], "seeds": [0, 1],
@@ -117,12 +119,7 @@ def tiny_study(world: Path, tmp_path: Path) -> Path:
         "study": "tiny", "tasks": ["nlvr2"], "seeds": [0, 1],
         "stack": [str(ROOT / "configs/task/{task}.yaml"), str(ROOT / "configs/model/uniter-tiny.yaml"),
                   str(ROOT / "configs/demo.yaml"), str(ROOT / "configs/demo/{task}.yaml")],
-        "args": ["--model.init", str(world / "uniter-tiny.pt"),
-                 "--data.init_args.train_file", str(world / "nlvr2/train.json"),
-                 "--data.init_args.val_file", str(world / "nlvr2/dev.json"),
-                 "--data.init_args.test_file", str(world / "nlvr2/test.json"),
-                 "--data.init_args.features", str(world / "features.h5"),
-                 "--data.init_args.tokenizer", str(world / "tokenizer"),
+        "args": [*nlvr2_world_args(world),
                  "--data.init_args.batch_size", "8", "--trainer.max_steps", "4", "--trainer.val_check_interval", "4",
                  "--trainer.enable_progress_bar", "false"],
         "runs": [{"method": "imp", "target_sparsity": 0.1, "args": ["--imp.wandb", "disabled"]}],

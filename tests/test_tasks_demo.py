@@ -21,6 +21,16 @@ def demo_config(task: str, world: Path, tmp_path: Path) -> Path:
     return path
 
 
+def nlvr2_world_args(world: Path) -> list[str]:
+    """CLI overrides pointing NLVR2's demo config and ``model.init`` at a test's world."""
+    return ["--model.init", str(world / "uniter-tiny.pt"),
+            "--data.init_args.train_file", str(world / "nlvr2/train.json"),
+            "--data.init_args.val_file", str(world / "nlvr2/dev.json"),
+            "--data.init_args.test_file", str(world / "nlvr2/test.json"),
+            "--data.init_args.features", str(world / "features.h5"),
+            "--data.init_args.tokenizer", str(world / "tokenizer")]
+
+
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_task_trains_and_validates_on_the_demo(task, demo_all, tmp_path):
     cfg = yaml.safe_load((ROOT / "configs" / "task" / f"{task}.yaml").read_text())
