@@ -211,6 +211,19 @@ def test_table3_standard_vs_adversarial_from_the_paper():
     assert table3(records[:6]).empty and "No adversarially" in table3(records[:6]).to_markdown()
 
 
+def test_table3_of_a_tasks_own_tickets_takes_std_from_the_imp_rounds():
+    """``ticket`` branches trained adversarially against the IMP rounds they hang off."""
+    records = [rec("refcoco+", "imp", 0.6, 88.0), rec("refcoco+", "imp", 0.6, 90.0, seed=1),
+               rec("refcoco+", "imp", 0.7, 87.0), rec("refcoco+", "imp", 0.7, 80.0, training="adversarial"),
+               rec("refcoco+", "ticket", 0.6, 91.0, training="adversarial"),
+               rec("refcoco+", "ticket", 0.6, 89.0, training="adversarial", seed=1),
+               rec("refcoco+", "ticket", 0.7, 50.0)]  # a standard ticket branch is not the Std. row here
+    t = table3(records, row="ticket", standard_row="imp", name="table3_tickets")
+    assert t.name == "table3_tickets" and [label for label, _ in t.rows] == ["60% Std.", "60% Adv."]
+    assert [c.text() for _, (c,) in t.rows] == ["89.00 ± 1.41 (n=2)", "90.00 ± 1.41 (n=2)"]
+    assert "Std. rows: IMP ticket" in t.description
+
+
 def test_transfer_matrix_diagonal_is_the_targets_own_ticket():
     records = [rec("vqa", "imp", 0.7, 69.0), rec("nlvr2", "imp", 0.7, 76.0),
                rec("nlvr2", "transfer", 0.7, 74.0, source_task="vqa"),

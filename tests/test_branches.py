@@ -90,6 +90,25 @@ def test_reinit_trains_the_same_mask_on_another_init(source_round, demo_all):
 
 
 @pytest.mark.slow
+def test_ticket_trains_the_rounds_own_ticket_again(source_round):
+    """``ticket``: the round's mask and start weights; with the round's settings it is the round
+    itself, trained again (the same result); with adversarial training it is Table 3's Adv. row."""
+    from lightning_vl.study.index import records
+
+    branch(source_round, "--kind", "ticket")
+    plain = json.loads((only_branch(source_round, "ticket") / "metrics.json").read_text())
+    round_result = json.loads((source_round / "metrics.json").read_text())
+    assert plain["metric"] == pytest.approx(round_result["metric"], abs=1e-6)
+    assert plain["sparsity"] == pytest.approx(round_result["sparsity"])
+    branch(source_round, "--kind", "ticket", "--model.adversarial.enabled", "true", "--branch.name", "ticket-adv")
+    folder = source_round / "branches" / "ticket-adv"
+    assert Mask.load(folder / "mask.pt") == Mask.load(source_round / "mask.pt")
+    assert json.loads((folder / "ranks.json").read_text())["pruned_nonzero"] == [[]]
+    found = {(r["row"], r["training"]) for r in records(source_round.parents[2]) if r["path"].startswith(str(folder))}
+    assert found == {("ticket", "adversarial")}
+
+
+@pytest.mark.slow
 def test_transfer_trains_the_ticket_on_another_task(source_round, demo_all, tmp_path):
     main(["branch", *task_args("refcoco+", demo_all, tmp_path), "--from", str(source_round), "--kind", "transfer",
           "--branch.wandb", "disabled"])

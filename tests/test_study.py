@@ -46,6 +46,24 @@ def test_grid_expands_into_content_addressed_cells():
     assert sum(c.kind == "run" and c.task == "refcoco+" for c in per_task.cells) == 2
 
 
+def test_named_runs_of_one_method_are_separate_cells_and_branches_name_theirs():
+    """Two IMP runs (standard and adversarial) side by side; unnamed runs keep their cell ids."""
+    adv = {"name": "imp-adv", "method": "imp", "target_sparsity": 0.7, "args": ["--model.adversarial.enabled", "true"]}
+    grid = {**GRID, "tasks": ["refcoco+"], "seeds": [0], "runs": [GRID["runs"][0], adv],
+            "branches": [{"name": "ticket-adv", "from": "imp", "kind": "ticket", "at": [0.6]},
+                         {"name": "bert", "from": "imp-adv", "kind": "reinit", "init": "x", "at": [0.5]}]}
+    study = expand(grid)
+    runs = {c.label: c for c in study.cells if c.kind == "run"}
+    assert set(runs) == {"refcoco+ imp seed 0", "refcoco+ imp-adv seed 0"}
+    assert runs["refcoco+ imp-adv seed 0"].spec["extra"] == ["--model.adversarial.enabled", "true"]
+    plain = next(c for c in expand({**GRID, "tasks": ["refcoco+"], "seeds": [0]}).cells if c.label == "refcoco+ imp seed 0")
+    assert runs["refcoco+ imp seed 0"].id == plain.id and "name" not in plain.spec
+    parents = {c.spec["name"]: study.cell(c.depends[0]).label for c in study.cells if c.kind == "branch"}
+    assert parents == {"ticket-adv": "refcoco+ imp seed 0", "bert": "refcoco+ imp-adv seed 0"}
+    with pytest.raises(ValueError, match="more than once"):
+        expand({**grid, "runs": [GRID["runs"][0], {**adv, "name": "imp"}]})
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"tasks": ["nope"]}, "expected some of"), ({"runs": [{"method": "imp", "colour": 1}]}, "unknown keys"),
     ({"branches": [{"from": "imp", "kind": "reinit", "at": [0.75]}]}, "not a level"),

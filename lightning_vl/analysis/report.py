@@ -4,7 +4,7 @@
 
     reports/
       index.md                    all tables (markdown) and figures (relative links), one section each
-      tables/<name>.csv  .md  .long.csv   table1, table2, table3, transfer_<s>, rewind_<task>
+      tables/<name>.csv  .md  .long.csv   table1, table2, table3, table3_tickets, transfer_<s>, rewind_<task>
       figures/accuracy_<task>.png  accuracy_all.png  rewind_<task>.png  transfer_<s>.png
       overlap/                    with ``overlaps``: pairwise/per_type/per_layer CSVs, overlap.md, overlap_iou.png
 
@@ -87,6 +87,10 @@ def write_report(records: Iterable[Union[Mapping, Record]], out_dir: Union[str, 
     md += _table_section(t2, _write_table(t2, tables_dir), root)
     t3 = table3(records, downstream if tasks is not None else None)
     md += _table_section(t3, _write_table(t3, tables_dir), root)
+    if any(r.row == "ticket" and r.training == "adversarial" for r in records):  # the tasks' own tickets
+        t3t = table3(records, downstream if tasks is not None else None, row="ticket", standard_row="imp",
+                     name="table3_tickets")
+        md += _table_section(t3t, _write_table(t3t, tables_dir), root)
 
     # transfer
     md.append("\n## Transfer between tasks\n")

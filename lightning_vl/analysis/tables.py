@@ -50,6 +50,7 @@ ROW_NAMES = {
     "reinit": "IMP mask, fresh random init",
     "transfer": "transferred ticket",
     "universal": "universal ticket (pre-training mask)",
+    "ticket": "the task's IMP ticket, trained again",
 }
 
 
@@ -418,12 +419,17 @@ def table2(records: Iterable[Union[Mapping, Record]], tasks: Optional[Sequence[s
 
 # Table 3 -------------------------------------------------------------------------------------------
 def table3(records: Iterable[Union[Mapping, Record]], tasks: Optional[Sequence[str]] = None, row: str = "universal",
-           sparsities: Optional[Sequence[float]] = None) -> Table:
+           sparsities: Optional[Sequence[float]] = None, standard_row: Optional[str] = None,
+           name: str = "table3") -> Table:
     """Standard vs adversarial fine-tuning of tickets (paper Table 3): for every sparsity with an
     adversarial record of ``row`` (default the universal ticket; or ``sparsities``), a row
-    "60% Std." from ``training: standard`` records and "60% Adv." from ``adversarial`` ones."""
+    "60% Std." from ``training: standard`` records and "60% Adv." from ``adversarial`` ones.
+    ``standard_row`` takes the Std. rows from another row: for ``ticket`` branches (a task's own
+    IMP ticket trained again adversarially) the standard ticket is the IMP round itself."""
     records = normalise(records)
     picked = [r for r in records if r.row == row and r.rewind_step == 0]
+    standard = [r for r in records if r.row == (standard_row or row) and r.rewind_step == 0
+                and r.training == "standard"]
     if sparsities is None:
         keys = sorted({r.key for r in picked if r.training == "adversarial"})
     else:
@@ -434,15 +440,19 @@ def table3(records: Iterable[Union[Mapping, Record]], tasks: Optional[Sequence[s
         for training, short in (("standard", "Std."), ("adversarial", "Adv.")):
             cells = []
             for t in tasks:
-                recs = [r for r in picked if r.task == t and r.key == k and r.training == training]
+                pool = standard if training == "standard" else picked
+                recs = [r for r in pool if r.task == t and r.key == k and r.training == training]
                 used += recs
                 cells.append(aggregate(_values(recs)))
             rows.append((f"{sparsity_text(k)} {short}", cells))
             row_keys.append((k, training))
     notes = [] if keys else [f"No adversarially fine-tuned {row!r} records."]
-    return Table("table3", f"Table 3 — standard vs adversarial fine-tuning: {ROW_NAMES.get(row, row)}", list(tasks),
+    what = ROW_NAMES.get(row, row)
+    std_from = f" Std. rows: {ROW_NAMES.get(standard_row, standard_row)}." if standard_row else ""
+    return Table(name, f"Table 3 — standard vs adversarial fine-tuning: {what}", list(tasks),
                  [task_name(t) for t in tasks], rows, row_keys=row_keys, corner="sparsity",
-                 description="The same tickets fine-tuned with standard training (Std.) and adversarial training (Adv.).",
+                 description="The same tickets fine-tuned with standard training (Std.) and adversarial training "
+                             f"(Adv.).{std_from}",
                  records_used=sum(1 for r in used if r.ok), notes=notes + _failed_note(used))
 
 

@@ -14,6 +14,9 @@ kind           mask                                        weights
 ``reinit``     the level's mask                            the model's own ``init``: a BERT folder
                                                            (θ'_0, row 6), ``shuffled:<θ_0>`` (θ''_0,
                                                            row 7) or none (fresh random)
+``ticket``     the level's mask                            the level's start: the ticket itself,
+                                                           trained again (with other settings, e.g.
+                                                           ``--model.adversarial.enabled true``)
 ``transfer``   the level's mask                            the source's θ_i in the core, the target
                                                            task's head fresh (another task's config)
 =============  =========================================  ===========================================
@@ -140,7 +143,7 @@ class BranchRunner:
                              f"({self.module_init()!r}): a BERT folder, shuffled:<file> or null (fresh random init)")
         mask = branch_mask(cfg, source)
         notes = []
-        if cfg.kind in ("random", "shuffle"):
+        if cfg.kind in ("random", "shuffle", "ticket"):
             self.module.load_state_dict(source.start_weights())
         elif cfg.kind == "transfer":
             notes = transfer_core(self.module, source.start_weights())

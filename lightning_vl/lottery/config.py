@@ -76,7 +76,7 @@ class ImpConfig:
         return sparsity_schedule(self.target_sparsity, self.schedule, self.rate)
 
 
-BRANCH_KINDS = ("random", "shuffle", "reinit", "transfer")
+BRANCH_KINDS = ("random", "shuffle", "reinit", "ticket", "transfer")
 
 
 @dataclass
@@ -89,8 +89,9 @@ class BranchConfig:
         kind: ``random`` (a random mask of the level's sparsity, weights as the level's),
             ``shuffle`` (the level's mask shuffled within each tensor), ``reinit`` (the level's mask
             on the model's own ``init``: θ'_0 BERT, θ''_0 ``shuffled:``, or none = a fresh random
-            init) or ``transfer`` (the level's mask and the source's rewind weights θ_i on another
-            task; that task's head fresh).
+            init), ``ticket`` (the level's own mask and start weights: the ticket trained again, e.g.
+            adversarially for Table 3) or ``transfer`` (the level's mask and the source's rewind
+            weights θ_i on another task; that task's head fresh).
         strategy: for ``random``: ``global`` (one random draw over all tensors) or ``layerwise``
             (every tensor at the level's sparsity).
         seed: seed of the random or shuffled mask.
@@ -100,7 +101,7 @@ class BranchConfig:
     """
 
     source: str = ""
-    kind: Literal["random", "shuffle", "reinit", "transfer"] = "random"
+    kind: Literal["random", "shuffle", "reinit", "ticket", "transfer"] = "random"
     strategy: Literal["global", "layerwise"] = "global"
     seed: int = 0
     name: Optional[str] = None

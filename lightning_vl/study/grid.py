@@ -11,11 +11,13 @@
     runs:                               # lottery runs, per task × seed (× rewind step); a run's own
       - {method: imp, target_sparsity: 0.7, rewind_steps: [0]}   # `tasks:` narrows the task axis
       - {method: random, target_sparsity: 0.7}
+      - {name: imp-adv, method: imp, args: [--model.adversarial.enabled, "true"]}  # `name`: two runs
+                                        # of one method (default: the method)
     branches:                           # branches of a run's rounds, per task × seed
       - {name: bert, from: imp, kind: reinit, init: data/demo/bert-tiny, at: [0.5, 0.7]}
       - {name: transfer, from: imp, kind: transfer, to: [vqa, gqa], at: [0.7]}
 
-A branch cell depends on the run cell it hangs off (``from`` names the run's method; ``source``
+A branch cell depends on the run cell it hangs off (``from`` names the run: its ``name``; ``source``
 names another task's run, e.g. ``source: pretrain`` for the universal ticket); ``at`` lists
 sparsities on the run's schedule. ``configs/study/*.yaml`` are the shipped studies.
 """
@@ -30,9 +32,10 @@ from typing import Optional
 import yaml
 
 from callbacks import schedule_level
+from lightning_vl.lottery.config import BRANCH_KINDS
 from lightning_vl.tasks import TASKS
 
-RUN_KEYS = {"method", "target_sparsity", "rewind_steps", "schedule", "rate", "args", "tasks"}
+RUN_KEYS = {"name", "method", "target_sparsity", "rewind_steps", "schedule", "rate", "args", "tasks"}
 BRANCH_KEYS = {"name", "from", "source", "kind", "init", "strategy", "to", "at", "seeds", "args"}
 
 
@@ -98,17 +101,22 @@ def expand(raw: dict, tasks: Optional[list[str]] = None, seeds: Optional[list[in
         raise ValueError(f"{source}: 'stack' must list the config files of a task's command ({{task}} substituted)")
     common = {"stack": stack, "args": [str(a) for a in raw.get("args") or []]}
     cells: list[Cell] = []
-    runs: dict[tuple, str] = {}  # (task, method, seed, rewind) -> cell id
+    runs: dict[tuple, str] = {}  # (task, run name, seed, rewind) -> cell id
+
+    def run_name(entry: dict) -> str:
+        return str(entry.get("name") or entry["method"])
 
     def run_cell(task: str, seed: int, entry: dict, rewind: int) -> str:
-        key = (task, entry["method"], seed, rewind)
+        name = run_name(entry)
+        key = (task, name, seed, rewind)
         if key in runs:
             return runs[key]
-        spec = {**common, "kind": "run", "task": task, "seed": seed, "method": entry["method"],
+        named = {"name": name} if name != entry["method"] else {}  # unnamed runs keep their cell ids
+        spec = {**common, "kind": "run", "task": task, "seed": seed, **named, "method": entry["method"],
                 "target_sparsity": float(entry.get("target_sparsity", 0.7)), "rewind_step": int(rewind),
                 "schedule": entry.get("schedule", "linear"), "rate": float(entry.get("rate", 0.1)),
                 "extra": [str(a) for a in entry.get("args") or []]}
-        cell = Cell(_cell_id(spec), "run", task, f"{task} {entry['method']} seed {seed}"
+        cell = Cell(_cell_id(spec), "run", task, f"{task} {name} seed {seed}"
                     + (f" rewind {rewind}" if rewind else ""), spec)
         cells.append(cell)
         runs[key] = cell.id
@@ -119,6 +127,10 @@ def expand(raw: dict, tasks: Optional[list[str]] = None, seeds: Optional[list[in
         _check_keys(entry, RUN_KEYS, f"{source}: runs[{i}]")
         if "method" not in entry:
             raise ValueError(f"{source}: runs[{i}] needs a method")
+    names = [run_name(e) for e in run_entries]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{source}: runs named {twice} more than once; give each run of one method its own 'name'")
     for entry in run_entries:  # a run entry's own `tasks` narrows the grid's (e.g. the pre-training run only)
         for task in _list(entry.get("tasks"), tasks):
             if task not in TASKS:
@@ -129,12 +141,12 @@ def expand(raw: dict, tasks: Optional[list[str]] = None, seeds: Optional[list[in
     for i, entry in enumerate(raw.get("branches") or []):
         where = f"{source}: branches[{i}]"
         _check_keys(entry, BRANCH_KEYS, where)
-        if entry.get("kind") not in ("random", "shuffle", "reinit", "transfer"):
-            raise ValueError(f"{where}: kind must be random, shuffle, reinit or transfer")
-        method = entry.get("from", "imp")
-        template = next((e for e in run_entries if e["method"] == method), None)
+        if entry.get("kind") not in BRANCH_KINDS:
+            raise ValueError(f"{where}: kind must be one of {', '.join(BRANCH_KINDS)}")
+        parent_name = entry.get("from", "imp")
+        template = next((e for e in run_entries if run_name(e) == parent_name), None)
         if template is None:
-            raise ValueError(f"{where}: from: {method!r} names no entry of 'runs'")
+            raise ValueError(f"{where}: from: {parent_name!r} names no entry of 'runs' (their names: {names})")
         sources = _list(entry.get("source"), []) or tasks
         for src in sources:
             if src not in TASKS:
