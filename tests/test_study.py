@@ -1,5 +1,6 @@
 """Studies: grid expansion, skip/resume, dependencies and failures (with a stand-in for the
 commands), and two real worker processes sharing one study (claims, a dead worker's claim)."""
+import contextlib
 import json
 import os
 import signal
@@ -132,13 +133,13 @@ def test_a_cell_waiting_on_a_failed_one_is_reported_not_run(tmp_path):
 
 
 # ---- real worker processes ----------------------------------------------------------------------
-def tiny_study(world: Path, tmp_path: Path) -> Path:
+def tiny_study(world: Path, tmp_path: Path, steps: int = 4) -> Path:
     study = {
         "study": "tiny", "tasks": ["nlvr2"], "seeds": [0, 1],
         "stack": [str(ROOT / "configs/task/{task}.yaml"), str(ROOT / "configs/model/uniter-tiny.yaml"),
                   str(ROOT / "configs/demo.yaml"), str(ROOT / "configs/demo/{task}.yaml")],
         "args": [*nlvr2_world_args(world),
-                 "--data.init_args.batch_size", "8", "--trainer.max_steps", "4", "--trainer.val_check_interval", "4",
+                 "--data.init_args.batch_size", "8", "--trainer.max_steps", str(steps), "--trainer.val_check_interval", "4",
                  "--trainer.enable_progress_bar", "false"],
         "runs": [{"method": "imp", "target_sparsity": 0.1, "args": ["--imp.wandb", "disabled"]}],
         "branches": [{"name": "shuffle", "from": "imp", "kind": "shuffle", "at": [0.1],
@@ -178,6 +179,31 @@ def test_two_workers_share_a_study_and_never_run_the_same_cell(demo_world, tmp_p
     assert "Table 1" in index and "accuracy" in index
 
 
+def alive(pid: int) -> bool:
+    """Running (a zombie, ended but not yet reaped, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def children(pid: int) -> list[int]:
+    """The pids ``pid`` started (Linux /proc), waiting until there is one."""
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:  # the parent's pid
+                    found.append(int(stat.parent.name))
+            except (OSError, ValueError, IndexError):
+                continue
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"worker {pid} started no command")
+
+
 @pytest.mark.slow
 def test_a_dead_workers_claim_is_taken_over(demo_world, tmp_path):
     study = tiny_study(demo_world, tmp_path)
@@ -192,3 +218,26 @@ def test_a_dead_workers_claim_is_taken_over(demo_world, tmp_path):
     second = worker(study, tmp_path, "second")
     assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-2000:]
     assert len(cells_done(tmp_path)) == 4
+
+
+@pytest.mark.slow
+def test_a_killed_worker_leaves_no_command_running(demo_world, tmp_path):
+    """SIGKILL to the worker alone (as a scheduler's kill or the OOM killer sends it): the cell's
+    command, which would train for a long time, ends with it (and can resume)."""
+    first = worker(tiny_study(demo_world, tmp_path, steps=100_000), tmp_path, "first")
+    commands = []
+    try:
+        commands = children(first.pid)
+        time.sleep(3)  # into the fit
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        deadline = time.time() + 60
+        while any(alive(pid) for pid in commands):
+            assert time.time() < deadline, f"the dead worker's command {commands} still runs"
+            time.sleep(0.2)
+    finally:
+        for pid in commands:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.killpg(first.pid, signal.SIGKILL)

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -206,12 +207,33 @@ class StudyRunner:
         return str(init)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the worker dies, however it dies, so a killed
+    worker leaves no cell command running (SIGTERM makes the command save its place and exit)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the command outlives a SIGKILLed worker
+        pass
+
+
 def run_command(command: list[str], log: Path, result_file: Path) -> int:
     """Run one cell's command with its output in ``log``; the command writes its outcome (run
-    folder, results) to ``result_file``."""
+    folder, results) to ``result_file``. The command ends with the worker."""
     env = {**os.environ, RESULT_ENV: str(result_file)}
     with open(log, "w") as out:
-        return subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        try:
+            return child.wait()
+        except BaseException:  # Ctrl-C or an error here: stop the command before leaving
+            child.terminate()
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+            raise
 
 
 def _duration(seconds: float) -> str:
