@@ -30,11 +30,11 @@ TASK_NAMES := vqa gqa vcr nlvr2 snli-ve refcoco+ flickr30k-ir flickr30k-tr pretr
 
 help:
 	@echo "make prune TASK=<task> [PRUNE=imp|omp|lamp|snip|random|random-layerwise] [SPARSITY=0.7] [SCHEDULE=linear|geometric] [REWIND=0] [INIT=ckpt]"
-	@echo "make branch FROM=runs/<task>/<run>/round_NN KIND=random|shuffle|reinit|transfer [TO=<task> (transfer)] [INIT=<init>|none (reinit)] [STRATEGY=global|layerwise] [SEED=0]"
+	@echo "make branch FROM=runs/<task>/<run>/round_NN KIND=random|shuffle|reinit|ticket|transfer [TO=<task> (transfer)] [INIT=<init>|none (reinit)] [STRATEGY=global|layerwise] [SEED=0]"
 	@echo "make finetune TASK=<task> [MASK=round_NN/mask.pt] [INIT=ckpt]"
 	@echo "make features SRC=<path...> FORMAT=tsv|butd-h5|img-db|npz OUT=<store.h5>"
 	@echo "make data TASK=<task> SRC=<folder with the public annotation files>"
-	@echo "make study STUDY=table1|universal|transfer|rewind [TASKS='nlvr2 vqa'] [SEEDS='0 1'] [REAL=1] | make report [RUNS=runs] [MASKS='vqa=…/mask.pt …']"
+	@echo "make study STUDY=table1|universal|transfer|rewind|adversarial [TASKS='nlvr2 vqa'] [SEEDS='0 1'] [REAL=1] | make report [RUNS=runs] [MASKS='vqa=…/mask.pt …']"
 	@echo "make overlap MASKS='vqa=runs/vqa/imp-…/round_07/mask.pt nlvr2=…' | make pretrain (the demo's θ'_0 and θ_0)"
 	@echo "make test | make bench | make demo | make clean"
 	@echo "tasks: $(TASK_NAMES)"
@@ -98,7 +98,7 @@ prune: check-task pretrain
 
 # a branch of a trained round: the source run's settings (KIND=transfer: TO's files of the same stack)
 branch: pretrain
-	@test -n "$(FROM)" -a -n "$(KIND)" || { echo "usage: make branch FROM=runs/<task>/<run>/round_NN KIND=random|shuffle|reinit|transfer [TO=<task>] [INIT=<init>|none]"; exit 2; }
+	@test -n "$(FROM)" -a -n "$(KIND)" || { echo "usage: make branch FROM=runs/<task>/<run>/round_NN KIND=random|shuffle|reinit|ticket|transfer [TO=<task>] [INIT=<init>|none]"; exit 2; }
 	$(BIN)/lightning-vl branch --from $(FROM) --kind $(KIND) $(if $(TO),--task $(TO)) \
 	  $(if $(INIT),--model.init $(if $(filter none,$(INIT)),null,$(INIT))) \
 	  $(if $(STRATEGY),--branch.strategy $(STRATEGY)) $(if $(SEED),--branch.seed $(SEED)) $(ARGS)
