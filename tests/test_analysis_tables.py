@@ -202,6 +202,7 @@ def test_table3_standard_vs_adversarial_from_the_paper():
         for task, v in zip(TASKS[:6], values):
             records.append(rec(task, "universal", s, v, source_task="pretrain", training=training))
     records.append(rec("vqa", "universal", 0.5, 70.0, source_task="pretrain"))   # no Adv. at 50%: no row
+    records.append(rec("flickr30k-ir", "universal", 0.6, 70.0, source_task="pretrain"))  # no Adv.: no column
     t = table3(records)
     assert [label for label, _ in t.rows] == ["60% Std.", "60% Adv.", "70% Std.", "70% Adv."]
     assert t.header == ["VQA", "GQA", "VCR", "NLVR2", "SNLI-VE", "RefCOCO+"]

@@ -141,7 +141,13 @@ def start(world, runs, tmp_path, name, *extra):
                         "--trainer.max_steps", "40", "--trainer.val_check_interval", "40", *extra)
     log = open(tmp_path / f"{name}.log", "w")
     return subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(OMP_NUM_THREADS="1"), stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True), cmd
+                            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=default_sigint), cmd
+
+
+def default_sigint() -> None:
+    """A shell's background job (`make test &`, nohup) ignores SIGINT, and the command would
+    inherit that: give it Ctrl-C's default, as a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(pattern, runs, proc, log, timeout=180):

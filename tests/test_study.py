@@ -177,6 +177,8 @@ def test_two_workers_share_a_study_and_never_run_the_same_cell(demo_world, tmp_p
     assert len(runs) == 2 and all((r / "round_01" / "branches").is_dir() for r in runs)
     index = (tmp_path / "studies" / "tiny" / "report" / "index.md").read_text()  # the study's own report
     assert "Table 1" in index and "accuracy" in index
+    found = json.loads((tmp_path / "studies" / "tiny" / "report" / "records.json").read_text())
+    assert sorted(r["row"] for r in found) == ["imp"] * 4 + ["shuffle"] * 2  # its branches too, not only rounds
 
 
 def alive(pid: int) -> bool:

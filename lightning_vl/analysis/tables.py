@@ -434,7 +434,8 @@ def table3(records: Iterable[Union[Mapping, Record]], tasks: Optional[Sequence[s
         keys = sorted({r.key for r in picked if r.training == "adversarial"})
     else:
         keys = sorted({sparsity_key(s) for s in sparsities})
-    tasks = _tasks([r for r in picked if r.key in keys], tasks) if keys else []
+    # the columns: tasks with an adversarial record (a task trained only one way has nothing to compare)
+    tasks = _tasks([r for r in picked if r.key in keys and r.training == "adversarial"], tasks) if keys else []
     rows, used, row_keys = [], [], []
     for k in keys:
         for training, short in (("standard", "Std."), ("adversarial", "Adv.")):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -60,6 +61,7 @@ def summarise(study, state: StudyState, wandb_mode: str) -> None:
         runs = sorted({state.record(c)["run_dir"] for c in study.cells if c.kind == "run"})
         found = [r for r in records_of(runs) if _in_study(r, study, state)]
         index = write_report(found, state.path / "report")
+        (state.path / "report" / "records.json").write_text(json.dumps(found, indent=1))
         log_summary_run(study.name, found, state.path, wandb_mode)
         print(f"study {study.name}: report {index} ({len(found)} records)")
     finally:
@@ -70,8 +72,8 @@ def _in_study(record: dict, study, state: StudyState) -> bool:
     """A run's rounds always; a branch only when one of this study's cells made it."""
     if "/branches/" not in record["path"]:
         return True
-    mine = {state.record(c)["run_dir"] for c in study.cells if c.kind == "branch" and state.is_done(c)}
-    return record["path"] in mine
+    mine = {Path(state.record(c)["run_dir"]).resolve() for c in study.cells if c.kind == "branch" and state.is_done(c)}
+    return Path(record["path"]).resolve() in mine  # the commands report absolute folders, the index relative ones
 
 
 def report_main(argv: list[str]) -> int:
@@ -84,7 +86,6 @@ def report_main(argv: list[str]) -> int:
                     help="masks for the overlap heat map (e.g. vqa=runs/vqa/imp-…/round_07/mask.pt)")
     ap.add_argument("--tasks", nargs="+", help="only these tasks' columns")
     args = ap.parse_args(argv)
-    import json
 
     from ..analysis.overlap import OverlapAnalysis, load_masks
     from ..analysis.report import write_report
