@@ -59,21 +59,16 @@ def summarise(study, state: StudyState, wandb_mode: str) -> None:
         except OSError:
             return
         runs = sorted({state.record(c)["run_dir"] for c in study.cells if c.kind == "run"})
-        found = [r for r in records_of(runs) if _in_study(r, study, state)]
+        mine = {Path(state.record(c)["run_dir"]).resolve() for c in study.cells if c.kind == "branch"
+                and state.is_done(c)}  # the commands report absolute folders, the index relative ones
+        # a run's rounds always; a branch only when one of this study's cells made it
+        found = [r for r in records_of(runs) if "/branches/" not in r["path"] or Path(r["path"]).resolve() in mine]
         index = write_report(found, state.path / "report")
         (state.path / "report" / "records.json").write_text(json.dumps(found, indent=1))
         log_summary_run(study.name, found, state.path, wandb_mode)
         print(f"study {study.name}: report {index} ({len(found)} records)")
     finally:
         os.close(fd)
-
-
-def _in_study(record: dict, study, state: StudyState) -> bool:
-    """A run's rounds always; a branch only when one of this study's cells made it."""
-    if "/branches/" not in record["path"]:
-        return True
-    mine = {Path(state.record(c)["run_dir"]).resolve() for c in study.cells if c.kind == "branch" and state.is_done(c)}
-    return Path(record["path"]).resolve() in mine  # the commands report absolute folders, the index relative ones
 
 
 def report_main(argv: list[str]) -> int:

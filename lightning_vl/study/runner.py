@@ -214,7 +214,7 @@ def _die_with_parent() -> None:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the command outlives a SIGKILLed worker
+    except (OSError, AttributeError):  # no libc prctl: the command outlives a SIGKILLed worker
         pass
 
 
