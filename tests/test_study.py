@@ -181,10 +181,15 @@ def test_two_workers_share_a_study_and_never_run_the_same_cell(demo_world, tmp_p
     assert sorted(r["row"] for r in found) == ["imp"] * 4 + ["shuffle"] * 2  # its branches too, not only rounds
 
 
+def stat_fields(stat: Path) -> list[str]:
+    """A /proc/<pid>/stat line after the command name: state, parent pid, …"""
+    return stat.read_text().rsplit(")", 1)[1].split()
+
+
 def alive(pid: int) -> bool:
     """Running (a zombie, ended but not yet reaped, is not)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return stat_fields(Path(f"/proc/{pid}/stat"))[0] != "Z"
     except OSError:
         return False
 
@@ -196,7 +201,7 @@ def children(pid: int) -> list[int]:
         found = []
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
-                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:  # the parent's pid
+                if int(stat_fields(stat)[1]) == pid:
                     found.append(int(stat.parent.name))
             except (OSError, ValueError, IndexError):
                 continue
@@ -225,7 +230,7 @@ def test_a_dead_workers_claim_is_taken_over(demo_world, tmp_path):
 @pytest.mark.slow
 def test_a_killed_worker_leaves_no_command_running(demo_world, tmp_path):
     """SIGKILL to the worker alone (as a scheduler's kill or the OOM killer sends it): the cell's
-    command, which would train for a long time, ends with it (and can resume)."""
+    command, which would train for a long time, ends with it."""
     first = worker(tiny_study(demo_world, tmp_path, steps=100_000), tmp_path, "first")
     commands = []
     try:
