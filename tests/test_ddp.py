@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+import yaml
 
 from callbacks import Mask, MaskedTraining, random_prune
 from lightning_vl.lottery import ImpConfig, LotteryRunner, RunFolder
@@ -164,6 +165,19 @@ def test_real_ddp_launcher_runs_every_round_and_resumes_after_a_kill(demo_world,
     out = done.stdout + done.stderr
     assert out.count("(done earlier)") == 2 and "round 2/2 · sparsity 20.0%" in out
     check_run(runs)
+
+
+@pytest.mark.slow
+def test_real_ddp_launcher_runs_imp_with_adversarial_training(demo_world, tmp_path):
+    """IMP with VILLA's adversarial steps under the real `ddp` launcher: every level's ranks end
+    bit-identical (the δ steps leave DDP's gradient sync intact) and pruned weights stay zero."""
+    runs = tmp_path / "runs"
+    done = subprocess.run(prune_command(demo_world, runs, "--trainer.devices", "2", "--model.adversarial.enabled",
+                                        "true"), cwd=tmp_path, env=clean_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run = check_run(runs)
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["adversarial"]["enabled"] is True
 
 
 def free_port() -> int:
