@@ -24,6 +24,7 @@ import importlib
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import yaml
@@ -296,14 +297,18 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(code)
         return
     try:
-        VLCli(
-            VLModule,
-            LightningDataModule,
-            subclass_mode_data=True,
-            save_config_callback=SaveConfigToRunDir,
-            save_config_kwargs={"overwrite": True},
-            args=argv,  # None: Lightning reads sys.argv itself
-        )
+        with warnings.catch_warnings():
+            # ``branch`` (and a caller of main(argv)) hands LightningCLI its argument list on purpose;
+            # Lightning warns whenever that and sys.argv are both given, printing the whole config
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended", category=UserWarning)
+            VLCli(
+                VLModule,
+                LightningDataModule,
+                subclass_mode_data=True,
+                save_config_callback=SaveConfigToRunDir,
+                save_config_kwargs={"overwrite": True},
+                args=argv,  # None: Lightning reads sys.argv itself
+            )
     except SIGTERMException:
         # Lightning stops a fit on SIGTERM with a bare SystemExit, i.e. exit status 0: a scheduler
         # that preempted the job would read "finished". Nothing of the unfinished round was recorded.
