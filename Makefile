@@ -18,6 +18,9 @@ RUNS ?= runs
 TEXT_PRETRAIN_STEPS ?= 1000
 PRETRAIN_STEPS ?= 1000
 PRETRAIN_ARGS ?= --trainer.enable_progress_bar false
+# θ_0's batches are built in a DataLoader worker: θ_0 is the longer of the two pre-trainings, and the
+# batches are the same with any number of workers (data_modules/pretrain.py), so θ_0 is too
+PRETRAIN_WORKERS ?= 1
 
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
@@ -83,7 +86,7 @@ $(PRETRAINED): $(DEMO_DIR)/.complete $(PRETRAIN_CODE)
 	  --trainer.max_steps $(TEXT_PRETRAIN_STEPS) --trainer.val_check_interval $(TEXT_PRETRAIN_STEPS) \
 	  --trainer.enable_progress_bar false > $(DEMO_DIR)/pretraining/text.log 2>&1 & text=$$!; \
 	OMP_NUM_THREADS=1 $(PRETRAIN) --trainer.callbacks.path $(DEMO_MODEL) --trainer.callbacks.layout uniter \
-	  --model.init null --trainer.logger.name uniter \
+	  --model.init null --trainer.logger.name uniter --data.init_args.num_workers $(PRETRAIN_WORKERS) \
 	  --trainer.max_steps $(PRETRAIN_STEPS) --trainer.val_check_interval $(PRETRAIN_STEPS) \
 	  --model.warmup_steps $$(( $(PRETRAIN_STEPS) / 10 )) $(PRETRAIN_ARGS); vl=$$?; \
 	wait $$text; tx=$$?; \
