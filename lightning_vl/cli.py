@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 from pytorch_lightning import LightningDataModule
+from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -52,7 +53,30 @@ class SaveConfigToRunDir(SaveConfigCallback):
         super().setup(trainer, pl_module, stage)
 
 
+class _StepCountedRichProgressBar(RichProgressBar):
+    """Lightning 2.6's rich bar: "Epoch 1" when training is counted in steps, not "Epoch 1/-2"
+    (``max_epochs`` -1 printed as its last index; fixed upstream after 2.6, Lightning PR #21924)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self.trainer.max_epochs is None or self.trainer.max_epochs >= 0:
+            return super()._get_train_description(current_epoch)
+        description = f"Epoch {current_epoch}"
+        return f"{description:{len(self.validation_description)}}"  # padded as Lightning's, so it does not flicker
+
+
+def with_step_counted_bar(trainer):
+    """``trainer`` with its rich progress bar (Lightning's default or the user's, settings kept)
+    showing the epoch without a negative total."""
+    for callback in trainer.callbacks:
+        if type(callback) is RichProgressBar:
+            callback.__class__ = _StepCountedRichProgressBar
+    return trainer
+
+
 class VLCli(LightningCLI):
+    def instantiate_trainer(self, **kwargs):
+        return with_step_counted_bar(super().instantiate_trainer(**kwargs))
+
     def add_arguments_to_parser(self, parser) -> None:
         """The data module knows the label strings (e.g. VQA's answer vocabulary); the model gets
         them when both are instantiated."""
@@ -153,7 +177,7 @@ class VLCli(LightningCLI):
         if cfg.get("logger") in (None, True):
             cfg["logger"] = CSVLogger(str(round_dir), name="logs", version="")
         cfg["default_root_dir"] = str(round_dir)
-        return self.trainer_class(**cfg)
+        return with_step_counted_bar(self.trainer_class(**cfg))
 
 
 def _option(args: list[str], *names: str) -> str | None:

@@ -55,6 +55,18 @@ def test_prune_command_runs_rounds_writes_files_and_resumes(demo_world, tmp_path
     assert Mask.load(run / "round_02" / "mask.pt").sparsity == pytest.approx(0.2, abs=1e-3)
 
 
+@pytest.mark.parametrize("command", ["fit", "prune"])
+def test_progress_bar_counts_epochs_without_a_negative_total(demo_world, tmp_path, capsys, command):
+    """Training is counted in steps (max_epochs -1): Lightning 2.6's rich bar printed "Epoch 0/-2"."""
+    args = [command, *cli_args(demo_world, tmp_path), "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+            "--trainer.enable_progress_bar", "true"]
+    if command == "prune":
+        args += ["--imp.target_sparsity", "0.0", "--imp.root", str(tmp_path / "runs"), "--imp.wandb", "disabled"]
+    main(args)
+    out = capsys.readouterr().out
+    assert "Epoch 0" in out and "/-2" not in out
+
+
 def test_random_method_gets_its_own_run_folder(demo_world, tmp_path):
     args = ["prune", *cli_args(demo_world, tmp_path), "--imp.target_sparsity", "0.1",
             "--imp.root", str(tmp_path / "runs"), "--imp.wandb", "disabled", "--trainer.max_steps", "2"]
