@@ -86,12 +86,12 @@ def generate_demo(
     n_test: Optional[int] = None,
     tasks: tuple[str, ...] = TASKS,
     mark_complete: bool = True,
-    num_colors: int = 4,
-    num_shapes: int = 3,
-    min_objects: int = 1,
-    max_objects: int = 6,
-    noise: float = 0.5,
-    focus: float = 0.3,
+    num_colors: int = WorldConfig.num_colors,
+    num_shapes: int = WorldConfig.num_shapes,
+    min_objects: int = WorldConfig.min_objects,
+    max_objects: int = WorldConfig.max_objects,
+    noise: float = WorldConfig.noise,
+    focus: float = WorldConfig.focus,
     nlvr2_templates: tuple[str, ...] = tuple(nlvr2_demo.TEMPLATES),
     scale: float = 1.0,
     vocab_size: Optional[int] = None,
@@ -189,12 +189,14 @@ def argument_parser(prog: str = "python -m data_modules.demo",
     ap.add_argument("--n-test", type=int, default=None)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every task's default sizes")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    ap.add_argument("--num-colors", type=int, default=4, help="colours in the world (1-5)")
-    ap.add_argument("--num-shapes", type=int, default=3, help="shapes in the world (1-4)")
-    ap.add_argument("--min-objects", type=int, default=1)
-    ap.add_argument("--max-objects", type=int, default=6)
-    ap.add_argument("--noise", type=float, default=0.5, help="detector noise on unit-variance features")
-    ap.add_argument("--focus", type=float, default=0.3,
+    ap.add_argument("--num-colors", type=int, default=WorldConfig.num_colors, help="colours in the world (1-5)")
+    ap.add_argument("--num-shapes", type=int, default=WorldConfig.num_shapes, help="shapes in the world (1-4)")
+    ap.add_argument("--min-objects", type=int, default=WorldConfig.min_objects)
+    ap.add_argument("--max-objects", type=int, default=WorldConfig.max_objects,
+                    help="objects per image at most (default 3; the earlier default world had 6)")
+    ap.add_argument("--noise", type=float, default=WorldConfig.noise,
+                    help="detector noise on unit-variance features (default 0.1; the earlier default 0.5)")
+    ap.add_argument("--focus", type=float, default=WorldConfig.focus,
                     help="0-1: how much images over-represent what statements mention (higher = harder)")
     ap.add_argument("--nlvr2-templates", nargs="+", default=list(nlvr2_demo.TEMPLATES),
                     choices=list(nlvr2_demo.TEMPLATES))
