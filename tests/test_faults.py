@@ -83,6 +83,24 @@ def test_a_named_run_refuses_other_settings_and_keeps_its_config(demo_world, tmp
     assert RunFolder(run).completed_levels() == 3 and (run / "config.yaml").read_bytes() == config
 
 
+def test_a_run_refuses_to_resume_from_a_checkpoint_rebuilt_at_the_same_path(demo_world, tmp_path):
+    """The folder name hashes --model.init's path: a θ_0 rebuilt there (a new demo world) must not
+    silently reuse rounds trained from the old one."""
+    import shutil
+
+    from .conftest import save_random_model
+
+    theta = tmp_path / "theta"
+    theta.mkdir()
+    shutil.copy(demo_world / "uniter-tiny.pt", theta / "uniter-tiny.pt")
+    (run,) = prune(demo_world, tmp_path, "--model.init", str(theta / "uniter-tiny.pt"), "--trainer.max_steps", "2")
+    prune(demo_world, tmp_path, "--model.init", str(theta / "uniter-tiny.pt"), "--trainer.max_steps", "2")  # same θ_0: resumes
+    save_random_model(theta, seed=4)  # the same path, other weights
+    with pytest.raises(RunSettingsChanged, match=r"init.pt is not the start this command loads: \d+ of 24 prunable"):
+        prune(demo_world, tmp_path, "--model.init", str(theta / "uniter-tiny.pt"), "--trainer.max_steps", "2")
+    assert RunFolder(run).completed_levels() == 2
+
+
 @pytest.mark.slow
 def test_summary_is_rebuilt_after_a_crash_between_a_rounds_files(demo_world, tmp_path):
     (run,) = prune(demo_world, tmp_path, "--trainer.max_steps", "2")

@@ -28,7 +28,7 @@ from callbacks.distributed import barrier, broadcast_mask
 
 from .config import ImpConfig
 from .fitting import MakeTrainer, check_sparsity, fit_and_score, init_gradients, state_of
-from .folder import RunFolder
+from .folder import RunFolder, RunSettingsChanged
 from .prunable import Prunable
 from .report import WandbRun, progress_line, write_summary
 
@@ -100,10 +100,25 @@ class LotteryRunner:
         """θ_0 and φ_0: read back when the folder has them (every rank reads the same file), else
         the module's own weights, saved by rank 0."""
         if self.folder.init.exists():
-            self.module.load_state_dict(self.folder.tensors(self.folder.init))
+            saved = self.folder.tensors(self.folder.init)
+            self._check_same_start(saved)
+            self.module.load_state_dict(saved)
         elif self.is_zero:
             self.folder.save_tensors(self.folder.init, state_of(self.module))
         return state_of(self.module)
+
+    def _check_same_start(self, saved: dict[str, torch.Tensor]) -> None:
+        """The pruned weights this command starts from must be the folder's θ_0. The name hashes
+        the *path* of ``--model.init``, not its content, so a checkpoint rebuilt at the same path
+        (``make pretrain`` after a new demo world, a re-exported model) would otherwise resume —
+        and report — rounds trained from other weights."""
+        changed = [n for n in self.names
+                   if n not in saved or not torch.equal(saved[n], self.module.get_parameter(n).detach().cpu())]
+        if changed:
+            raise RunSettingsChanged(
+                f"{self.folder.init} is not the start this command loads: {len(changed)} of {len(self.names)} "
+                f"prunable tensors differ (e.g. {changed[0]}); the initial checkpoint (--model.init) changed since "
+                f"this run began. Move {self.folder.path} aside (or give --imp.name) to start a new run.")
 
     def _dense_mask(self) -> Mask:
         mask = Mask.ones_like({n: self.module.get_parameter(n).detach().cpu() for n in self.names})
