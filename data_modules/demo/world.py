@@ -26,7 +26,7 @@ class WorldConfig:
     """How rich the world is: palettes (the first ``num_colors`` / ``num_shapes`` of COLORS /
     SHAPES), objects per scene, detector noise. Knobs to make the demo easier or harder; the
     defaults (1-3 objects, noise 0.1) are where the demo's 64-wide pre-training learns image-text
-    matching in 1,000 steps (ITM 0.93; with 1-6 objects and noise 0.5, the earlier default, 0.53)
+    matching in 1,000 steps (val ITM 0.98; with 1-6 objects and noise 0.5, the earlier default, 0.53)
     and where the study's findings show on most tasks (README, "What the demo shows")."""
 
     num_colors: int = 4
