@@ -3,6 +3,7 @@ names what is wrong, and loses nothing that finished (issue: "Nothing silently w
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from lightning_vl.lottery import ImpConfig, LotteryRunner, RunFolder
 from lightning_vl.lottery.folder import RunFolderBusy, RunSettingsChanged
 from lightning_vl.module import VLModule
 
+from .conftest import save_random_model
 from .synthetic import TINY, RandomPairsDataModule, tiny_trainer
 from .test_cli import cli_args
 from .test_ddp import CLI, clean_env, prune_command
@@ -86,10 +88,6 @@ def test_a_named_run_refuses_other_settings_and_keeps_its_config(demo_world, tmp
 def test_a_run_refuses_to_resume_from_a_checkpoint_rebuilt_at_the_same_path(demo_world, tmp_path):
     """The folder name hashes --model.init's path: a θ_0 rebuilt there (a new demo world) must not
     silently reuse rounds trained from the old one."""
-    import shutil
-
-    from .conftest import save_random_model
-
     theta = tmp_path / "theta"
     theta.mkdir()
     shutil.copy(demo_world / "uniter-tiny.pt", theta / "uniter-tiny.pt")
