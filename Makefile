@@ -47,19 +47,26 @@ check-task:
 
 install: $(STAMP)
 
+# The head of a recipe that builds a shared file (the venv, the demo world, θ_0): it holds $@.lock for
+# the rest of the recipe's shell, so two makes at once (two study workers) never build it together;
+# the second waits, then stops if the first built it meanwhile (lightning_vl/buildlock.py).
+LOCK = mkdir -p $(@D) && exec 9>$@.lock && { $(PYTHON) -m lightning_vl.buildlock 9 $@ $^; s=$$?; \
+  test $$s -eq 3 && exit 0; test $$s -eq 0 || exit $$s; }
+
 # torch first, pinned to the local CPU wheel; setup.cfg's range accepts it, so pip installs no other build.
 $(STAMP): setup.cfg pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	@$(LOCK); set -ex; \
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+	$(BIN)/python -m pip install -q --upgrade pip; \
+	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION); \
+	$(BIN)/python -m pip install -q -e '.[dev]'; \
 	touch $@
 
 demo: $(DEMO_DIR)/.complete
 
 # regenerated when the code or model size that makes it changes
 $(DEMO_DIR)/.complete: $(STAMP) $(wildcard data_modules/demo/*.py) configs/model/uniter-tiny.yaml
-	$(BIN)/lightning-vl demo --out $(DEMO_DIR)
+	@$(LOCK); set -x; $(BIN)/lightning-vl demo --out $(DEMO_DIR)
 
 # the demo's models, pre-trained on the demo world: the text-only θ'_0 (MLM on the captions alone, a
 # HuggingFace BERT folder) and θ_0 (UNITER's objectives with the demo's recipe, configs/demo/pretrain.yaml,
@@ -79,9 +86,9 @@ PRETRAIN_CODE := lightning_vl/pretraining.py lightning_vl/optimal_transport.py d
 $(DEMO_BERT) $(DEMO_MODEL): $(PRETRAINED)
 
 $(PRETRAINED): $(DEMO_DIR)/.complete $(PRETRAIN_CODE)
-	@mkdir -p $(DEMO_DIR)/pretraining
-	@echo "pre-training the demo's θ'_0 (text only; log $(DEMO_DIR)/pretraining/text.log) and θ_0 side by side"
-	@OMP_NUM_THREADS=1 $(PRETRAIN) --config configs/demo/pretrain-text.yaml --trainer.callbacks.path $(DEMO_DIR)/bert-tiny \
+	@$(LOCK); mkdir -p $(DEMO_DIR)/pretraining; \
+	echo "pre-training the demo's θ'_0 (text only; log $(DEMO_DIR)/pretraining/text.log) and θ_0 side by side"; \
+	OMP_NUM_THREADS=1 $(PRETRAIN) --config configs/demo/pretrain-text.yaml --trainer.callbacks.path $(DEMO_DIR)/bert-tiny \
 	  --trainer.callbacks.layout bert --model.init null --trainer.logger.name text \
 	  --trainer.max_steps $(TEXT_PRETRAIN_STEPS) --trainer.val_check_interval $(TEXT_PRETRAIN_STEPS) \
 	  --trainer.enable_progress_bar false > $(DEMO_DIR)/pretraining/text.log 2>&1 & text=$$!; \
