@@ -47,6 +47,18 @@ def test_grid_expands_into_content_addressed_cells():
     assert sum(c.kind == "run" and c.task == "refcoco+" for c in per_task.cells) == 2
 
 
+def test_tasks_narrow_every_cell_but_keep_the_runs_a_kept_branch_needs():
+    """--tasks nlvr2 on the adversarial study must not run RefCOCO+'s and VQA's own IMP runs."""
+    study = load(Path(__file__).resolve().parents[1] / "configs/study/adversarial-demo.yaml",
+                 tasks=["nlvr2", "snli-ve"])
+    assert {c.task for c in study.cells} == {"pretrain"}  # RefCOCO+'s ticket branches left out too
+    assert {c.spec.get("to") or c.task for c in study.cells if c.kind == "branch"} == {"nlvr2", "snli-ve"}
+    assert [c.label for c in study.cells if c.kind == "run"] == ["pretrain imp seed 0"]
+    assert len([c for c in study.cells if c.kind == "branch"]) == 8  # 2 tasks x 2 sparsities x std/adv
+    whole = load(Path(__file__).resolve().parents[1] / "configs/study/adversarial-demo.yaml")
+    assert {c.id for c in study.cells} < {c.id for c in whole.cells}  # the same cells, fewer of them
+
+
 def test_named_runs_of_one_method_are_separate_cells_and_branches_name_theirs():
     """Two IMP runs (standard and adversarial) side by side; unnamed runs keep their cell ids."""
     adv = {"name": "imp-adv", "method": "imp", "target_sparsity": 0.7, "args": ["--model.adversarial.enabled", "true"]}
