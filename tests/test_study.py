@@ -48,7 +48,7 @@ def test_grid_expands_into_content_addressed_cells():
 
 
 def test_tasks_narrow_every_cell_but_keep_the_runs_a_kept_branch_needs():
-    """--tasks nlvr2 on the adversarial study must not run RefCOCO+'s and VQA's own IMP runs."""
+    """--tasks nlvr2 snli-ve on the adversarial study must not run RefCOCO+'s and VQA's IMP runs."""
     study = load(Path(__file__).resolve().parents[1] / "configs/study/adversarial-demo.yaml",
                  tasks=["nlvr2", "snli-ve"])
     assert {c.task for c in study.cells} == {"pretrain"}  # RefCOCO+'s ticket branches left out too

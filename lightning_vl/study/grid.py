@@ -86,7 +86,7 @@ def expand(raw: dict, tasks: Optional[list[str]] = None, seeds: Optional[list[in
         raise ValueError(f"{source}: a study needs a 'study:' name, 'tasks', 'stack' and 'runs'")
     # `--tasks` narrows every cell to those tasks, a run entry's own `tasks` and a ticket branch's
     # `source` included; a transfer's source run is kept when one of its targets is asked for
-    only = set(_list(tasks, [])) if tasks is not None else None
+    narrowed = tasks is not None
     tasks = _list(tasks if tasks is not None else raw.get("tasks"), [])
     seed_spec = seeds if seeds is not None else raw.get("seeds")
 
@@ -138,8 +138,8 @@ def expand(raw: dict, tasks: Optional[list[str]] = None, seeds: Optional[list[in
         for task in _list(entry.get("tasks"), tasks):
             if task not in TASKS:
                 raise ValueError(f"{source}: runs: task {task!r} is not a task")
-            if only is not None and task not in only:
-                continue  # made below all the same if a branch asked for needs it
+            if narrowed and task not in tasks:
+                continue  # a kept transfer's source run is still made, by its branch below
             for seed in seeds_of(task):
                 for rewind in _list(entry.get("rewind_steps"), [0]):
                     run_cell(task, seed, entry, int(rewind))
@@ -159,7 +159,7 @@ def expand(raw: dict, tasks: Optional[list[str]] = None, seeds: Optional[list[in
             if entry["kind"] == "transfer":  # default: every other task of the grid
                 targets = [t for t in _list(entry.get("to"), tasks) if t != src]
             else:
-                targets = [None] if only is None or src in only else []
+                targets = [None] if not narrowed or src in tasks else []
             if not targets:
                 continue
             for seed in [int(s) for s in _list(entry.get("seeds"), seeds_of(src))]:
