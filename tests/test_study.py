@@ -144,6 +144,39 @@ def test_a_cell_waiting_on_a_failed_one_is_reported_not_run(tmp_path):
     assert "failed or blocked" in lines[-1] and "nlvr2 r05 bert seed 0" in lines[-1]
 
 
+def test_time_left_is_estimated_per_kind_and_task_and_shared_by_the_workers_holding_cells(tmp_path):
+    """A study's first cells are long lottery runs and its last short branches: a plain mean over
+    finished cells once said ~14 h left of a transfer study that had ~1 h to go."""
+    study = expand(GRID, tasks=["nlvr2", "refcoco+"], seeds=[0])
+    runner = StudyRunner(study, runs=tmp_path / "runs", root=tmp_path / "studies", execute=FakeCommands(tmp_path),
+                         poll=0.01, echo=lambda s: None)
+    state = runner.state
+
+    def finish(cell, seconds):
+        state.done_path(cell).write_text(json.dumps({"id": cell.id, "seconds": seconds}))
+
+    cells = {c.label: c for c in study.cells}
+    finish(cells["nlvr2 imp seed 0"], 600.0)
+    finish(cells["nlvr2 random seed 0"], 400.0)
+    finish(cells["nlvr2 r05 bert seed 0"], 30.0)
+    finish(cells["refcoco+ r07 transfer → nlvr2 seed 0"], 10.0)  # trains on NLVR2: a branch on nlvr2
+    pending = [c for c in study.cells if not state.is_done(c)]
+    runs_left = [c for c in pending if c.kind == "run"]
+    on_nlvr2 = [c for c in pending if c.kind == "branch" and (c.spec.get("to") or c.task) == "nlvr2"]
+    elsewhere = [c for c in pending if c.kind == "branch" and c not in on_nlvr2]
+    assert len(runs_left) == 2 and on_nlvr2 and elsewhere
+    expected = len(runs_left) * 500.0 + len(on_nlvr2) * 20.0 + len(elsewhere) * 20.0
+    left, workers = runner.estimate_left()
+    assert workers == 1 and left == pytest.approx(expected)
+    with state.claim(runs_left[0]) as mine:  # another worker holds a cell: two share what is left
+        assert mine
+        left, workers = runner.estimate_left()
+    assert workers == 2 and left == pytest.approx(expected / 2)
+    finish(cells["refcoco+ r05 bert seed 0"], 90.0)  # refcoco+'s own branches now have a peer
+    expected = len(runs_left) * 500.0 + (len(on_nlvr2)) * 20.0 + (len(elsewhere) - 1) * 90.0
+    assert runner.estimate_left() == (pytest.approx(expected), 1)
+
+
 # ---- real worker processes ----------------------------------------------------------------------
 def tiny_study(world: Path, tmp_path: Path, steps: int = 4) -> Path:
     study = {

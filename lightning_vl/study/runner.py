@@ -101,7 +101,6 @@ class StudyRunner:
         self.state = StudyState(root, study)
         self.execute = execute or run_command
         self.start = time.time()
-        self.ran_here: list[float] = []
 
     # ---------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -161,17 +160,39 @@ class StudyRunner:
         tmp = self.state.done_path(cell).with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=1))
         os.replace(tmp, self.state.done_path(cell))
-        self.ran_here.append(seconds)
         self._progress(cell, seconds)
         return True
 
     def _progress(self, cell: Cell, seconds: float) -> None:
         cells = self.study.cells
         done = sum(self.state.is_done(c) for c in cells)
-        left = len(cells) - done
-        mean = sum(self.ran_here) / len(self.ran_here)
+        left, workers = self.estimate_left()
         self.echo(f"  ✓ {cell.label} in {_duration(seconds)} · cells {done}/{len(cells)} done · elapsed "
-                  f"{_duration(time.time() - self.start)} · ~{_duration(mean * left)} left at this worker's pace")
+                  f"{_duration(time.time() - self.start)} · ~{_duration(left)} left"
+                  f" ({workers} worker{'s' if workers > 1 else ''})")
+
+    def estimate_left(self) -> tuple[float, int]:
+        """Wall-clock seconds left and the workers counted: each cell not done costs the mean time of
+        the finished cells (any worker's) of its kind on the task it trains, else of its kind, and the
+        sum is shared by this worker and every worker holding a cell now. (A plain mean over cells
+        misleads: a study's first cells are its long lottery runs, its last ones short branches.)"""
+        finished, pending = [], []
+        for c in self.study.cells:
+            (finished if self.state.is_done(c) else pending).append(c)
+        by_key: dict[tuple[str, str], list[float]] = {}
+        by_kind: dict[str, list[float]] = {}
+        for c in finished:
+            seconds = float(self.state.record(c).get("seconds", 0.0))
+            by_key.setdefault((c.kind, _trains(c)), []).append(seconds)
+            by_kind.setdefault(c.kind, []).append(seconds)
+        every = [s for v in by_kind.values() for s in v] or [0.0]
+
+        def mean(values: list[float]) -> float:
+            return sum(values) / len(values)
+
+        left = sum(mean(by_key.get((c.kind, _trains(c))) or by_kind.get(c.kind) or every) for c in pending)
+        workers = 1 + sum(self.state.held(c) for c in pending)
+        return left / workers, workers
 
     # ---------------------------------------------------------------------------------------------
     def command(self, cell: Cell) -> list[str]:
@@ -205,6 +226,11 @@ class StudyRunner:
             config = yaml.safe_load((run_dir / "config.yaml").read_text())
             return f"shuffled:{config['model']['init']}"
         return str(init)
+
+
+def _trains(cell: Cell) -> str:
+    """The task a cell fine-tunes on (a transfer trains on its target), which sets its cost."""
+    return cell.spec.get("to") or cell.task
 
 
 def _die_with_parent() -> None:
