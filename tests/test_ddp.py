@@ -82,9 +82,12 @@ def test_ddp_ranks_train_the_same_broadcast_mask(tmp_path):
 
 
 @pytest.mark.parametrize("strategy", ["ddp_fork", "ddp_spawn"])
-def test_lottery_levels_under_multiprocessing_launchers(tmp_path, strategy):
+def test_lottery_levels_under_multiprocessing_launchers(tmp_path, strategy, monkeypatch):
     """The loop runs in this process; every level's fit runs on 2 launched ranks. Masks nest,
     the weights that come back honour them, each rank's checksums agree, files are written once."""
+    # Lightning writes MASTER_PORT into this process's environment: a port of its own, removed
+    # afterwards, so a launch that died here (a timeout) cannot leave the next test its busy port.
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
     pl.seed_everything(0, verbose=False)
     model = VLModule(uniter=TINY, lr=1e-3, warmup_steps=1)
     cfg = ImpConfig(method="random", target_sparsity=0.1, wandb="disabled")
