@@ -34,6 +34,7 @@ from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from .launchers import ForkedRanksRefused, check_launcher
 from .lottery import BranchConfig, BranchRunner, ImpConfig, LotteryRunner, RunFolder
 from .lottery.identity import BRANCH_KEYS, identity_hash, results_identity
 from .module import VLModule
@@ -75,7 +76,9 @@ def with_step_counted_bar(trainer):
 
 class VLCli(LightningCLI):
     def instantiate_trainer(self, **kwargs):
-        return with_step_counted_bar(super().instantiate_trainer(**kwargs))
+        trainer = super().instantiate_trainer(**kwargs)
+        check_launcher(trainer)  # before anything runs: fork-based launchers are refused (lightning_vl/launchers.py)
+        return with_step_counted_bar(trainer)
 
     def add_arguments_to_parser(self, parser) -> None:
         """The data module knows the label strings (e.g. VQA's answer vocabulary); the model gets
@@ -177,7 +180,9 @@ class VLCli(LightningCLI):
         if cfg.get("logger") in (None, True):
             cfg["logger"] = CSVLogger(str(round_dir), name="logs", version="")
         cfg["default_root_dir"] = str(round_dir)
-        return with_step_counted_bar(self.trainer_class(**cfg))
+        trainer = self.trainer_class(**cfg)
+        check_launcher(trainer)
+        return with_step_counted_bar(trainer)
 
 
 def _option(args: list[str], *names: str) -> str | None:
@@ -333,6 +338,8 @@ def main(argv: list[str] | None = None) -> None:
                 save_config_kwargs={"overwrite": True},
                 args=argv,  # None: Lightning reads sys.argv itself
             )
+    except ForkedRanksRefused as e:
+        raise SystemExit(f"lightning-vl: {e}") from None
     except SIGTERMException:
         # Lightning stops a fit on SIGTERM with a bare SystemExit, i.e. exit status 0: a scheduler
         # that preempted the job would read "finished". Nothing of the unfinished round was recorded.

@@ -1,4 +1,5 @@
 """The Makefile's LOCK: two makes at once build a shared file once (two study workers on a fresh clone)."""
+import contextlib
 import os
 import re
 import signal
@@ -30,11 +31,26 @@ def project(tmp_path):
     return tmp_path
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_make_left_running():
+    """Every make a test starts (in a session of its own) is killed with its recipe when the test ends."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def make(folder: Path, **variables) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     args = ["make", "-s", "-C", str(folder)] + [f"{k}={v}" for k, v in variables.items()]
-    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    STARTED.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    start_new_session=True))
+    return STARTED[-1]
 
 
 def builds(folder: Path) -> int:

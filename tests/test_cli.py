@@ -1,12 +1,16 @@
 """End to end through the CLI on the demo world: `lightning-vl prune`, resume, `fit` with a ticket."""
 import csv
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from callbacks import Mask
 from lightning_vl.cli import main
+
+from . import processes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,10 +34,14 @@ def cli_args(world, tmp_path, *extra):
 
 
 @pytest.mark.slow
-def test_prune_command_runs_rounds_writes_files_and_resumes(demo_world, tmp_path, capsys, caplog):
-    args = ["prune", *cli_args(demo_world, tmp_path), "--imp.target_sparsity", "0.2",
-            "--imp.root", str(tmp_path / "runs"), "--imp.wandb", "offline"]
-    main(args)
+def test_prune_command_runs_rounds_writes_files_and_resumes(demo_world, tmp_path):
+    """As a user runs it, W&B (offline) included: a command of its own, so W&B's threads never live
+    in the pytest process (tests/conftest.py)."""
+    cmd = [sys.executable, "-m", "lightning_vl.cli", "prune", *cli_args(demo_world, tmp_path),
+           "--imp.target_sparsity", "0.2", "--imp.root", str(tmp_path / "runs"), "--imp.wandb", "offline"]
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    done = processes.run(cmd, tmp_path / "first.log", 300, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.output[-3000:]
     runs = list((tmp_path / "runs" / "nlvr2").iterdir())
     assert len(runs) == 1 and runs[0].name.startswith("imp-")
     run = runs[0]
@@ -41,15 +49,14 @@ def test_prune_command_runs_rounds_writes_files_and_resumes(demo_world, tmp_path
         rows = list(csv.DictReader(f))
     assert [round(float(r["sparsity"]), 3) for r in rows] == [0.0, 0.1, 0.2]
     assert all(0.0 <= float(r["val/acc"]) <= 1.0 for r in rows)
-    assert "round 2/2 · sparsity 20.0% · val acc" in caplog.text
+    assert "round 2/2 · sparsity 20.0% · val acc" in done.output
     assert (run / "config.yaml").exists() and list((run / "wandb").glob("offline-run-*"))
     assert (run / "round_01" / "logs" / "metrics.csv").exists()
     assert json.loads((run / "round_02" / "metrics.json").read_text())["kept"] < json.loads(
         (run / "round_00" / "metrics.json").read_text())["kept"]
     # the same command again resumes: nothing left to train
-    caplog.clear()
-    main(args)
-    assert caplog.text.count("(done earlier)") == 3
+    again = processes.run(cmd, tmp_path / "second.log", 300, cwd=ROOT, env=env)
+    assert again.returncode == 0 and again.output.count("(done earlier)") == 3, again.output[-3000:]
     # fine-tune the 20% ticket through `fit --model.mask`
     main(["fit", *cli_args(demo_world, tmp_path), "--model.mask", str(run / "round_02" / "mask.pt")])
     assert Mask.load(run / "round_02" / "mask.pt").sparsity == pytest.approx(0.2, abs=1e-3)

@@ -1,18 +1,17 @@
-"""DDP on 2 CPU processes (gloo).
+"""DDP on 2 CPU processes (gloo), every multi-process run a bounded command of its own
+(tests/processes.py): a rank that hangs fails its test in seconds, named, and is killed with its
+whole process group; nothing a launcher starts inherits the pytest process's threads.
 
-* Inside pytest (``ddp_fork``, ``ddp_spawn``): every rank trains rank 0's mask, even when the
-  ranks start from different random masks, and the lottery loop — which then runs in the launching
-  process alone — writes one set of files.
-* Through Lightning's real ``ddp`` launcher, as users run it: ``lightning-vl prune`` as a
-  subprocess that re-runs itself on rank 1, so the round loop runs on every rank; killed mid-run
-  and resumed, and as two "nodes" (``num_nodes 2``) started by hand.
+* Lightning's real ``ddp`` launcher (it re-runs the command on every rank): a fit whose ranks start
+  from different random masks trains rank 0's; ``lightning-vl prune`` runs every round on every rank,
+  is killed mid-run and resumed, trains with adversarial steps, and runs as two "nodes" started by hand.
+* ``ddp_spawn``: the lottery loop runs in the launching process, each level's fit on 2 spawned ranks.
+* ``ddp_fork`` / ``ddp_notebook`` are refused (lightning_vl/launchers.py): a rank forked while another
+  thread of the parent holds a lock waits for ever — shown here with a lock held on purpose.
 """
-import hashlib
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,10 +21,12 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-from callbacks import Mask, MaskedTraining, random_prune
+from callbacks import Mask
+from lightning_vl.launchers import ForkedRanksRefused, check_launcher
 from lightning_vl.lottery import ImpConfig, LotteryRunner, RunFolder
 from lightning_vl.module import VLModule
 
+from . import processes
 from .synthetic import TINY, RandomPairsDataModule, tiny_trainer
 from .test_tasks_demo import nlvr2_world_args
 
@@ -34,44 +35,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).parent / "lightning-vl"
 
 
-def digest(mask: Mask) -> str:
-    h = hashlib.sha1()
-    for k in sorted(mask.keys()):
-        h.update(k.encode())
-        h.update(mask[k].cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
-class RankSpecificMask(MaskedTraining):
-    """Each rank starts with a *different* random mask; the broadcast must make them agree."""
-
-    def __init__(self, names_shapes, out_dir):
-        dense = Mask({n: torch.ones(s, dtype=torch.bool) for n, s in names_shapes.items()})
-        super().__init__(dense)
-        self.dense, self.out_dir = dense, out_dir
-
-    def setup(self, trainer, pl_module, stage):
-        torch.set_num_threads(1)
-        own = random_prune(self.dense, 0.5, torch.Generator().manual_seed(100 + trainer.global_rank))
-        (self.out_dir / f"own{trainer.global_rank}.txt").write_text(digest(own))
-        self.mask = own
-        super().setup(trainer, pl_module, stage)
-
-    def on_train_end(self, trainer, pl_module):
-        zero = all(bool((pl_module.get_parameter(n).detach()[~self.mask[n]] == 0).all()) for n in self.mask.keys())
-        weights = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
-        (self.out_dir / f"rank{trainer.global_rank}.txt").write_text(
-            f"{digest(self.mask)} {zero} {hashlib.sha1(weights.numpy().tobytes()).hexdigest()}"
-        )
+def script(tmp_path: Path, *args: str, timeout: float) -> processes.Finished:
+    """``python -m tests.ddp_scripts ARGS`` (one thread per rank), bounded."""
+    return processes.run([sys.executable, "-m", "tests.ddp_scripts", *args], tmp_path / "script.log", timeout,
+                         cwd=ROOT, env=clean_env(MASTER_PORT=str(free_port())))
 
 
 def test_ddp_ranks_train_the_same_broadcast_mask(tmp_path):
-    pl.seed_everything(0, verbose=False)
-    model = VLModule(uniter=TINY, lr=1e-3, warmup_steps=1)
-    names = model.prunable_parameter_names()
-    cb = RankSpecificMask({n: model.get_parameter(n).shape for n in names}, tmp_path)
-    trainer = tiny_trainer(4, devices=2, strategy="ddp_fork", callbacks=[cb], deterministic=False)
-    trainer.fit(model, datamodule=RandomPairsDataModule())
+    done = script(tmp_path, "broadcast", str(tmp_path), timeout=180)
+    assert done.returncode == 0, done.output[-3000:]
     own = [(tmp_path / f"own{r}.txt").read_text() for r in range(2)]
     assert own[0] != own[1]  # the ranks really did start from different masks
     results = [(tmp_path / f"rank{r}.txt").read_text().split() for r in range(2)]
@@ -81,31 +53,76 @@ def test_ddp_ranks_train_the_same_broadcast_mask(tmp_path):
     assert results[0][2] == results[1][2]  # and the ranks' weights agree after training
 
 
-@pytest.mark.parametrize("strategy", ["ddp_fork", "ddp_spawn"])
-def test_lottery_levels_under_multiprocessing_launchers(tmp_path, strategy, monkeypatch):
-    """The loop runs in this process; every level's fit runs on 2 launched ranks. Masks nest,
-    the weights that come back honour them, each rank's checksums agree, files are written once."""
-    # Lightning writes MASTER_PORT into this process's environment: a port of its own, removed
-    # afterwards, so a launch that died here (a timeout) cannot leave the next test its busy port.
-    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+def test_lottery_levels_under_ddp_spawn(tmp_path):
+    """The loop runs in the launching process; every level's fit runs on 2 spawned ranks. Masks
+    nest, the weights that come back honour them, each rank's checksums agree, files are written once."""
+    done = script(tmp_path, "lottery", "ddp_spawn", str(tmp_path), timeout=240)
+    assert done.returncode == 0, done.output[-3000:]
+    assert json.loads((tmp_path / "result.json").read_text()) == {"rounds": [0, 1], "honoured": True}
+    folder = RunFolder(tmp_path / "run")
+    for r in range(2):
+        ranks = json.loads(folder.ranks_path(r).read_text())
+        assert ranks["world_size"] == 2 and len(set(ranks["mask_sha1"])) == 1 and len(set(ranks["weights_sha1"])) == 1
+    assert sorted(p.name for p in folder.path.iterdir()) == [
+        ".lock", "config.yaml", "init.pt", "round_00", "round_01", "round_02", "summary.csv", "summary.json"]
+
+
+# ---- fork-based launchers ------------------------------------------------------------------------
+@pytest.mark.parametrize("strategy", ["ddp_fork", "ddp_notebook", "ddp_fork_find_unused_parameters_true"])
+def test_fork_based_launchers_are_refused_with_what_to_use_instead(strategy):
+    with pytest.raises(ForkedRanksRefused, match=r"fork\(\).*--trainer.strategy ddp .*ddp_spawn"):
+        check_launcher(tiny_trainer(1, devices=2, strategy=strategy))
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn", "auto"])
+def test_other_launchers_pass(strategy):
+    check_launcher(tiny_trainer(1, devices=2 if strategy != "auto" else 1, strategy=strategy))
+
+
+def test_a_lottery_run_under_ddp_fork_is_refused_before_its_first_fit(tmp_path):
     pl.seed_everything(0, verbose=False)
     model = VLModule(uniter=TINY, lr=1e-3, warmup_steps=1)
-    cfg = ImpConfig(method="random", target_sparsity=0.1, wandb="disabled")
+    fits = []
 
     def make_trainer(round_dir, callbacks):
-        return tiny_trainer(3, devices=2, strategy=strategy, callbacks=callbacks, deterministic=False)
+        fits.append(round_dir)
+        return tiny_trainer(2, devices=2, strategy="ddp_fork", callbacks=callbacks)
 
-    runner = LotteryRunner(cfg, model, RandomPairsDataModule(), make_trainer, RunFolder(tmp_path / "run"), seed=1)
-    results = runner.run()
-    assert [r["round"] for r in results] == [0, 1]
-    mask = Mask.load(runner.folder.mask_path(1))
-    for n in mask.keys():
-        assert bool((model.get_parameter(n).detach()[~mask[n]] == 0).all())
-    for r in range(2):
-        ranks = json.loads(runner.folder.ranks_path(r).read_text())
-        assert ranks["world_size"] == 2 and len(set(ranks["mask_sha1"])) == 1 and len(set(ranks["weights_sha1"])) == 1
-    assert sorted(p.name for p in runner.folder.path.iterdir()) == [
-        ".lock", "config.yaml", "init.pt", "round_00", "round_01", "round_02", "summary.csv", "summary.json"]
+    runner = LotteryRunner(ImpConfig(method="random", target_sparsity=0.1, wandb="disabled"), model,
+                           RandomPairsDataModule(), make_trainer, RunFolder(tmp_path / "run"), seed=1)
+    with pytest.raises(ForkedRanksRefused):
+        runner.run()
+    assert len(fits) == 1 and not runner.folder.metrics_path(0).exists()
+
+
+@pytest.mark.slow
+def test_a_rank_forked_while_another_thread_holds_a_lock_hangs_and_is_killed_named(tmp_path):
+    """The hang of a ``ddp_fork`` run, made deterministic: a thread of the launching process holds a
+    lock when the ranks are forked, and each rank takes it. Without the refusal both ranks wait for
+    ever; the bounded runner names them, prints their stacks and kills the whole group."""
+    with pytest.raises(processes.ProcessTimeout) as failed:
+        script(tmp_path, "held-lock", "trainer", str(tmp_path), timeout=30)
+    message = str(failed.value)
+    assert len(list(tmp_path.glob("waiting-*"))) == 2, message  # both forked ranks reached the lock
+    assert message.count("waiting in futex") == 2  # each rank named, blocked on a lock
+    assert message.count("in setup") == 2  # both ranks stuck in the callback taking the lock (their stacks)
+    assert not processes.group_members(int(message.split("pid ")[1].split()[0]))  # nothing survives
+
+
+@pytest.mark.slow
+def test_the_same_lottery_run_is_refused_in_seconds(tmp_path):
+    done = script(tmp_path, "held-lock", "lottery", str(tmp_path), timeout=60)
+    assert done.returncode != 0 and "ForkedRanksRefused" in done.output, done.output[-3000:]
+    assert "--trainer.strategy ddp" in done.output and not list(tmp_path.glob("waiting-*"))
+
+
+def test_the_cli_refuses_ddp_fork_before_anything_runs(demo_world, tmp_path):
+    from lightning_vl.cli import main
+
+    with pytest.raises(SystemExit, match="lightning-vl: .*is refused.*ddp_spawn"):
+        main(["prune", *[str(a) for a in prune_command(demo_world, tmp_path / "runs")[2:]],
+              "--trainer.strategy", "ddp_fork", "--trainer.devices", "2"])
+    assert not (tmp_path / "runs").exists()
 
 
 # ---- the real launcher, as a user runs it -------------------------------------------------------
@@ -149,24 +166,18 @@ def check_run(runs: Path) -> Path:
 def test_real_ddp_launcher_runs_every_round_and_resumes_after_a_kill(demo_world, tmp_path):
     runs = tmp_path / "runs"
     cmd = prune_command(demo_world, runs, "--trainer.devices", "2")
-    log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    deadline = time.time() + 300
-    try:
+    with processes.started(cmd, tmp_path / "first.log", cwd=tmp_path, env=clean_env()) as proc:
+        deadline = time.time() + 240
         while not list(runs.glob("nlvr2/*/round_01/metrics.json")):
             assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             assert time.time() < deadline, "round 1 did not finish in time"
             time.sleep(0.1)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # both ranks, mid-run
-        proc.wait()
+    # leaving the block killed both ranks, mid-run
     (run,) = list((runs / "nlvr2").iterdir())
     assert RunFolder(run).completed_levels() == 2, "killed too late to test the resume"
-    done = subprocess.run(cmd, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    out = done.stdout + done.stderr
-    assert out.count("(done earlier)") == 2 and "round 2/2 · sparsity 20.0%" in out
+    done = processes.run(cmd, tmp_path / "second.log", 240, cwd=tmp_path, env=clean_env())
+    assert done.returncode == 0, done.output[-3000:]
+    assert done.output.count("(done earlier)") == 2 and "round 2/2 · sparsity 20.0%" in done.output
     check_run(runs)
 
 
@@ -175,10 +186,9 @@ def test_real_ddp_launcher_runs_imp_with_adversarial_training(demo_world, tmp_pa
     """IMP with VILLA's adversarial steps under the real `ddp` launcher: every level's ranks end
     bit-identical (the δ steps leave DDP's gradient sync intact) and pruned weights stay zero."""
     runs = tmp_path / "runs"
-    done = subprocess.run(prune_command(demo_world, runs, "--trainer.devices", "2", "--model.adversarial.enabled",
-                                        "true"), cwd=tmp_path, env=clean_env(), capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = processes.run(prune_command(demo_world, runs, "--trainer.devices", "2", "--model.adversarial.enabled",
+                                       "true"), tmp_path / "run.log", 300, cwd=tmp_path, env=clean_env())
+    assert done.returncode == 0, done.output[-3000:]
     run = check_run(runs)
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["adversarial"]["enabled"] is True
 
@@ -195,10 +205,10 @@ def test_two_nodes_started_by_hand_run_one_experiment(demo_world, tmp_path):
     only global rank 0 writes, and both run every round."""
     runs, port = tmp_path / "runs", str(free_port())
     cmd = prune_command(demo_world, runs, "--trainer.devices", "1", "--trainer.num_nodes", "2")
-    procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=clean_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, NODE_RANK=str(node),
-                                            LOCAL_RANK="0", OMP_NUM_THREADS="1"))
-             for node in (0, 1)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
+    envs = [clean_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, NODE_RANK=str(node), LOCAL_RANK="0",
+                      OMP_NUM_THREADS="1") for node in (0, 1)]
+    with processes.started(cmd, tmp_path / "node0.log", cwd=tmp_path, env=envs[0]) as node0, \
+            processes.started(cmd, tmp_path / "node1.log", cwd=tmp_path, env=envs[1]) as node1:
+        outs = [processes.wait(node, tmp_path / f"node{i}.log", 240) for i, node in enumerate((node0, node1))]
+    assert [o.returncode for o in outs] == [0, 0], "\n".join(o.output[-2000:] for o in outs)
     check_run(runs)

@@ -152,12 +152,11 @@ def test_json_results_are_strict(tmp_path):
 
 
 # ---- processes and signals ---------------------------------------------------------------------
-def start(world, runs, tmp_path, name, *extra):
+def start(commands, world, runs, tmp_path, name, *extra):
     cmd = prune_command(world, runs, "--trainer.devices", "1", "--trainer.strategy", "auto",
                         "--trainer.max_steps", "40", "--trainer.val_check_interval", "40", *extra)
-    log = open(tmp_path / f"{name}.log", "w")
-    return subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(OMP_NUM_THREADS="1"), stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=default_sigint), cmd
+    return commands.start(cmd, tmp_path / f"{name}.log", cwd=tmp_path, env=clean_env(OMP_NUM_THREADS="1"),
+                          preexec_fn=default_sigint), cmd
 
 
 def default_sigint() -> None:
@@ -176,19 +175,19 @@ def wait_for(pattern, runs, proc, log, timeout=180):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 1)])
-def test_a_signal_mid_round_exits_non_zero_and_leaves_a_resumable_run(demo_world, tmp_path, sig, status):
+def test_a_signal_mid_round_exits_non_zero_and_leaves_a_resumable_run(demo_world, tmp_path, sig, status, commands):
     runs = tmp_path / "runs"
-    proc, cmd = start(demo_world, runs, tmp_path, "first")
+    proc, cmd = start(commands, demo_world, runs, tmp_path, "first")
     wait_for("nlvr2/*/round_01/logs/metrics.csv", runs, proc, tmp_path / "first.log")
     os.kill(proc.pid, sig)
-    assert proc.wait(timeout=120) == status, (tmp_path / "first.log").read_text()[-3000:]
+    stopped = commands.wait(proc, tmp_path / "first.log", 120)
+    assert stopped.returncode == status, stopped.output[-3000:]
     (run,) = list((runs / "nlvr2").iterdir())
     assert RunFolder(run).completed_levels() == 1  # round 1 was not recorded as done
     if sig == signal.SIGTERM:
         assert "stopped by SIGTERM" in (tmp_path / "first.log").read_text()
-    done = subprocess.run(cmd, cwd=tmp_path, env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = commands.run(cmd, tmp_path / "second.log", 240, cwd=tmp_path, env=clean_env(OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.output[-3000:]
     assert RunFolder(run).completed_levels() == 3
 
 
@@ -202,25 +201,25 @@ with RunFolder(sys.argv[1]).exclusive():
 
 
 @pytest.mark.slow
-def test_one_process_at_a_time_per_run_folder_and_a_dead_holder_is_taken_over(demo_world, tmp_path):
+def test_one_process_at_a_time_per_run_folder_and_a_dead_holder_is_taken_over(demo_world, tmp_path, commands):
     runs = tmp_path / "runs"
-    first = subprocess.run(prune_command(demo_world, runs, "--trainer.devices", "1", "--trainer.strategy", "auto",
-                                         "--imp.target_sparsity", "0.0"),
-                           cwd=tmp_path, env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True)
-    assert first.returncode == 0, first.stderr[-3000:]
+    env = clean_env(OMP_NUM_THREADS="1")
+    first = commands.run(prune_command(demo_world, runs, "--trainer.devices", "1", "--trainer.strategy", "auto",
+                                       "--imp.target_sparsity", "0.0"), tmp_path / "first.log", 180, cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.output[-3000:]
     (run,) = list((runs / "nlvr2").iterdir())
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True,
-                              env=clean_env())
+    holder = commands.adopt(subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE,
+                                             text=True, env=clean_env(), start_new_session=True))
     assert holder.stdout.readline().strip() == "held"
     cmd = prune_command(demo_world, runs, "--trainer.devices", "1", "--trainer.strategy", "auto")
-    second = subprocess.run(cmd, cwd=tmp_path, env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True)
+    second = commands.run(cmd, tmp_path / "second.log", 180, cwd=tmp_path, env=env)
     assert second.returncode != 0
-    assert f"{run} is in use by pid {holder.pid} on " in second.stderr, second.stderr[-2000:]
+    assert f"{run} is in use by pid {holder.pid} on " in second.output, second.output[-2000:]
     assert RunFolder(run).completed_levels() == 1  # the refused process ran nothing
     holder.kill()  # a holder that dies releases the folder
     holder.wait()
-    third = subprocess.run(cmd, cwd=tmp_path, env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True)
-    assert third.returncode == 0, third.stderr[-3000:]
+    third = commands.run(cmd, tmp_path / "third.log", 240, cwd=tmp_path, env=env)
+    assert third.returncode == 0, third.output[-3000:]
     assert RunFolder(run).completed_levels() == 3
     rows = (run / "round_01" / "logs" / "metrics.csv").read_text().splitlines()
     assert len(rows) == len(set(rows))  # one process wrote the round's log

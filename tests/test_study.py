@@ -195,12 +195,11 @@ def tiny_study(world: Path, tmp_path: Path, steps: int = 4) -> Path:
     return path
 
 
-def worker(study: Path, tmp_path: Path, name: str) -> subprocess.Popen:
-    log = open(tmp_path / f"{name}.log", "w")
+def worker(commands, study: Path, tmp_path: Path, name: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    return subprocess.Popen([sys.executable, "-m", "lightning_vl.cli", "study", str(study), "--runs",
-                             str(tmp_path / "runs"), "--root", str(tmp_path / "studies"), "--poll", "0.5"],
-                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return commands.start([sys.executable, "-m", "lightning_vl.cli", "study", str(study), "--runs",
+                           str(tmp_path / "runs"), "--root", str(tmp_path / "studies"), "--poll", "0.5"],
+                          tmp_path / f"{name}.log", cwd=tmp_path, env=env)
 
 
 def cells_done(tmp_path: Path) -> list[dict]:
@@ -208,10 +207,11 @@ def cells_done(tmp_path: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_workers_share_a_study_and_never_run_the_same_cell(demo_world, tmp_path):
+def test_two_workers_share_a_study_and_never_run_the_same_cell(demo_world, tmp_path, commands):
     study = tiny_study(demo_world, tmp_path)
-    workers = [worker(study, tmp_path, f"w{i}") for i in range(2)]
-    assert [w.wait(timeout=600) for w in workers] == [0, 0], (tmp_path / "w0.log").read_text()[-2000:]
+    workers = [worker(commands, study, tmp_path, f"w{i}") for i in range(2)]
+    ended = [commands.wait(w, tmp_path / f"w{i}.log", 300) for i, w in enumerate(workers)]
+    assert [e.returncode for e in ended] == [0, 0], ended[0].output[-2000:]
     done = cells_done(tmp_path)
     assert len(done) == 4  # 2 runs + 2 branches, each exactly once
     logs = [(tmp_path / f"w{i}.log").read_text() for i in range(2)]
@@ -257,9 +257,9 @@ def children(pid: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_dead_workers_claim_is_taken_over(demo_world, tmp_path):
+def test_a_dead_workers_claim_is_taken_over(demo_world, tmp_path, commands):
     study = tiny_study(demo_world, tmp_path)
-    first = worker(study, tmp_path, "first")
+    first = worker(commands, study, tmp_path, "first")
     deadline = time.time() + 300
     while not list((tmp_path / "studies" / "tiny" / "cells").glob("*.log")):
         assert first.poll() is None and time.time() < deadline
@@ -267,28 +267,28 @@ def test_a_dead_workers_claim_is_taken_over(demo_world, tmp_path):
     os.killpg(first.pid, signal.SIGKILL)  # the worker and its command, mid-cell
     first.wait()
     assert len(cells_done(tmp_path)) < 4
-    second = worker(study, tmp_path, "second")
-    assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-2000:]
+    second = commands.wait(worker(commands, study, tmp_path, "second"), tmp_path / "second.log", 300)
+    assert second.returncode == 0, second.output[-2000:]
     assert len(cells_done(tmp_path)) == 4
 
 
 @pytest.mark.slow
-def test_a_killed_worker_leaves_no_command_running(demo_world, tmp_path):
+def test_a_killed_worker_leaves_no_command_running(demo_world, tmp_path, commands):
     """SIGKILL to the worker alone (as a scheduler's kill or the OOM killer sends it): the cell's
     command, which would train for a long time, ends with it."""
-    first = worker(tiny_study(demo_world, tmp_path, steps=100_000), tmp_path, "first")
-    commands = []
+    first = worker(commands, tiny_study(demo_world, tmp_path, steps=100_000), tmp_path, "first")
+    cell_commands = []
     try:
-        commands = children(first.pid)
+        cell_commands = children(first.pid)
         time.sleep(3)  # into the fit
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
         deadline = time.time() + 60
-        while any(alive(pid) for pid in commands):
-            assert time.time() < deadline, f"the dead worker's command {commands} still runs"
+        while any(alive(pid) for pid in cell_commands):
+            assert time.time() < deadline, f"the dead worker's command {cell_commands} still runs"
             time.sleep(0.2)
     finally:
-        for pid in commands:
+        for pid in cell_commands:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(OSError):

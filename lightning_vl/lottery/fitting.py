@@ -15,6 +15,7 @@ from pytorch_lightning.trainer.states import TrainerFn, TrainerStatus
 from callbacks import Mask, MaskedTraining
 from callbacks.health import NonFiniteError, check_finite
 
+from ..launchers import check_launcher
 from .prunable import Prunable
 
 MakeTrainer = Callable[[Path, list[pl.Callback]], pl.Trainer]
@@ -58,6 +59,7 @@ def fit_and_score(module: Prunable, datamodule: pl.LightningDataModule, make_tra
     pl.seed_everything(seed, workers=True, verbose=False)
     masking = MaskedTraining(mask, rewind_step=rewind_step, rewind_path=rewind_path, checksum_path=checksum_path)
     trainer = make_trainer(folder, [masking, LastValidation()])
+    check_launcher(trainer)  # a trainer made outside the CLI too
     module.run_label = label  # TrainingHealth names it
     trainer.fit(module, datamodule=datamodule)
     if trainer.state.status != TrainerStatus.FINISHED:
