@@ -22,7 +22,8 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-from callbacks import Mask, MaskedTraining, random_prune
+from callbacks import MaskedTraining
+from lightning_vl.pruning import Mask, random_prune
 from lightning_vl.lottery import ImpConfig, LotteryRunner, RunFolder
 from lightning_vl.module import VLModule
 
