@@ -197,7 +197,7 @@ def test_one_shot_strategies_prune_from_dense_and_iterative_ones_from_the_previo
 
 
 def test_strategy_registry_and_missing_inputs():
-    assert set(STRATEGIES) == {"imp", "omp", "lamp", "snip", "random", "random-layerwise"}
+    assert set(STRATEGIES) == {"imp", "omp", "lamp", "snip", "random", "random-layerwise", "wanda"}
     with pytest.raises(ValueError, match="unknown pruning strategy 'magnitude'"):
         get_strategy("magnitude")
     with pytest.raises(ValueError, match="needs trained"):
