@@ -7,9 +7,10 @@ TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
 TASK ?= nlvr2
-PRUNE ?= imp
-SPARSITY ?= 0.7
-SCHEDULE ?= linear
+# PRUNE, SPARSITY, SCHEDULE: empty = the lottery's defaults (ImpConfig, lightning_vl/lottery/config.py)
+PRUNE ?=
+SPARSITY ?=
+SCHEDULE ?=
 REWIND ?= 0
 INIT ?=
 ARGS ?=
@@ -32,7 +33,8 @@ TASK_NAMES := vqa gqa vcr nlvr2 snli-ve refcoco+ flickr30k-ir flickr30k-tr pretr
 .PHONY: install demo pretrain prune branch finetune study report overlap features data test bench clean help check-task
 
 help:
-	@echo "make prune TASK=<task> [PRUNE=imp|omp|lamp|snip|random|random-layerwise] [SPARSITY=0.7] [SCHEDULE=linear|geometric] [REWIND=0] [INIT=ckpt]"
+	@echo "make prune TASK=<task> [PRUNE=<strategy>] [SPARSITY=<target>] [SCHEDULE=linear|geometric] [REWIND=0] [INIT=ckpt]"
+	@echo "  (strategies, their options and the defaults: lightning-vl prune --help, or python -m lightning_vl.pruning)"
 	@echo "make branch FROM=runs/<task>/<run>/round_NN KIND=random|shuffle|reinit|ticket|transfer [TO=<task> (transfer)] [INIT=<init>|none (reinit)] [STRATEGY=global|layerwise] [SEED=0]"
 	@echo "make finetune TASK=<task> [MASK=round_NN/mask.pt] [INIT=ckpt]"
 	@echo "make features SRC=<path...> FORMAT=tsv|butd-h5|img-db|npz OUT=<store.h5>"
@@ -103,7 +105,7 @@ $(PRETRAINED): $(DEMO_DIR)/.complete $(PRETRAIN_CODE)
 prune: check-task pretrain
 	$(BIN)/lightning-vl prune \
 	  --config configs/task/$(TASK).yaml --config configs/model/uniter-tiny.yaml --config configs/demo.yaml --config configs/demo/$(TASK).yaml \
-	  --imp.method $(PRUNE) --imp.target_sparsity $(SPARSITY) --imp.schedule $(SCHEDULE) \
+	  $(if $(PRUNE),--imp.method $(PRUNE)) $(if $(SPARSITY),--imp.target_sparsity $(SPARSITY)) $(if $(SCHEDULE),--imp.schedule $(SCHEDULE)) \
 	  --imp.rewind_step $(REWIND) --imp.root $(RUNS) $(if $(INIT),--model.init $(INIT)) $(ARGS)
 
 # a branch of a trained round: the source run's settings (KIND=transfer: TO's files of the same stack)

@@ -24,9 +24,9 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from .distributed import broadcast_mask, destroy_at_exit, gather_strings, tensor_digest
-from .files import atomic_torch_save, atomic_write_text
-from .mask import Mask, named_parameters_by
+from lightning_vl.io import atomic_torch_save, atomic_write_text
+from lightning_vl.pruning.distributed import broadcast_mask, destroy_at_exit, gather_strings, tensor_digest
+from lightning_vl.pruning.mask import Mask, named_parameters_by
 
 
 class MaskedTraining(pl.Callback):

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.utils.prune as tprune
 
-from callbacks import Mask, random_prune
+from lightning_vl.pruning import Mask, random_prune
 
 from .adversarial import AdversarialConfig, adversarial_loss
 from .module import VLModule

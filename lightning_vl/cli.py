@@ -118,6 +118,19 @@ class VLCli(LightningCLI):
             return super()._run_subcommand(subcommand)
         getattr(self, LOTTERY_COMMANDS[subcommand])(**self._prepare_subcommand_kwargs(subcommand))
 
+    def before_instantiate_classes(self) -> None:
+        """A bad ``--imp.*`` (an unknown strategy, options it does not take) is a usage error,
+        reported before any model is built (the strategy names are the registry's, not a Literal)."""
+        if self.subcommand != "prune":
+            return
+        imp = self.config["prune"].get("imp")
+        if imp is None or isinstance(imp, ImpConfig):
+            return
+        try:
+            ImpConfig(**(imp.as_dict() if hasattr(imp, "as_dict") else dict(imp)))
+        except (TypeError, ValueError) as err:
+            self._parser("prune").error(str(err))
+
     def _resolved(self, subcommand: str) -> tuple[str, dict, dict]:
         """The subcommand's resolved configuration as YAML and as a dict, and the parser's defaults."""
         parser = self._parser(subcommand)

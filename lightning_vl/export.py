@@ -18,8 +18,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from callbacks.files import atomic_torch_save, atomic_write, atomic_write_text
-from lightning_vl.lottery.folder import strict_json
+from lightning_vl.io import atomic_torch_save, atomic_write, atomic_write_text, strict_json
 
 LAYOUTS = ("uniter", "bert")
 

@@ -176,7 +176,7 @@ class VLModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Refuse a tokenizer whose ids (plus the task's extra tokens) the word table cannot hold."""
-        from callbacks.distributed import destroy_at_exit
+        from lightning_vl.pruning.distributed import destroy_at_exit
 
         destroy_at_exit()  # a gloo group alive at exit can abort the process
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
@@ -333,6 +333,7 @@ class VLModule(pl.LightningModule):
 
         if not self.hparams.mask:
             return [TrainingHealth()]
-        from callbacks import Mask, MaskedTraining
+        from callbacks import MaskedTraining
+        from lightning_vl.pruning import Mask
 
         return [TrainingHealth(), MaskedTraining(Mask.load(self.hparams.mask))]

@@ -24,9 +24,10 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from callbacks import Mask, MaskedTraining, random_prune
+from callbacks import MaskedTraining
 from lightning_vl.lottery import ImpConfig, LotteryRunner, RunFolder
 from lightning_vl.module import VLModule
+from lightning_vl.pruning import Mask, random_prune
 from tests.synthetic import TINY, RandomPairsDataModule, tiny_trainer
 
 

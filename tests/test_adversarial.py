@@ -6,7 +6,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from callbacks import Mask, MaskedTraining, random_prune
+from callbacks import MaskedTraining
+from lightning_vl.pruning import Mask, random_prune
 from lightning_vl.adversarial import AdversarialConfig, adversarial_loss, ascend, symmetric_kl
 from lightning_vl.module import VLModule
 

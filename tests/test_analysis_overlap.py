@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from callbacks import Mask, mask_overlap
-from callbacks import mask as mask_module
+from lightning_vl.pruning import Mask, mask_overlap
+from lightning_vl.pruning import mask as mask_module
 from lightning_vl.analysis import overlap as ov
 from lightning_vl.analysis.overlap import (MaskMismatch, OverlapAnalysis, PackedMask, chance_hamming, chance_iou,
                                            chance_overlap, layer_index, layer_type)
@@ -34,7 +34,7 @@ def test_metrics_of_two_hand_made_masks():
     assert r["iou_chance"] == pytest.approx((3 / 16) / (3 / 8 + 1 / 2 - 3 / 16))  # = 3/11
     assert r["overlap_chance"] == pytest.approx(1 / 2)
     assert r["hamming_chance"] == pytest.approx(3 / 8 + 1 / 2 - 2 * 3 / 16)
-    # the same numbers as the small helper in callbacks.pruning
+    # the same numbers as the small helper in lightning_vl.pruning.selection
     old = mask_overlap(a, b)
     for k in ("iou", "overlap", "hamming", "iou_chance"):
         assert r[k] == pytest.approx(old[k])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from callbacks import Mask
+from lightning_vl.pruning import Mask
 from lightning_vl.analysis import figures
 from lightning_vl.analysis.overlap import OverlapAnalysis
 from lightning_vl.analysis.report import main as report_main

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from callbacks import Mask
+from lightning_vl.pruning import Mask
 from lightning_vl.cli import main
 from lightning_vl.lottery.branches import transfer_core
 from lightning_vl.module import VLModule

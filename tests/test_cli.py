@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from callbacks import Mask
+from lightning_vl.pruning import Mask
 from lightning_vl.cli import main
 
 from . import processes

@@ -21,10 +21,10 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-from callbacks import Mask
 from lightning_vl.launchers import ForkedRanksRefused, check_launcher
 from lightning_vl.lottery import ImpConfig, LotteryRunner, RunFolder
 from lightning_vl.module import VLModule
+from lightning_vl.pruning import Mask
 
 from . import processes
 from .synthetic import TINY, RandomPairsDataModule, tiny_trainer

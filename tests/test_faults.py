@@ -14,7 +14,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from callbacks.files import atomic_torch_save
+from lightning_vl.io import atomic_torch_save
 from callbacks.health import NonFiniteError
 from lightning_vl.cli import main
 from lightning_vl.lottery import ImpConfig, LotteryRunner, RunFolder

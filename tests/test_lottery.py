@@ -7,7 +7,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from callbacks import Mask
+from lightning_vl.pruning import Mask
 from lightning_vl.lottery import ImpConfig, LotteryRunner, RunFolder
 from lightning_vl.module import VLModule
 
@@ -83,7 +83,8 @@ def test_imp_prunes_by_trained_magnitude(tmp_path):
     model = VLModule(uniter=TINY, lr=1e-3, warmup_steps=1)
     model.load_state_dict(torch.load(runner.folder.path / "init.pt", weights_only=True))
     pl.seed_everything(7, workers=True, verbose=False)
-    from callbacks import MaskedTraining, magnitude_prune
+    from callbacks import MaskedTraining
+    from lightning_vl.pruning import magnitude_prune
 
     dense = Mask.load(runner.folder.round_dir(0) / "mask.pt")
     tiny_trainer(4, callbacks=[MaskedTraining(dense)]).fit(model, datamodule=RandomPairsDataModule())
@@ -213,13 +214,13 @@ def test_every_strategy_runs_its_levels(tmp_path, method):
     assert [round(m.sparsity, 2) for m in masks] == [0.0, 0.1, 0.2]
     assert all(r["method"] == method and r["metric"] is not None for r in results)
     if method == "omp":  # every level one-shot from the dense level's fine-tuned weights
-        from callbacks import magnitude_prune
+        from lightning_vl.pruning import magnitude_prune
 
         dense_trained = torch.load(runner.folder.weights_path(0), weights_only=True)
         assert masks[2] == magnitude_prune(dense_trained, masks[0], 0.2)
     if method == "snip":  # scores at θ_0: independent of training, recomputed identically
         from lightning_vl.lottery.fitting import init_gradients
-        from callbacks import get_strategy, PruningInputs
+        from lightning_vl.pruning import get_strategy, PruningInputs
 
         theta0, grads = init_gradients(runner.module, runner.datamodule, runner.init_state, runner.names, 4, 7)
         assert masks[2] == get_strategy("snip").prune(PruningInputs(init_weights=theta0, gradients=grads),

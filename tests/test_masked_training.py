@@ -4,7 +4,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from callbacks import Mask, MaskedTraining, random_prune
+from callbacks import MaskedTraining
+from lightning_vl.pruning import Mask, random_prune
 from lightning_vl.module import VLModule, warmup_linear
 
 from .synthetic import TINY, RandomPairsDataModule, tiny_trainer

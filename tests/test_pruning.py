@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from callbacks import (STRATEGIES, Mask, PruningInputs, get_strategy, lamp_scores, magnitude_prune, mask_overlap,
-                       random_prune, schedule_level, shuffle_mask, snip_scores, sparsity_schedule)
-from callbacks.pruning import prune_count
+from lightning_vl.pruning import (STRATEGIES, Mask, PruningInputs, get_strategy, lamp_scores, magnitude_prune,
+                                  mask_overlap, prune_count, random_prune, schedule_level, shuffle_mask, snip_scores,
+                                  sparsity_schedule)
 
 
 def weights(seed=0):
@@ -197,7 +197,7 @@ def test_one_shot_strategies_prune_from_dense_and_iterative_ones_from_the_previo
 
 
 def test_strategy_registry_and_missing_inputs():
-    assert set(STRATEGIES) == {"imp", "omp", "lamp", "snip", "random", "random-layerwise"}
+    assert set(STRATEGIES) == {"imp", "omp", "lamp", "snip", "random", "random-layerwise", "wanda"}
     with pytest.raises(ValueError, match="unknown pruning strategy 'magnitude'"):
         get_strategy("magnitude")
     with pytest.raises(ValueError, match="needs trained"):
@@ -209,7 +209,7 @@ def test_strategy_registry_and_missing_inputs():
 
 
 def test_every_new_mask_is_checked_against_its_target():
-    from callbacks.pruning import check_mask
+    from lightning_vl.pruning import check_mask
 
     w = weights()
     dense = Mask.ones_like(w)
@@ -220,3 +220,63 @@ def test_every_new_mask_is_checked_against_its_target():
     revived = random_prune(dense, 0.3, torch.Generator().manual_seed(9))
     with pytest.raises(RuntimeError, match="keeps weights its base had pruned"):
         check_mask(revived, good, 0.3)
+
+
+def test_every_strategy_is_a_registered_class_with_its_options():
+    from lightning_vl.pruning import Strategy
+
+    for name, cls in STRATEGIES.items():
+        assert issubclass(cls, Strategy) and cls.name == name and cls.description
+    assert get_strategy("snip", batches=2).batches == 2
+    with pytest.raises(ValueError, match="'imp' takes the options {}"):
+        get_strategy("imp", batches=2)
+    with pytest.raises(ValueError, match="batches >= 1"):
+        get_strategy("snip", batches=0)
+
+
+class HalfByMagnitude:  # not a Strategy
+    pass
+
+
+def test_a_class_path_names_a_strategy_defined_anywhere():
+    """``--imp.method my_pkg.MyStrategy``: any importable Strategy subclass, with its options."""
+    strategy = get_strategy("tests.strategy_example.SmallestRowFirst", rows=1)
+    w = {"a": torch.tensor([[3.0, 1.0], [0.5, 2.0]])}
+    assert strategy.name == "smallest-row-first"
+    assert strategy.prune(PruningInputs(weights=w), Mask.ones_like(w), 0.5)["a"].tolist() == [[True, True],
+                                                                                            [False, False]]
+    with pytest.raises(ValueError, match="not a subclass"):
+        get_strategy("tests.test_pruning.HalfByMagnitude")
+    with pytest.raises(ValueError, match="cannot be imported"):
+        get_strategy("tests.nowhere.Strategy")
+    with pytest.raises(ValueError, match="unknown pruning strategy 'magnitude'; one of"):
+        get_strategy("magnitude")
+
+
+def test_row_granularity_prunes_every_row_exactly_and_ties_by_position():
+    from lightning_vl.pruning import prune_by_scores
+
+    scores = {"a": torch.tensor([[1.0, 1.0, 1.0, 0.0], [4.0, 3.0, 2.0, 1.0]]), "b": torch.tensor([2.0, 1.0, 1.0])}
+    mask = prune_by_scores(scores, Mask.ones_like(scores), 0.5, granularity="row")
+    assert mask["a"].tolist() == [[False, True, True, False], [True, True, False, False]]
+    assert mask["b"].tolist() == [True, False, False]  # round(1.5) = 2 of a 1-D tensor's one row
+    # pruned entries go first and stay pruned
+    deeper = prune_by_scores(scores, mask, 0.75, granularity="row")
+    assert deeper["a"].tolist() == [[False, False, True, False], [True, False, False, False]]
+
+
+def test_the_pruning_core_imports_no_lightning_and_no_model_code():
+    """``lightning_vl.pruning`` is pure: torch and numpy, never Lightning, transformers or the model."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("import json, sys\nimport lightning_vl.pruning, lightning_vl.io\n"
+              "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+              "('pytorch_lightning', 'lightning', 'lightning_fabric', 'transformers', 'callbacks', 'data_modules') "
+              "or (m.startswith('lightning_vl.') and not m.startswith(('lightning_vl.pruning', 'lightning_vl.io'))))))")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []

@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from callbacks.files import atomic_write, atomic_write_text
+from lightning_vl.io import atomic_write, write_text  # noqa: F401 (write_text: what the analysis modules import)
 
 # The study's eight columns in the paper's order, then pre-training (the universal ticket's source).
 STUDY_TASKS = ("vqa", "gqa", "vcr", "nlvr2", "snli-ve", "refcoco+", "flickr30k-ir", "flickr30k-tr")
@@ -63,13 +63,6 @@ def csv_text(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     for row in rows:
         writer.writerow(["" if v is None else v for v in row])
     return buf.getvalue()
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Atomic write (temporary file, fsync, rename), parents made; returns the path."""
-    path = Path(path)
-    atomic_write_text(path, text)
-    return path
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 130) -> Path:

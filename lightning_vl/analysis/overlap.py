@@ -44,8 +44,9 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from callbacks.mask import FORMAT as MASK_FORMAT
-from callbacks.mask import VERSION as MASK_VERSION
+from lightning_vl.pruning.mask import FORMAT as MASK_FORMAT  # noqa: F401 (re-exported)
+from lightning_vl.pruning.mask import VERSION as MASK_VERSION  # noqa: F401 (re-exported)
+from lightning_vl.pruning.mask import PackedMask
 
 from .common import csv_text, markdown_table, save_figure, sparsity_text, write_text
 
@@ -170,62 +171,6 @@ class MaskMismatch(ValueError):
 
 
 # masks read from files -----------------------------------------------------------------------------
-class PackedMask:
-    """A saved ``callbacks.Mask`` kept bit-packed in memory (1 bit per weight); ``mask[name]`` unpacks
-    one tensor. Reads the same file format as ``Mask.load`` (``torch.load(weights_only=True)``)."""
-
-    def __init__(self, state: Mapping, source: str = "mask"):
-        if not isinstance(state, Mapping) or state.get("format") != MASK_FORMAT:
-            raise ValueError(f"{source}: not a lightning-vl mask (expected format {MASK_FORMAT!r})")
-        if state.get("version") != MASK_VERSION:
-            raise ValueError(f"{source}: mask version {state.get('version')}, expected {MASK_VERSION}")
-        self.source = source
-        self.shapes: dict[str, tuple[int, ...]] = {k: tuple(int(d) for d in v) for k, v in state["shapes"].items()}
-        self._packed: dict[str, np.ndarray] = {}
-        for k, shape in self.shapes.items():
-            packed = state["packed"].get(k) if isinstance(state.get("packed"), Mapping) else None
-            n = math.prod(shape)
-            if packed is None or packed.numel() != (n + 7) // 8:
-                got = "missing" if packed is None else f"{packed.numel()} bytes"
-                raise ValueError(f"{source}: the packed bits of {k!r} are {got}, expected {(n + 7) // 8} bytes for "
-                                 f"shape {shape} (a torn or damaged mask file)")
-            self._packed[k] = packed.numpy()
-        if not self.shapes:
-            raise ValueError(f"{source}: the mask has no tensors")
-
-    @classmethod
-    def load(cls, path: Union[str, Path]) -> "PackedMask":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"mask file {path} does not exist")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # empty, torn or not a torch file
-            raise ValueError(f"{path}: cannot read the mask ({type(err).__name__}: {err})") from None
-        return cls(state, str(path))
-
-    def keys(self):
-        return self.shapes.keys()
-
-    def __iter__(self):
-        return iter(self.shapes)
-
-    def __len__(self) -> int:
-        return len(self.shapes)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.shapes
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        shape = self.shapes[name]
-        bits = np.unpackbits(self._packed[name], count=math.prod(shape))
-        return torch.from_numpy(bits.view(np.bool_)).reshape(shape)
-
-    @property
-    def num_total(self) -> int:
-        return sum(math.prod(s) for s in self.shapes.values())
-
-
 def _shapes(mask) -> dict[str, tuple[int, ...]]:
     shapes = getattr(mask, "shapes", None)
     if isinstance(shapes, Mapping):
@@ -285,7 +230,7 @@ class OverlapAnalysis:
 
     @classmethod
     def compute(cls, masks: Mapping[str, object], sources: Optional[Mapping[str, str]] = None) -> "OverlapAnalysis":
-        """``masks``: label → ``callbacks.Mask``, ``PackedMask`` or a mapping of bool tensors.
+        """``masks``: label → ``lightning_vl.pruning.Mask``, ``PackedMask`` or a mapping of bool tensors.
         Refuses masks over different parameters or shapes (``MaskMismatch``)."""
         labels = list(masks)
         if len(labels) < 1:

@@ -1,7 +1,7 @@
 """Lottery tickets: the round loop (``runner``), its settings (``config``), run identity
 (``identity``), run folders (``folder``), one masked fine-tune (``fitting``), branches of a trained
-level (``branches``) and what a run reports (``report``). The pruning algorithm itself — pure
-functions and strategies — is ``callbacks/pruning.py``."""
+level (``branches``) and what a run reports (``report``). The pruning algorithm itself — masks,
+schedules, pure functions and the strategy registry — is ``lightning_vl/pruning/``."""
 from .branches import BranchRunner, SourceLevel
 from .config import BranchConfig, ImpConfig
 from .folder import RunFolder

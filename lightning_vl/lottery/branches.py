@@ -35,8 +35,8 @@ import torch
 import yaml
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
-from callbacks import Mask, random_prune, shuffle_mask
-from callbacks.distributed import barrier
+from lightning_vl.pruning import Mask, random_prune, shuffle_mask
+from lightning_vl.pruning.distributed import barrier
 
 from .config import BranchConfig
 from .fitting import MakeTrainer, check_sparsity, fit_and_score, state_of

@@ -7,11 +7,14 @@ only says where results go or how far to run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Any, Literal, Optional, get_args
 
-from callbacks import STRATEGIES, sparsity_schedule
+from lightning_vl.pruning import STRATEGIES, Strategy, get_strategy, sparsity_schedule
+from lightning_vl.pruning.schedules import Schedule
+from lightning_vl.pruning.strategies import option_defaults
 
-HEAD_RESETS = ("init", "rewind", "keep")
+HeadReset = Literal["init", "rewind", "keep"]
+HEAD_RESETS: tuple[str, ...] = get_args(HeadReset)
 PRUNABLE_PARTS = ("encoder", "pooler", "img_linear")
 
 
@@ -20,9 +23,11 @@ class ImpConfig:
     """A lottery experiment: levels of fine-tuning and pruning (``--imp.*``).
 
     Args:
-        method: the pruning strategy (``callbacks.pruning.STRATEGIES``): ``imp`` (iterative global
-            magnitude, the study's), ``omp`` (one-shot magnitude from the dense fine-tune),
-            ``lamp``, ``snip`` (at θ_0), ``random`` (global) or ``random-layerwise``.
+        method: the pruning strategy: a name of the registry (``lightning_vl.pruning.STRATEGIES``)
+            or the ``module.Class`` path of a ``lightning_vl.pruning.Strategy`` subclass. Registered:
+<STRATEGIES>
+        options: the strategy's options (its ``__init__`` keyword arguments), e.g.
+            ``--imp.options '{batches: 16, comparison: global}'`` for ``wanda``.
         target_sparsity: run levels up to the first one at or past this sparsity. Not part of the
             run's identity: a larger target later continues the same run folder.
         schedule: ``linear`` (``rate`` of the original count per level: the paper's 10%, 20%, …)
@@ -35,29 +40,33 @@ class ImpConfig:
             BERT-Tickets' behaviour).
         prunable: parts of the core to prune: ``encoder`` (72 Linear weights at base size),
             ``pooler``, ``img_linear``.
-        snip_batches: training batches whose gradients SNIP sums at θ_0.
+        snip_batches: training batches whose gradients SNIP sums at θ_0 (the ``snip`` strategy's
+            ``batches`` option, unless ``options`` gives it).
         root: folder that holds ``<task>/<method>-<hash>`` run folders.
         name: run folder name instead of ``<method>-<hash>``.
         wandb: W&B mode for the experiment run: ``offline`` (default), ``online`` or ``disabled``.
         wandb_project: W&B project name.
     """
 
-    method: Literal["imp", "omp", "lamp", "snip", "random", "random-layerwise"] = "imp"
+    method: str = "imp"
     target_sparsity: float = 0.7
-    schedule: Literal["linear", "geometric"] = "linear"
+    schedule: Schedule = "linear"
     rate: float = 0.1
     rewind_step: int = 0
-    head_reset: Literal["init", "rewind", "keep"] = "init"
+    head_reset: HeadReset = "init"
     prunable: list[str] = field(default_factory=lambda: ["encoder"])
     snip_batches: int = 4
+    options: dict[str, Any] = field(default_factory=dict)
     root: str = "runs"
     name: Optional[str] = None
     wandb: Literal["offline", "online", "disabled"] = "offline"
     wandb_project: str = "lightning-vl"
 
     def __post_init__(self) -> None:
-        if self.method not in STRATEGIES:
-            raise ValueError(f"imp.method must be one of {sorted(STRATEGIES)}, got {self.method!r}")
+        try:
+            self.strategy()  # validates the method and its options
+        except ValueError as err:
+            raise ValueError(f"imp.method: {err}") from None
         sparsity_schedule(self.target_sparsity, self.schedule, self.rate)  # validates
         if self.rewind_step < 0:
             raise ValueError(f"imp.rewind_step must be >= 0, got {self.rewind_step}")
@@ -74,6 +83,26 @@ class ImpConfig:
     @property
     def levels(self) -> list[float]:
         return sparsity_schedule(self.target_sparsity, self.schedule, self.rate)
+
+    def strategy(self) -> Strategy:
+        """A new instance of the configured strategy with its options."""
+        options = dict(self.options)
+        if self.method == "snip":  # the flag that came before strategies had options
+            options.setdefault("batches", self.snip_batches)
+        return get_strategy(self.method, **options)
+
+
+def _registered() -> str:
+    """``imp, …, wanda (batches=8, comparison='row')``: the registry, for ``--help``."""
+    def entry(name: str) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in option_defaults(STRATEGIES[name]).items())
+        return f"``{name}``" + (f" ({options})" if options else "")
+    return "            " + ", ".join(entry(n) for n in sorted(STRATEGIES)) + " (``python -m lightning_vl.pruning`` " \
+        "describes them)."
+
+
+# the registered strategies, listed where ``--help`` shows the field (declared once: the registry)
+ImpConfig.__doc__ = ImpConfig.__doc__.replace("<STRATEGIES>", _registered())
 
 
 BRANCH_KINDS = ("random", "shuffle", "reinit", "ticket", "transfer")

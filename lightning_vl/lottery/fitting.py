@@ -3,21 +3,24 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, TypeVar
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.trainer.states import TrainerFn, TrainerStatus
 
-from callbacks import Mask, MaskedTraining
+from callbacks import MaskedTraining
+from lightning_vl.pruning import Mask
+from lightning_vl.pruning.strategies.builtin import snip_finish, snip_step
 from callbacks.health import NonFiniteError, check_finite
 
 from ..launchers import check_launcher
 from .prunable import Prunable
 
+T = TypeVar("T")
 MakeTrainer = Callable[[Path, list[pl.Callback]], pl.Trainer]
 
 # keys LastValidation adds to ``trainer.callback_metrics``: under ddp_spawn/ddp_fork the launcher
@@ -96,36 +99,42 @@ def state_of(module: torch.nn.Module, keys: Optional[Iterable[str]] = None) -> d
     return {k: state[k].detach().cpu().clone() for k in (keys if keys is not None else state)}
 
 
-def init_gradients(module: Prunable, datamodule: pl.LightningDataModule, state: dict[str, torch.Tensor],
-                   names: list[str], batches: int, seed: int) -> tuple[dict, dict]:
-    """θ_0 and ∂L/∂w at θ_0 for ``names``, summed over the first ``batches`` training batches
-    (SNIP's connection sensitivity). Runs in eval mode (no dropout noise) on the GPU if there is
-    one; the module's own weights are restored afterwards."""
+def calibrate(module: Prunable, datamodule: pl.LightningDataModule, state: Optional[Mapping[str, torch.Tensor]],
+              batches: int, seed: int, step: Callable[[torch.nn.Module, Any], None],
+              finish: Callable[[torch.nn.Module], T], label: str = "calibration") -> T:
+    """``step(module, batch)`` on the first ``batches`` training batches (seeded with ``seed``), with
+    the module at ``state`` (None: its current weights) in eval mode (no dropout noise) on the GPU
+    if there is one; ``finish(module)``'s result. The module's own weights, device, gradients and
+    train mode are restored afterwards — also when ``step`` fails."""
     saved = state_of(module)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     was_training = module.training
     try:
-        module.load_state_dict(state)
+        if state is not None:
+            module.load_state_dict(state)
         module.to(device).eval()
         datamodule.setup("fit")
         pl.seed_everything(seed, workers=True, verbose=False)
         loader = datamodule.train_dataloader()
-        params = {n: module.get_parameter(n) for n in names}
         module.zero_grad(set_to_none=True)
         seen = 0
         for batch in loader:
             if seen == batches:
                 break
             batch = module.transfer_batch_to_device(batch, device, 0)
-            module.training_loss(batch).backward()
+            step(module, batch)
             seen += 1
         if seen == 0:
-            raise ValueError("SNIP needs at least one training batch; the training split is empty")
-        weights = {n: p.detach().cpu().clone() for n, p in params.items()}
-        grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().cpu().clone()
-                 for n, p in params.items()}
+            raise ValueError(f"{label} needs at least one training batch; the training split is empty")
+        return finish(module)
     finally:
         module.zero_grad(set_to_none=True)
         module.cpu().load_state_dict(saved)
         module.train(was_training)
-    return weights, grads
+
+
+def init_gradients(module: Prunable, datamodule: pl.LightningDataModule, state: dict[str, torch.Tensor],
+                   names: list[str], batches: int, seed: int) -> tuple[dict, dict]:
+    """θ_0 and ∂L/∂w at θ_0 for ``names``, summed over the first ``batches`` training batches
+    (SNIP's connection sensitivity, ``lightning_vl.pruning.strategies.builtin.Snip``)."""
+    return calibrate(module, datamodule, state, batches, seed, snip_step, snip_finish(names), label="SNIP")

@@ -31,7 +31,6 @@ import errno
 import fcntl
 import json
 import logging
-import math
 import os
 import socket
 import sys
@@ -41,8 +40,8 @@ from typing import Any, Iterator
 
 import torch
 
-from callbacks import Mask
-from callbacks.files import atomic_torch_save, atomic_write_text
+from lightning_vl.io import atomic_torch_save, atomic_write_text, strict_json
+from lightning_vl.pruning import Mask
 
 from .identity import differing_keys
 
@@ -55,20 +54,6 @@ class RunFolderBusy(RuntimeError):
 
 class RunSettingsChanged(ValueError):
     """A run folder was made with other results-determining settings."""
-
-
-def strict_json(obj: Any) -> str:
-    """JSON with non-finite floats written as null (strict readers reject bare NaN)."""
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    return json.dumps(clean(obj), indent=1, allow_nan=False) + "\n"
 
 
 def read_json(path: Path, what: str) -> Any:

@@ -31,7 +31,7 @@ TRAINER_KEYS = (
 # Data-module arguments that only change how fast data arrives or how evaluation is batched.
 DATA_DISPLAY_KEYS = ("num_workers", "eval_batch_size", "pin_memory", "persistent_workers", "prefetch_factor")
 # Lottery settings that determine levels (target_sparsity, root, name and W&B do not).
-IMP_KEYS = ("method", "schedule", "rate", "rewind_step", "head_reset", "prunable", "snip_batches")
+IMP_KEYS = ("method", "schedule", "rate", "rewind_step", "head_reset", "prunable", "snip_batches", "options")
 BRANCH_KEYS = ("kind", "strategy", "seed")
 
 

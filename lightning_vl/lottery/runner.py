@@ -3,7 +3,7 @@ shape of open_lth's ``LotteryRunner``.
 
 Every level is a fresh ``Trainer.fit`` (new optimizer, scheduler and step counter) from the rewind
 weights θ_i with the level's fixed mask; the next mask is computed *between* fits by the level's
-pruning strategy (``callbacks.pruning``). Each step is idempotent: a level whose ``metrics.json``
+pruning strategy (``lightning_vl.pruning.strategies``). Each step is idempotent: a level whose ``metrics.json``
 exists is not run again, so re-running a command resumes after the last finished level with the
 same result as an uninterrupted run (every fit is seeded identically), and a larger target
 sparsity continues the same folder.
@@ -23,11 +23,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
-from callbacks import Mask, PruningInputs, get_strategy, schedule_level
-from callbacks.distributed import barrier, broadcast_mask
+from lightning_vl.pruning import Mask, PruningInputs, schedule_level
+from lightning_vl.pruning.distributed import barrier, broadcast_mask
 
 from .config import ImpConfig
-from .fitting import MakeTrainer, check_sparsity, fit_and_score, init_gradients, state_of
+from .fitting import MakeTrainer, calibrate, check_sparsity, fit_and_score, state_of
 from .folder import RunFolder, RunSettingsChanged
 from .prunable import Prunable
 from .report import WandbRun, progress_line, write_summary
@@ -52,7 +52,7 @@ class LotteryRunner:
         self.cfg, self.module, self.datamodule, self.make_trainer = cfg, module, datamodule, make_trainer
         self.folder, self.config_yaml, self.identity, self.seed = folder, config_yaml, identity, seed
         self.command = command
-        self.strategy = get_strategy(cfg.method)
+        self.strategy = cfg.strategy()
         self.levels = cfg.levels
         self.names = module.prunable_parameter_names(tuple(cfg.prunable))
         self.is_zero = rank_zero_only.rank == 0  # the global rank once a Trainer exists
@@ -62,7 +62,6 @@ class LotteryRunner:
         self.rewind_state: dict | None = None
         self.kept_head: dict | None = None
         self.dense_weights: dict | None = None
-        self.snip_inputs: tuple | None = None
 
     def run(self) -> list[dict]:
         """All levels up to the target; the results of those levels. Global rank 0 holds the
@@ -141,7 +140,7 @@ class LotteryRunner:
         if self.cfg.head_reset == "keep":
             self.kept_head = state_of(self.module, [k for k in self.module.state_dict()
                                                     if self.module.is_head_parameter(k)])
-        if level == 0 and self.strategy.needs == "dense-trained":
+        if level == 0 and self.strategy.keeps_dense_weights:
             self.dense_weights = state_of(self.module, self.names)
             if self.is_zero:
                 self.folder.save_tensors(self.folder.weights_path(0), self.dense_weights)
@@ -192,16 +191,30 @@ class LotteryRunner:
         return broadcast_mask(nxt)
 
     def _pruning_inputs(self, level: int) -> PruningInputs:
-        needs = self.strategy.needs
-        if needs == "trained":
-            return PruningInputs(weights={n: self.module.get_parameter(n).detach().cpu() for n in self.names})
-        if needs == "dense-trained":
-            if self.dense_weights is None:
-                self.dense_weights = self.folder.tensors(self.folder.weights_path(0))
-            return PruningInputs(weights=self.dense_weights)
-        if needs == "init-gradients":
-            if self.snip_inputs is None:
-                self.snip_inputs = init_gradients(self.module, self.datamodule, self.init_state, self.names,
-                                                  self.cfg.snip_batches, self.seed)
-            return PruningInputs(init_weights=self.snip_inputs[0], gradients=self.snip_inputs[1])
-        return PruningInputs(generator=torch.Generator().manual_seed(self.seed * 1000 + level))
+        """The strategy computes its inputs from what the run offers (``LevelRun``)."""
+        return self.strategy.inputs(LevelRun(self, level))
+
+
+class LevelRun:
+    """What a run offers a strategy when it prunes for ``level`` (``lightning_vl.pruning.PruningRun``)."""
+
+    def __init__(self, runner: LotteryRunner, level: int):
+        self.runner, self.level, self.seed, self.names = runner, level, runner.seed, runner.names
+
+    def trained_weights(self) -> dict[str, torch.Tensor]:
+        return {n: self.runner.module.get_parameter(n).detach().cpu() for n in self.names}
+
+    def dense_weights(self) -> dict[str, torch.Tensor]:
+        runner = self.runner
+        if runner.dense_weights is None:
+            runner.dense_weights = runner.folder.tensors(runner.folder.weights_path(0))
+        return runner.dense_weights
+
+    def initial_state(self) -> dict[str, torch.Tensor]:
+        return self.runner.init_state
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1000 + self.level)
+
+    def calibrate(self, step, finish, batches: int, state=None, label: str = "calibration"):
+        return calibrate(self.runner.module, self.runner.datamodule, state, batches, self.seed, step, finish, label)

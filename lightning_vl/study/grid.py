@@ -23,6 +23,7 @@ sparsities on the run's schedule. ``configs/study/*.yaml`` are the shipped studi
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -31,10 +32,13 @@ from typing import Optional
 
 import yaml
 
-from callbacks import schedule_level
-from lightning_vl.lottery.config import BRANCH_KINDS
+from lightning_vl.lottery.config import BRANCH_KINDS, ImpConfig
+from lightning_vl.pruning import schedule_level
 from lightning_vl.tasks import TASKS
 
+# a run entry's defaults are the lottery's own (``--imp.*``), declared once in ImpConfig
+IMP_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ImpConfig)
+                if f.name in ("target_sparsity", "schedule", "rate")}
 RUN_KEYS = {"name", "method", "target_sparsity", "rewind_steps", "schedule", "rate", "args", "tasks"}
 BRANCH_KEYS = {"name", "from", "source", "kind", "init", "strategy", "to", "at", "seeds", "args"}
 
@@ -116,8 +120,9 @@ def expand(raw: dict, tasks: Optional[list[str]] = None, seeds: Optional[list[in
             return runs[key]
         named = {"name": name} if name != entry["method"] else {}  # unnamed runs keep their cell ids
         spec = {**common, "kind": "run", "task": task, "seed": seed, **named, "method": entry["method"],
-                "target_sparsity": float(entry.get("target_sparsity", 0.7)), "rewind_step": int(rewind),
-                "schedule": entry.get("schedule", "linear"), "rate": float(entry.get("rate", 0.1)),
+                "target_sparsity": float(entry.get("target_sparsity", IMP_DEFAULTS["target_sparsity"])),
+                "rewind_step": int(rewind), "schedule": entry.get("schedule", IMP_DEFAULTS["schedule"]),
+                "rate": float(entry.get("rate", IMP_DEFAULTS["rate"])),
                 "extra": [str(a) for a in entry.get("args") or []]}
         cell = Cell(_cell_id(spec), "run", task, f"{task} {name} seed {seed}"
                     + (f" rewind {rewind}" if rewind else ""), spec)
@@ -183,13 +188,13 @@ def expand(raw: dict, tasks: Optional[list[str]] = None, seeds: Optional[list[in
 
 def level_of(sparsity: float, run: dict) -> int:
     """The round index whose sparsity is ``sparsity`` on the run's schedule (an error if none is)."""
-    schedule, rate = run.get("schedule", "linear"), float(run.get("rate", 0.1))
+    schedule, rate = run.get("schedule", IMP_DEFAULTS["schedule"]), float(run.get("rate", IMP_DEFAULTS["rate"]))
+    target = float(run.get("target_sparsity", IMP_DEFAULTS["target_sparsity"]))
     for level in range(200):
         value = schedule_level(level, schedule, rate)
         if abs(value - sparsity) < 1e-6:
-            if value > float(run.get("target_sparsity", 0.7)) + 1e-9:
-                raise ValueError(f"branch at {sparsity:.0%}: past the run's target sparsity "
-                                 f"{run.get('target_sparsity', 0.7)}")
+            if value > target + 1e-9:
+                raise ValueError(f"branch at {sparsity:.0%}: past the run's target sparsity {run.get('target_sparsity', target)}")
             return level
         if value > sparsity:
             break

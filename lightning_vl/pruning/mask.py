@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import atomic_torch_save, atomic_write_text  # noqa: F401 (re-exported)
+from lightning_vl.io import atomic_torch_save
 
 FORMAT = "lightning-vl/mask"
 VERSION = 1
@@ -124,22 +124,54 @@ class Mask:
 
     @classmethod
     def from_state_dict(cls, state: Mapping, source: str = "mask") -> "Mask":
-        if not isinstance(state, Mapping) or state.get("format") != FORMAT:
-            raise ValueError(f"{source}: not a lightning-vl mask (expected format {FORMAT!r})")
-        if state.get("version") != VERSION:
-            raise ValueError(f"{source}: mask version {state.get('version')}, expected {VERSION}")
-        tensors = {}
-        for k, shape in state["shapes"].items():
-            n = math.prod(shape)
-            bits = np.unpackbits(state["packed"][k].numpy(), count=n)
-            tensors[k] = torch.from_numpy(bits.astype(bool)).reshape(shape)
-        return cls(tensors)
+        packed = PackedMask(state, source)
+        return cls({k: packed[k] for k in packed})
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_torch_save(self.state_dict(), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Mask":
+        packed = PackedMask.load(path)
+        return cls({k: packed[k] for k in packed})
+
+
+class PackedMask:
+    """A saved ``Mask`` kept bit-packed in memory (1 bit per weight); ``mask[name]`` unpacks one
+    tensor. The one reader of the mask file format: ``Mask.load`` unpacks every tensor of it.
+
+    Example::
+
+        packed = PackedMask.load("runs/nlvr2/imp-1f3a9c2e/round_07/mask.pt")
+        kept = int(packed["uniter.encoder.layer.0.output.dense.weight"].sum())
+
+    Raises:
+        FileNotFoundError: ``load`` of a path that is not a file.
+        ValueError: the file is empty, torn or not a torch file; not a lightning-vl mask; another
+            format version; a tensor's packed bits do not match its shape; no tensors.
+    """
+
+    def __init__(self, state: Mapping, source: str = "mask"):
+        if not isinstance(state, Mapping) or state.get("format") != FORMAT:
+            raise ValueError(f"{source}: not a lightning-vl mask (expected format {FORMAT!r})")
+        if state.get("version") != VERSION:
+            raise ValueError(f"{source}: mask version {state.get('version')}, expected {VERSION}")
+        self.source = source
+        self.shapes: dict[str, tuple[int, ...]] = {k: tuple(int(d) for d in v) for k, v in state["shapes"].items()}
+        self._packed: dict[str, np.ndarray] = {}
+        for k, shape in self.shapes.items():
+            packed = state["packed"].get(k) if isinstance(state.get("packed"), Mapping) else None
+            n = math.prod(shape)
+            if packed is None or packed.numel() != (n + 7) // 8:
+                got = "missing" if packed is None else f"{packed.numel()} bytes"
+                raise ValueError(f"{source}: the packed bits of {k!r} are {got}, expected {(n + 7) // 8} bytes for "
+                                 f"shape {shape} (a torn or damaged mask file)")
+            self._packed[k] = packed.numpy()
+        if not self.shapes:
+            raise ValueError(f"{source}: the mask has no tensors")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "PackedMask":
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"mask file {path} does not exist")
@@ -147,7 +179,28 @@ class Mask:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # empty, torn or not a torch file
             raise ValueError(f"{path}: cannot read the mask ({type(err).__name__}: {err})") from None
-        return cls.from_state_dict(state, str(path))
+        return cls(state, str(path))
+
+    def keys(self):
+        return self.shapes.keys()
+
+    def __iter__(self):
+        return iter(self.shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.shapes
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        shape = self.shapes[name]
+        bits = np.unpackbits(self._packed[name], count=math.prod(shape))
+        return torch.from_numpy(bits.view(np.bool_)).reshape(shape)
+
+    @property
+    def num_total(self) -> int:
+        return sum(math.prod(s) for s in self.shapes.values())
 
 
 def named_parameters_by(model: torch.nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:
