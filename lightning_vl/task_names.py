@@ -22,7 +22,15 @@ from typing import Literal, Optional
 
 
 class UnknownTaskError(ValueError):
-    """A task name that ``TASK_INFO`` does not define; the message lists the ones it does."""
+    """A task name that ``TASK_INFO`` does not define; the message lists the ones it does.
+
+    Example:
+        >>> try:
+        ...     task_info("vqa3")
+        ... except UnknownTaskError as e:
+        ...     print(str(e)[:40])
+        unknown task 'vqa3'; known tasks: vqa, g
+    """
 
 
 @dataclass(frozen=True)
@@ -40,12 +48,22 @@ class AdversarialDefaults:
     Example:
         >>> AdversarialDefaults("image+text", 1e-2, 1.5, kl_reduction="mean").modality
         'image+text'
+
+    Raises:
+        ValueError: for a ``kl_reduction`` other than the two above, or a negative ``lr`` or
+            ``kl_weight`` (the modality is checked where it is used, ``AdversarialConfig.resolved``).
     """
 
     modality: str = "text"
     lr: float = 1e-3
     kl_weight: float = 1.5
     kl_reduction: Literal["sum-mean", "mean"] = "sum-mean"
+
+    def __post_init__(self):
+        if self.kl_reduction not in ("sum-mean", "mean"):
+            raise ValueError(f"kl_reduction must be sum-mean or mean, got {self.kl_reduction!r}")
+        if self.lr < 0 or self.kl_weight < 0:
+            raise ValueError(f"lr and kl_weight must be >= 0, got {self}")
 
 
 @dataclass(frozen=True)
@@ -67,11 +85,19 @@ class DemoPart:
     Example:
         >>> DemoPart("nlvr2", "data_modules.demo.nlvr2", rank=0).generator
         'data_modules.demo.nlvr2'
+
+    Raises:
+        ValueError: for an empty name, a generator that is not a dotted module path, or a negative
+            rank.
     """
 
     name: str
     generator: str
     rank: int
+
+    def __post_init__(self):
+        if not self.name or "." not in self.generator or self.rank < 0:
+            raise ValueError(f"DemoPart needs a name, a dotted generator module path and a rank >= 0, got {self}")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""Shared pieces of the analysis package: the study's task order and names, number formatting
-(the paper's style: percent, two decimals), markdown tables and file writing."""
+"""Shared pieces of the analysis package: the study's task order and names (from
+``lightning_vl.task_names``), number formatting (the paper's style: percent, two decimals),
+markdown tables and file writing."""
 from __future__ import annotations
 
 import csv
@@ -11,11 +12,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from callbacks.files import atomic_write, atomic_write_text
-from lightning_vl.task_names import PRETRAINING_TASK, STUDY_TASKS, TASK_NAMES, display_name, ordered
+from lightning_vl.task_names import STUDY_TASKS, display_name, ordered
 
-# The study's eight columns in the paper's order, then pre-training (the universal ticket's source):
-# lightning_vl/task_names.py
-TASK_ORDER = TASK_NAMES
+# STUDY_TASKS: the study's eight columns in the paper's order (lightning_vl/task_names.py)
 MISSING = "—"
 
 
