@@ -28,7 +28,9 @@ export WANDB_SILENT ?= true
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-TASK_NAMES := vqa gqa vcr nlvr2 snli-ve refcoco+ flickr30k-ir flickr30k-tr pretrain
+# the tasks, as the package lists them (lightning_vl/task_names.py imports only the standard library,
+# so any python3 reads it, before the venv exists); `=`: asked only by the recipes that use it
+TASK_NAMES = $(shell $(PYTHON) -m lightning_vl.task_names)
 
 .PHONY: install demo pretrain prune branch finetune study report overlap features data test bench clean help check-task
 
@@ -45,7 +47,8 @@ help:
 	@echo "tasks: $(TASK_NAMES)"
 
 check-task:
-	@case " $(TASK_NAMES) " in *" $(TASK) "*) ;; *) echo "unknown TASK=$(TASK); one of: $(TASK_NAMES)"; exit 2;; esac
+	@tasks="$(TASK_NAMES)"; test -n "$$tasks" || { echo "could not list the tasks: $(PYTHON) -m lightning_vl.task_names failed"; exit 2; }; \
+	case " $$tasks " in *" $(TASK) "*) ;; *) echo "unknown TASK=$(TASK); one of: $$tasks"; exit 2;; esac
 
 install: $(STAMP)
 

@@ -1,36 +1,32 @@
 """LightningDataModules that stream precomputed region features from HDF5, one per task.
 
 Names are imported on first use, so ``python -m data_modules.demo`` does not pay for importing
-pytorch_lightning and transformers.
+pytorch_lightning and transformers. Each task's DataModule is the ``data_module`` of its
+``TaskInfo`` (``lightning_vl/task_names.py``), exported here under its class name.
 """
 from importlib import import_module
 
+from lightning_vl.task_names import TASK_INFO
+
 _EXPORTS = {
-    "MissingImageError": "features",
-    "NonFiniteFeaturesError": "features",
-    "StoreError": "features",
-    "UnreadableStoreError": "features",
-    "RegionFeatureStore": "features",
-    "RegionFeatureWriter": "features",
-    "collate_rows": "batching",
-    "get_gather_index": "batching",
-    "load_tokenizer": "tokenization",
-    "encode_uniter": "tokenization",
-    "VLDataModule": "base",
-    "Nlvr2DataModule": "nlvr2",
-    "Nlvr2Dataset": "nlvr2",
-    "VqaDataModule": "vqa",
-    "GqaDataModule": "gqa",
-    "VcrDataModule": "vcr",
-    "SnliVeDataModule": "snli_ve",
-    "RefcocoDataModule": "refcoco",
-    "Flickr30kDataModule": "flickr30k",
-    "PretrainDataModule": "pretrain",
+    "MissingImageError": "data_modules.features",
+    "NonFiniteFeaturesError": "data_modules.features",
+    "StoreError": "data_modules.features",
+    "UnreadableStoreError": "data_modules.features",
+    "RegionFeatureStore": "data_modules.features",
+    "RegionFeatureWriter": "data_modules.features",
+    "collate_rows": "data_modules.batching",
+    "get_gather_index": "data_modules.batching",
+    "load_tokenizer": "data_modules.tokenization",
+    "encode_uniter": "data_modules.tokenization",
+    "VLDataModule": "data_modules.base",
+    "Nlvr2Dataset": "data_modules.nlvr2",
+    **{path.rpartition(".")[2]: path.rpartition(".")[0] for path in (t.data_module for t in TASK_INFO.values())},
 }
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

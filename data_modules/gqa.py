@@ -111,3 +111,17 @@ class GqaDataModule(AnswerVocabulary, VLDataModule):
                         self.ans2label_path)
         return QaDataset(examples, self.store, len(ans2label), source=str(path), what=f"the GQA {split} questions",
                          labeled=all(q.answer is not None for q in questions))
+
+
+def build_ans2label(init: dict, min_count: int) -> tuple[Path, str]:
+    """``lightning-vl data``: GQA's ``ans2label.json`` from the train + val balanced answers
+    (``min_count`` does not apply); ``init``: the config's ``data.init_args``."""
+    from .answers import build_gqa_vocabulary, write_ans2label
+
+    answers = build_gqa_vocabulary([init["train_file"], init["val_file"]])
+    write_ans2label(init["ans2label"], answers)
+    return Path(init["ans2label"]), f"{len(answers)} answers of the train + val balanced questions"
+
+
+# files of data.init_args that ``lightning-vl data`` builds when they are missing (data_modules/prepare.py)
+DERIVED_FILES = {"ans2label": build_ans2label}

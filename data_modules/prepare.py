@@ -74,27 +74,12 @@ def _paths(value) -> list[str]:
     return list(dict.fromkeys(v for v in values if isinstance(v, str) and "/" in v and Path(v).suffix))
 
 
-def _build_vqa_ans2label(init: dict, min_count: int) -> tuple[Path, str]:
-    from .answers import build_vqa_vocabulary, write_ans2label
-    from .vqa import _load_object
-
-    annotations = []
-    for path in init["train_annotations"]:
-        annotations += _load_object(path, "annotations", "annotations")
-    answers = build_vqa_vocabulary(annotations, min_count=min_count, source=", ".join(init["train_annotations"]))
-    write_ans2label(init["ans2label"], answers)
-    return Path(init["ans2label"]), f"{len(answers)} answers with >= {min_count} questions"
-
-
-def _build_gqa_ans2label(init: dict, min_count: int) -> tuple[Path, str]:
-    from .answers import build_gqa_vocabulary, write_ans2label
-
-    answers = build_gqa_vocabulary([init["train_file"], init["val_file"]])
-    write_ans2label(init["ans2label"], answers)
-    return Path(init["ans2label"]), f"{len(answers)} answers of the train + val balanced questions"
-
-
-DERIVED = {("vqa", "ans2label"): _build_vqa_ans2label, ("gqa", "ans2label"): _build_gqa_ans2label}
+def derived_files(data: dict) -> dict:
+    """What the config's data module can build when missing: ``DERIVED_FILES`` of its module
+    (``{init_args key: build(init_args, min_count) -> (path, what)}``; VQA's and GQA's
+    ``ans2label``)."""
+    module_name = str(data.get("class_path", "")).rpartition(".")[0]
+    return getattr(importlib.import_module(module_name), "DERIVED_FILES", {}) if module_name else {}
 
 
 def _place(source: Path, dest: Path, copy: bool) -> None:
@@ -125,6 +110,7 @@ def prepare_task(task: str, src: str | Path, config: Optional[str | Path] = None
     report: dict = {"task": task, "config": str(config), "src": str(src.resolve()), "linked": {}, "built": {},
                     "absent_optional": [], "checks": {}}
     missing, to_build, targets = [], [], []
+    derived = derived_files(data)
     for key, value in init.items():
         if key in NOT_FILES:
             continue
@@ -139,10 +125,10 @@ def prepare_task(task: str, src: str | Path, config: Optional[str | Path] = None
                 elif not dest.exists():
                     missing.append(f"{key}: {target} — UNITER's held-out VQA mini-dev question ids; pass --minidev FILE, "
                                    f"or set data.init_args.{key}: null to train on train2014 + val2014 and validate on val")
-            elif name in found and (task, key) not in DERIVED:
+            elif name in found and key not in derived:
                 _place(found[name], dest, copy)
                 report["linked"][target] = str(found[name].resolve())
-            elif (task, key) in DERIVED:
+            elif key in derived:
                 if name in found and not force:
                     _place(found[name], dest, copy)
                     report["linked"][target] = str(found[name].resolve())
@@ -155,7 +141,7 @@ def prepare_task(task: str, src: str | Path, config: Optional[str | Path] = None
     if missing:
         raise FileNotFoundError(f"{task}: not found under {src}:\n  " + "\n  ".join(missing))
     for key in to_build:
-        path, what = DERIVED[(task, key)](init, min_count)
+        path, what = derived[key](init, min_count)
         report["built"][str(path)] = what
     if check:
         report["checks"] = check_task(data, report["absent_optional"])

@@ -340,3 +340,21 @@ class VqaDataModule(AnswerVocabulary, VLDataModule):
                      split, unanswerable, len(examples), len(ans2label))
         return QaDataset(examples, self.store, len(ans2label), source=str(path), what=f"the VQA {split} questions",
                          labeled=all(a is not None for _, a in pairs))
+
+
+def build_ans2label(init: dict, min_count: int) -> tuple[Path, str]:
+    """``lightning-vl data``: VQA's ``ans2label.json`` by the standard recipe (normalised
+    ``multiple_choice_answer`` of the training annotations, kept when >= ``min_count`` distinct
+    questions give it); ``init``: the config's ``data.init_args``."""
+    from .answers import build_vqa_vocabulary, write_ans2label
+
+    annotations = []
+    for path in init["train_annotations"]:
+        annotations += _load_object(path, "annotations", "annotations")
+    answers = build_vqa_vocabulary(annotations, min_count=min_count, source=", ".join(init["train_annotations"]))
+    write_ans2label(init["ans2label"], answers)
+    return Path(init["ans2label"]), f"{len(answers)} answers with >= {min_count} questions"
+
+
+# files of data.init_args that ``lightning-vl data`` builds when they are missing (data_modules/prepare.py)
+DERIVED_FILES = {"ans2label": build_ans2label}

@@ -21,10 +21,11 @@ step's loss with respect to δ only (the parameters' gradients are untouched; un
 precision the loss is scaled first and δ's gradient unscaled). Cost per batch: 1 + K forward and
 backward passes (1 + 2K for ``alter``, whose text-only and image-only passes alternate).
 
-Modalities: ``text``, ``image``, ``image+text`` (both perturbed jointly) and ``alter``. VILLA's
-per-task defaults (``config/train-*-adv.json``): VQA / SNLI-VE / NLVR2 text, lr 1e-3, KL 1.5;
-VCR image+text, lr 1e-2, KL 1.5. Not in VILLA, and chosen here: GQA as VQA; RefCOCO+ and the
-retrieval tasks text, 1e-3, KL 1.5.
+Modalities: ``text``, ``image``, ``image+text`` (both perturbed jointly) and ``alter``. Each
+task's defaults are its ``TaskInfo.adversarial`` (``lightning_vl.task_names``); VILLA's
+(``config/train-*-adv.json``): VQA / SNLI-VE / NLVR2 text, lr 1e-3, KL 1.5; VCR image+text,
+lr 1e-2, KL 1.5. Not in VILLA, and chosen there: GQA as VQA; RefCOCO+ and the retrieval tasks
+text, 1e-3, KL 1.5. The pre-training task has none: adversarial training is not for it.
 """
 from __future__ import annotations
 
@@ -34,15 +35,11 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from .task_names import task_info
+
 MODALITIES = ("text", "image", "image+text", "alter")
 NORMS = ("l2", "linf")
 
-# task -> (modality, lr, kl_weight); the first three rows are VILLA's configs
-TASK_DEFAULTS = {
-    "vqa": ("text", 1e-3, 1.5), "snli-ve": ("text", 1e-3, 1.5), "nlvr2": ("text", 1e-3, 1.5),
-    "vcr": ("image+text", 1e-2, 1.5), "gqa": ("text", 1e-3, 1.5), "refcoco+": ("text", 1e-3, 1.5),
-    "flickr30k-ir": ("text", 1e-3, 1.5), "flickr30k-tr": ("text", 1e-3, 1.5),
-}
 
 
 @dataclass
@@ -68,10 +65,26 @@ class AdversarialConfig:
     max_norm: float = 0.0
 
     def resolved(self, task: str) -> "AdversarialConfig":
-        """With the task's defaults filled in, validated."""
-        modality, lr, kl = TASK_DEFAULTS.get(task, ("text", 1e-3, 1.5))
-        out = AdversarialConfig(self.enabled, self.modality or modality, self.steps,
-                                lr if self.lr is None else self.lr, kl if self.kl_weight is None else self.kl_weight,
+        """With the task's defaults (``TaskInfo.adversarial``) filled in, validated.
+
+        Raises:
+            UnknownTaskError: (a ``ValueError``) for a task that is no task.
+            ValueError: for a setting out of range, or adversarial training enabled on a task that
+                has no defaults (pre-training).
+        """
+        defaults = task_info(task).adversarial
+        if defaults is None:  # pre-training: nothing to fill; refused below when enabled
+            if self.enabled:
+                raise ValueError(f"adversarial training is VILLA's fine-tuning stage: not for the {task} task")
+            out = AdversarialConfig(**vars(self))
+            if out.modality is not None and out.modality not in MODALITIES:
+                raise ValueError(f"model.adversarial.modality must be one of {MODALITIES}, got {out.modality!r}")
+            if out.norm not in NORMS:
+                raise ValueError(f"model.adversarial.norm must be one of {NORMS}, got {out.norm!r}")
+            return out
+        out = AdversarialConfig(self.enabled, self.modality or defaults.modality, self.steps,
+                                defaults.lr if self.lr is None else self.lr,
+                                defaults.kl_weight if self.kl_weight is None else self.kl_weight,
                                 self.norm, self.max_norm)
         if out.modality not in MODALITIES:
             raise ValueError(f"model.adversarial.modality must be one of {MODALITIES}, got {out.modality!r}")
@@ -79,8 +92,6 @@ class AdversarialConfig:
             raise ValueError(f"model.adversarial.norm must be one of {NORMS}, got {out.norm!r}")
         if out.steps < 0 or out.lr < 0 or out.kl_weight < 0 or out.max_norm < 0:
             raise ValueError(f"model.adversarial: steps, lr, kl_weight and max_norm must be >= 0, got {out}")
-        if task == "pretrain" and out.enabled:
-            raise ValueError("adversarial training is VILLA's fine-tuning stage: not for the pretrain task")
         return out
 
     @property
@@ -94,15 +105,24 @@ torch.serialization.add_safe_globals([AdversarialConfig])
 
 # ---- the symmetric KL of each task's outputs -----------------------------------------------------
 def symmetric_kl(clean: torch.Tensor, adv: torch.Tensor, task: str) -> torch.Tensor:
-    """KL(p_c ‖ p_a) + KL(p_a ‖ p_c) with VILLA's per-task reductions: VQA/GQA/SNLI-VE sum over
-    classes, mean over examples (VILLA: mean × num_labels); NLVR2 and RefCOCO+ sum over classes
-    (regions), mean; VCR the mean over (rows, 2); retrieval's single score per row as a
-    two-class (σ, 1 − σ) distribution, summed, mean over rows."""
+    """KL(p_c ‖ p_a) + KL(p_a ‖ p_c) with VILLA's per-task reductions (``kl_reduction`` of the
+    task's ``TaskInfo.adversarial``): ``sum-mean`` sums over classes and averages over examples —
+    VQA/GQA/SNLI-VE (VILLA: mean × num_labels), NLVR2 and RefCOCO+ (over regions), retrieval's
+    single score per row as a two-class (σ, 1 − σ) distribution; ``mean`` averages every element
+    (VCR: over (rows, 2)).
+
+    Raises:
+        UnknownTaskError: (a ``ValueError``) for a task that is no task.
+        ValueError: for a task without adversarial defaults (pre-training).
+    """
+    defaults = task_info(task).adversarial
+    if defaults is None:
+        raise ValueError(f"task {task!r} has no adversarial defaults: adversarial training is not for it")
     if clean.dim() == 1:  # rank scores
         clean, adv = torch.stack([clean, torch.zeros_like(clean)], -1), torch.stack([adv, torch.zeros_like(adv)], -1)
     log_c, log_a = F.log_softmax(clean.float(), dim=-1), F.log_softmax(adv.float(), dim=-1)
     both = (log_c.exp() * (log_c - log_a)) + (log_a.exp() * (log_a - log_c))  # element-wise, symmetric
-    if task == "vcr":
+    if defaults.kl_reduction == "mean":
         return both.mean()
     return both.sum(-1).mean()
 

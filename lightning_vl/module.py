@@ -20,6 +20,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from .adversarial import AdversarialConfig, adversarial_loss
 from .checkpoints import TYPE_TABLE, WORD_TABLE, load_into, map_head_keys, read_init
 from .heads import init_head_weights
+from .task_names import DEFAULT_TASK
 from .tasks import get_task
 from .uniter import UniterConfig, UniterModel, encoder_linear_names
 
@@ -48,7 +49,7 @@ class VLModule(pl.LightningModule):
     """A UNITER task model.
 
     Args:
-        task: a name from ``lightning_vl.tasks.TASKS``.
+        task: a name from ``lightning_vl.task_names.TASK_NAMES``.
         uniter: the core's sizes (``configs/model/uniter-*.yaml``).
         head: head variant of the task (NLVR2: ``paired-attn`` or ``paired``); None = the default.
         head_options: keyword arguments of the head (pre-training: ``ot_weight``, ``summaries``).
@@ -65,7 +66,7 @@ class VLModule(pl.LightningModule):
 
     def __init__(
         self,
-        task: str = "nlvr2",
+        task: str = DEFAULT_TASK,
         uniter: UniterConfig = UniterConfig(),
         head: Optional[str] = None,
         head_options: Optional[dict] = None,

@@ -1,6 +1,9 @@
 """The task registry: one small entry per task says which heads, loss, metrics and token types it
-uses, and which metric decides pruning and fills the reports. ``VLModule`` reads it; nothing
-else branches on task names.
+uses, and which metric decides pruning and fills the reports. ``VLModule`` reads it. What needs
+no model — display names, the study's order, adversarial defaults, the data module and the demo
+generator — is the task's ``TaskInfo`` in the torch-free ``lightning_vl.task_names``
+(``TaskSpec.info``); the two registries list the same tasks in the same order (checked at import).
+Nothing else branches on task names (``tests/test_task_registry.py`` looks for stray ones).
 
 Batches follow one contract per task (written by the data modules in ``data_modules/``): every
 batch has UNITER's inputs, ``ids`` and ``targets``; task keys are listed with each loss below.
@@ -22,6 +25,7 @@ from .heads import (Nlvr2PairedAttnHead, Nlvr2PairedHead, RankHead, RefExpHead, 
                     VqaHead)
 from .metrics import GroundingAccuracy, RetrievalRecall, SoftScore, VcrAccuracy
 from .pretraining import PretrainingHeads, outputs_and_batch, pretraining_loss, pretraining_metrics, summaries_head
+from .task_names import STUDY_TASKS, TASK_NAMES, TaskInfo, task_info
 from .uniter import UniterConfig
 
 
@@ -48,6 +52,11 @@ class TaskSpec:
     # masked region modelling adds the learned mask embedding to masked regions: train it
     trains_mask_embedding: bool = False
     description: str = ""
+
+    @property
+    def info(self) -> TaskInfo:
+        """The task's torch-free description (display name, adversarial defaults, data module, ...)."""
+        return task_info(self.name)
 
 
 # ---- losses -------------------------------------------------------------------------------------
@@ -188,11 +197,17 @@ TASKS: dict[str, TaskSpec] = {
                     "accuracy (IMP on it finds the universal ticket)",
     ),
 }
-DOWNSTREAM = tuple(name for name in TASKS if name != "pretrain")  # the study's eight columns
+DOWNSTREAM = STUDY_TASKS  # the study's eight columns
+if tuple(TASKS) != TASK_NAMES or any(spec.name != name for name, spec in TASKS.items()):
+    raise ValueError(f"lightning_vl/tasks.py:TASKS {list(TASKS)} must list the tasks of "
+                     f"lightning_vl/task_names.py {list(TASK_NAMES)}, in the same order, each under its own name")
 
 
 def get_task(name: str) -> TaskSpec:
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}") from None
+    """The model-side description of task ``name``.
+
+    Raises:
+        UnknownTaskError: (a ``ValueError``) for a name that is no task, listing the known ones.
+    """
+    task_info(name)
+    return TASKS[name]

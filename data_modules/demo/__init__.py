@@ -7,6 +7,12 @@ task's files in its public schema (``nlvr2/{train,dev,test}.json``, ...), the pr
 (``pretrain/captions_{train,val}.jsonl`` + its own store ``pretrain/features.h5`` with soft
 labels, ``data_modules.demo.pretrain``), ``manifest.json`` (seed, sizes, label balance per
 template) and, last, ``.complete``. Deterministic by seed; takes seconds.
+
+The world's parts are the tasks' ``TaskInfo.demo`` (``lightning_vl/task_names.py``): a part's name,
+its generator module in this package, and its place in the world. A generator exposes
+``DEFAULT_SIZES`` and ``generate()``; its own options come from ``demo_options(settings)``, sizes
+fixed by options from ``demo_sizes(settings)``, and ``demo_skipped(settings)`` leaves it out
+(``settings``: ``generate_demo``'s keyword arguments).
 """
 from __future__ import annotations
 
@@ -19,20 +25,14 @@ from typing import Optional
 
 import numpy as np
 
+from lightning_vl.task_names import DEMO_PARTS, TASK_INFO, TASK_NAMES
+
 from ..features import RegionFeatureWriter
 from . import nlvr2 as nlvr2_demo
 from .vocab import write_vocab
 from .world import FeatureRenderer, WorldConfig
 
-# task name -> generator module in this package (each exposes DEFAULT_SIZES and generate())
-TASK_MODULES = {"nlvr2": "nlvr2", "vqa": "vqa", "gqa": "gqa", "vcr": "vcr", "snli-ve": "snli_ve",
-                "refcoco+": "refcoco", "flickr30k": "flickr30k", "pretrain": "pretrain"}
-TASKS = tuple(TASK_MODULES)
-# model task (lightning_vl.tasks.TASKS) -> the generator above that writes its demo files
-# (configs/demo/<task>.yaml reads them); both Flickr30k retrieval directions share one split file.
-DEMO_TASKS = {"vqa": "vqa", "gqa": "gqa", "vcr": "vcr", "nlvr2": "nlvr2", "snli-ve": "snli-ve",
-              "refcoco+": "refcoco+", "flickr30k-ir": "flickr30k", "flickr30k-tr": "flickr30k",
-              "pretrain": "pretrain"}
+TASKS = tuple(DEMO_PARTS)  # the world's parts, in the order they are written
 SPLITS = ("train", "dev", "test")
 
 
@@ -61,16 +61,24 @@ class DemoTaskResult:
 
 
 def demo_generator(task: str) -> str:
-    """The generator (a ``TASK_MODULES`` name) of a model task's demo files."""
-    if task not in DEMO_TASKS:
-        raise ValueError(f"no demo data for task {task!r}; demo tasks: {list(DEMO_TASKS)}")
-    return DEMO_TASKS[task]
+    """The part (a ``TASKS`` name) that writes a model task's demo files (``configs/demo/<task>.yaml``
+    reads them); both Flickr30k retrieval directions share one part."""
+    if task not in TASK_INFO:
+        raise ValueError(f"no demo data for task {task!r}; demo tasks: {list(TASK_NAMES)}")
+    return TASK_INFO[task].demo.name
 
 
 def task_module(task: str):
-    if task not in TASK_MODULES:
-        raise ValueError(f"demo task {task!r} is not generated; known: {list(TASK_MODULES)}")
-    return importlib.import_module(f"{__name__}.{TASK_MODULES[task]}")
+    """The generator module of the world's part ``task``."""
+    if task not in DEMO_PARTS:
+        raise ValueError(f"demo task {task!r} is not generated; known: {list(DEMO_PARTS)}")
+    return importlib.import_module(DEMO_PARTS[task].generator)
+
+
+def _hook(module, name: str, settings: dict, default):
+    """A generator's optional ``name(settings)``, or ``default`` where it has none."""
+    hook = getattr(module, name, None)
+    return default if hook is None else hook(settings)
 
 
 def _task_seed(task: str) -> int:
@@ -118,6 +126,8 @@ def generate_demo(
     times ``scale``, or ``n_train`` / ``n_dev`` when those are given; ``pretrain_scenes=0`` writes
     none), captions in ``caption_style`` (``dense`` or ``counting``, see ``data_modules.demo.pretrain``).
     """
+    settings = dict(nlvr2_templates=tuple(nlvr2_templates), pretrain_scenes=pretrain_scenes,
+                    pretrain_val=pretrain_val, caption_style=caption_style)
     for task in tasks:
         task_module(task)
     from .pretrain import CAPTION_STYLES
@@ -127,8 +137,7 @@ def generate_demo(
     for name, n in (("pretrain_scenes", pretrain_scenes), ("pretrain_val", pretrain_val)):
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
             raise ValueError(f"{name} must be a non-negative int or None, got {n!r}")
-    if pretrain_scenes == 0:
-        tasks = tuple(t for t in tasks if t != "pretrain")
+    tasks = tuple(t for t in tasks if not _hook(task_module(t), "demo_skipped", settings, False))
     given = {"train": n_train, "dev": n_dev, "test": n_test}
     if feat_dim <= 0 or scale <= 0 or any(n is not None and n < 0 for n in given.values()):
         raise ValueError(f"need feat_dim > 0, scale > 0 and non-negative sizes, got feat_dim={feat_dim}, "
@@ -144,18 +153,17 @@ def generate_demo(
                       "feat_dim": feat_dim, "world": vars(world), "tasks": {}}
     paths: dict[str, str] = {}
     texts: list[str] = []
-    options = {"nlvr2": {"templates": tuple(nlvr2_templates)}, "pretrain": {"caption_style": caption_style}}
-    fixed = {"pretrain": {"train": pretrain_scenes, "dev": pretrain_val}}  # a part's own size options
     with RegionFeatureWriter(out / "features.h5", feat_dim) as writer:
         for task in tasks:
             module = task_module(task)
             sizes = {split: (given[split] if given[split] is not None else max(1, round(n * scale)))
                      for split, n in module.DEFAULT_SIZES.items()}
-            sizes.update({split: n for split, n in fixed.get(task, {}).items() if n is not None})
+            # a part's own size options (the pre-training corpus's scenes)
+            sizes.update({split: n for split, n in _hook(module, "demo_sizes", settings, {}).items() if n is not None})
             ctx = DemoContext(seed, world, renderer,
                               scene_rng=np.random.default_rng([seed, 1, _task_seed(task)]),
                               render_rng=np.random.default_rng([seed, 2, _task_seed(task)]),
-                              options=options.get(task, {}))
+                              options=_hook(module, "demo_options", settings, {}))
             before = len(writer)
             result = module.generate(out, writer, ctx, sizes)
             texts += result.texts

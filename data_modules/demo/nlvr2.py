@@ -153,6 +153,11 @@ def make_split(split: str, n: int, rng: np.random.Generator, world: WorldConfig 
 DEFAULT_SIZES = {"train": 6000, "dev": 1000, "test": 1000}
 
 
+def demo_options(settings: dict) -> dict:
+    """This part's options from ``generate_demo``'s: the statement templates to draw from."""
+    return {"templates": tuple(settings["nlvr2_templates"])}
+
+
 def generate(out, writer, ctx, sizes: dict[str, int]):
     """Write ``nlvr2/{train,dev,test}.json`` (NLVR2's JSON lines) and both images of every pair."""
     from . import DemoTaskResult

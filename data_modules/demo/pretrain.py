@@ -248,6 +248,21 @@ def caption_with_negatives(scene: Scene, rng: np.random.Generator, world: WorldC
 
 # ---------------------------------------------------------------------------------------- generator
 
+def demo_options(settings: dict) -> dict:
+    """This part's options from ``generate_demo``'s: the caption style."""
+    return {"caption_style": settings["caption_style"]}
+
+
+def demo_sizes(settings: dict) -> dict:
+    """Sizes its own options fix (None: the usual ``DEFAULT_SIZES`` × scale or ``n_train`` / ``n_dev``)."""
+    return {"train": settings["pretrain_scenes"], "dev": settings["pretrain_val"]}
+
+
+def demo_skipped(settings: dict) -> bool:
+    """``pretrain_scenes=0`` writes no corpus."""
+    return settings["pretrain_scenes"] == 0
+
+
 def generate(out: Path, writer: RegionFeatureWriter, ctx, sizes: dict[str, int]):
     """Write ``pretrain/`` (see the module docstring); the task store ``writer`` is left alone."""
     from . import DemoTaskResult

@@ -1,5 +1,6 @@
-"""Shared pieces of the analysis package: the study's task order and names, number formatting
-(the paper's style: percent, two decimals), markdown tables and file writing."""
+"""Shared pieces of the analysis package: the study's task order and names (from
+``lightning_vl.task_names``), number formatting (the paper's style: percent, two decimals),
+markdown tables and file writing."""
 from __future__ import annotations
 
 import csv
@@ -11,25 +12,20 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from lightning_vl.io import atomic_write, write_text  # noqa: F401 (write_text: what the analysis modules import)
+from lightning_vl.task_names import STUDY_TASKS, display_name, ordered
 
-# The study's eight columns in the paper's order, then pre-training (the universal ticket's source).
-STUDY_TASKS = ("vqa", "gqa", "vcr", "nlvr2", "snli-ve", "refcoco+", "flickr30k-ir", "flickr30k-tr")
-TASK_ORDER = STUDY_TASKS + ("pretrain",)
-TASK_NAMES = {
-    "vqa": "VQA", "gqa": "GQA", "vcr": "VCR", "nlvr2": "NLVR2", "snli-ve": "SNLI-VE", "refcoco+": "RefCOCO+",
-    "flickr30k-ir": "F30k IR R@1", "flickr30k-tr": "F30k TR R@1", "pretrain": "pre-training",
-}
+# STUDY_TASKS: the study's eight columns in the paper's order (lightning_vl/task_names.py)
 MISSING = "—"
 
 
 def task_name(task: str) -> str:
-    return TASK_NAMES.get(task, task)
+    """A task's name in tables and figures (``TaskInfo.display``); other names as they are."""
+    return display_name(task)
 
 
 def ordered_tasks(tasks: Iterable[str]) -> list[str]:
     """The study's order first, other names after it, alphabetically."""
-    tasks = set(tasks)
-    return [t for t in TASK_ORDER if t in tasks] + sorted(tasks - set(TASK_ORDER))
+    return ordered(tasks)
 
 
 def slug(name: str) -> str:

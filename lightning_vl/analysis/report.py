@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Optional, Union
 
+from lightning_vl.task_names import PRETRAINING_TASK
+
 from .common import ordered_tasks, slug, sparsity_text, task_name, write_text
 from .overlap import OverlapAnalysis
 from .tables import (Record, Table, normalise, rewind_steps, rewind_table, table1, table2, table3, transfer_matrix,
@@ -57,7 +59,7 @@ def write_report(records: Iterable[Union[Mapping, Record]], out_dir: Union[str, 
     root = Path(out_dir)
     tables_dir, figures_dir = root / "tables", root / "figures"
     all_tasks = list(tasks) if tasks is not None else [t for t in ordered_tasks(r.task for r in records)]
-    downstream = [t for t in all_tasks if t != "pretrain"]
+    downstream = [t for t in all_tasks if t != PRETRAINING_TASK]
     failed = sum(1 for r in records if not r.ok)
     md = ["# lightning-vl report\n",
           f"{len(records)} records over {len(all_tasks)} task(s)"

@@ -30,8 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
+from lightning_vl.task_names import PRETRAINING_TASK, TASK_INFO
+
 from .common import MISSING, STUDY_TASKS, csv_text, is_number, markdown_table, ordered_tasks, slug, sparsity_text, \
     task_name, write_text
+
+# the tasks Table 2's second average leaves out (the paper's "w/o VCR"): ``TaskInfo.reduced_average``
+REDUCED_AVERAGE_WITHOUT = tuple(name for name, info in TASK_INFO.items() if not info.reduced_average)
 
 SPARSITY_DECIMALS = 3
 EXACT = 1e-9  # |Δ sparsity| below which two records were pruned to exactly the same sparsity (JSON round trips)
@@ -254,7 +259,7 @@ def _failed_note(used: Iterable[Record]) -> list[str]:
             + (" …" if len(failed) > 3 else "")]
 
 
-def _tasks(records: Sequence[Record], tasks: Optional[Sequence[str]], exclude=("pretrain",)) -> list[str]:
+def _tasks(records: Sequence[Record], tasks: Optional[Sequence[str]], exclude=(PRETRAINING_TASK,)) -> list[str]:
     if tasks is not None:
         return list(tasks)
     return [t for t in ordered_tasks(r.task for r in records) if t not in exclude]
@@ -370,7 +375,7 @@ def average_drop(dense: Mapping[str, float], values: Mapping[str, float], tasks:
 
 
 def table2(records: Iterable[Union[Mapping, Record]], tasks: Optional[Sequence[str]] = None,
-           row: str = "universal", source_task: str = "pretrain", without: Sequence[str] = ("vcr",)) -> Table:
+           row: str = "universal", source_task: str = PRETRAINING_TASK, without: Sequence[str] = REDUCED_AVERAGE_WITHOUT) -> Table:
     """The universal ticket (paper Table 2): rows = 0% (the dense model: level-0 IMP runs) then every
     sparsity of the ``row`` records (``universal``, ``source_task`` ``pretrain``), columns = tasks,
     plus the average drop in percent over all tasks and over all but ``without`` (VCR). A task's
@@ -472,19 +477,19 @@ def transfer_matrix(records: Iterable[Union[Mapping, Record]], sparsity: float,
     transfer = [r for r in records if r.row == "transfer" and r.key == k and r.training == "standard"]
     if tasks is None:
         tasks = [t for t in ordered_tasks({r.task for r in transfer} | {r.source_task for r in transfer if r.source_task})
-                 if t != "pretrain"]
+                 if t != PRETRAINING_TASK]
     sources = list(tasks)
     universal = [r for r in records if r.row == "universal" and r.key == k and r.training == "standard"
                  and r.rewind_step == 0 and r.task in tasks]
     if include_universal and universal:
-        sources.append("pretrain")
+        sources.append(PRETRAINING_TASK)
     rows, used = [], []
     for src in sources:
         cells = []
         for tgt in tasks:
             if src == tgt:
                 recs = _select(records, task=tgt, row="imp", key=k)
-            elif src == "pretrain":
+            elif src == PRETRAINING_TASK:
                 recs = [r for r in universal if r.task == tgt]
             else:
                 recs = [r for r in transfer if r.task == tgt and r.source_task == src]

@@ -4,22 +4,9 @@ level's ticket, each one masked fine-tune stored under the level it hangs off::
     runs/<task>/<run>/round_NN/branches/<kind>[-<task>]-<hash>/
       config.yaml  identity.json  mask.pt  metrics.json  ranks.json  logs/
 
-=============  =========================================  ===========================================
-kind           mask                                        weights
-=============  =========================================  ===========================================
-``random``     random at the level's sparsity (global,     the level's start: θ_i and φ of the source
-               or ``layerwise``: every tensor at it)       (Table 1, row 5)
-``shuffle``    the level's mask shuffled within each       same; keeps each tensor's sparsity
-               tensor
-``reinit``     the level's mask                            the model's own ``init``: a BERT folder
-                                                           (θ'_0, row 6), ``shuffled:<θ_0>`` (θ''_0,
-                                                           row 7) or none (fresh random)
-``ticket``     the level's mask                            the level's start: the ticket itself,
-                                                           trained again (with other settings, e.g.
-                                                           ``--model.adversarial.enabled true``)
-``transfer``   the level's mask                            the source's θ_i in the core, the target
-                                                           task's head fresh (another task's config)
-=============  =========================================  ===========================================
+The kinds — ``random``, ``shuffle``, ``reinit``, ``ticket``, ``transfer`` — differ in the mask they
+fine-tune and the weights they start from; each is a small object in ``kinds.py`` (``BRANCH_KINDS``)
+whose docstring says both, and a new kind is one class there.
 
 A branch is idempotent (its ``metrics.json`` marks it done) and has its own hash of what
 determines its result (its model, data, training settings and ``kind``/``strategy``/``seed``).
@@ -35,14 +22,17 @@ import torch
 import yaml
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
-from lightning_vl.pruning import Mask, random_prune, shuffle_mask
+from lightning_vl.pruning import Mask
 from lightning_vl.pruning.distributed import barrier
 
 from .config import BranchConfig
-from .fitting import MakeTrainer, check_sparsity, fit_and_score, state_of
+from .fitting import MakeTrainer, check_sparsity, fit_and_score
 from .folder import RunFolder, read_json
+from .kinds import BRANCH_KINDS, transfer_core
 from .prunable import Prunable
 from .report import WandbRun
+
+__all__ = ["BranchRunner", "SourceLevel", "branch_mask", "transfer_core"]
 
 ROUND_DIR = re.compile(r"round_(\d+)$")
 
@@ -69,38 +59,8 @@ class SourceLevel:
 
 
 def branch_mask(cfg: BranchConfig, source: SourceLevel) -> Mask:
-    if cfg.kind == "random":
-        dense = Mask.ones_like({k: t for k, t in source.mask.items()})
-        return random_prune(dense, source.mask.sparsity, torch.Generator().manual_seed(cfg.seed),
-                            layerwise=cfg.strategy == "layerwise")
-    if cfg.kind == "shuffle":
-        return shuffle_mask(source.mask, torch.Generator().manual_seed(cfg.seed), layerwise=True)
-    return source.mask
-
-
-def transfer_core(module: Prunable, source: dict[str, torch.Tensor]) -> list[str]:
-    """Load the source's core weights into ``module`` (not its head). A table that grew or shrank
-    between tasks (token types, VCR's extra words) gets the rows both have; the rest keeps the
-    module's own init. Returns what was only partly copied."""
-    own = module.state_dict()
-    partial, state = [], {}
-    for k, v in own.items():
-        if module.is_head_parameter(k) or k not in source:
-            continue
-        src = source[k]
-        if src.shape == v.shape:
-            state[k] = src
-        elif src.dim() == v.dim() and src.shape[1:] == v.shape[1:]:
-            rows = min(src.shape[0], v.shape[0])
-            merged = v.detach().cpu().clone()
-            merged[:rows] = src[:rows]
-            state[k] = merged
-            partial.append(f"{k} ({rows} of {v.shape[0]} rows)")
-        else:
-            raise ValueError(f"transfer: {k} has shape {tuple(src.shape)} in the source, {tuple(v.shape)} here: "
-                             "the two tasks do not share a core")
-    module.load_state_dict(state, strict=False)
-    return partial
+    """The mask a branch of kind ``cfg.kind`` fine-tunes."""
+    return BRANCH_KINDS[cfg.kind].mask(cfg, source)
 
 
 class BranchRunner:
@@ -138,21 +98,16 @@ class BranchRunner:
                 self.wandb.sync([result], self.folder.wandb_marker)
                 self.wandb.finish()
             return result
-        if cfg.kind == "reinit" and self.module_init() == source.config.get("model", {}).get("init"):
-            raise ValueError(f"branch kind reinit needs another --model.init than the source's "
-                             f"({self.module_init()!r}): a BERT folder, shuffled:<file> or null (fresh random init)")
-        mask = branch_mask(cfg, source)
-        notes = []
-        if cfg.kind in ("random", "shuffle", "ticket"):
-            self.module.load_state_dict(source.start_weights())
-        elif cfg.kind == "transfer":
-            notes = transfer_core(self.module, source.start_weights())
+        kind = BRANCH_KINDS[cfg.kind]
+        kind.check(cfg, source, self.module_init())
+        mask = kind.mask(cfg, source)
+        notes = kind.start(self.module, source)
         if self.is_zero:
             mask.save(self.folder.path / "mask.pt")
         fit = fit_and_score(self.module, self.datamodule, self.make_trainer, self.folder.path, mask, self.seed,
                             checksum_path=self.folder.path / "ranks.json", label=f"branch {self.folder.path}")
         result = {
-            "kind": cfg.kind, "strategy": cfg.strategy if cfg.kind == "random" else None, "seed": cfg.seed,
+            "kind": cfg.kind, "strategy": cfg.strategy if kind.uses_strategy else None, "seed": cfg.seed,
             "source": str(source.path), "source_round": source.level, "source_method": source.result.get("method"),
             "source_metric": source.result.get("metric"), "source_task": source.result.get("task"),
             "task": self.module.task_name,

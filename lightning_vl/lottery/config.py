@@ -7,14 +7,22 @@ only says where results go or how far to run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, get_args
+from typing import Any, Literal, Optional
 
 from lightning_vl.pruning import STRATEGIES, Strategy, get_strategy, sparsity_schedule
 from lightning_vl.pruning.schedules import Schedule
 from lightning_vl.pruning.strategies import option_defaults
 
-HeadReset = Literal["init", "rewind", "keep"]
-HEAD_RESETS: tuple[str, ...] = get_args(HeadReset)
+from .kinds import BRANCH_KINDS
+
+# The choices of ``--imp.head_reset``, declared here only (the runner's ``_level_weights`` reads them).
+HEAD_RESETS = {
+    "init": "φ_0: the head re-initialised with the same seed",
+    "rewind": "φ_i: the head at the rewind step",
+    "keep": "the previous level's trained head (BERT-Tickets' behaviour)",
+}
+HeadReset = Literal[tuple(HEAD_RESETS)]  # the CLI's choices
+BranchKindName = Literal[tuple(BRANCH_KINDS)]  # the CLI's choices: lightning_vl/lottery/kinds.py
 PRUNABLE_PARTS = ("encoder", "pooler", "img_linear")
 
 
@@ -35,9 +43,9 @@ class ImpConfig:
         rate: the per-level pruning fraction of the schedule.
         rewind_step: rewind to θ_i, the weights after this many optimizer steps of the dense
             level (0 = the initial weights θ_0).
-        head_reset: the head at the start of each level: ``init`` (φ_0, re-initialised with the
-            same seed), ``rewind`` (φ_i) or ``keep`` (the previous level's trained head,
-            BERT-Tickets' behaviour).
+        head_reset: the head at the start of each level (``HEAD_RESETS``): ``init`` (φ_0,
+            re-initialised with the same seed), ``rewind`` (φ_i) or ``keep`` (the previous level's
+            trained head, BERT-Tickets' behaviour).
         prunable: parts of the core to prune: ``encoder`` (72 Linear weights at base size),
             ``pooler``, ``img_linear``.
         snip_batches: training batches whose gradients SNIP sums at θ_0 (the ``snip`` strategy's
@@ -71,7 +79,7 @@ class ImpConfig:
         if self.rewind_step < 0:
             raise ValueError(f"imp.rewind_step must be >= 0, got {self.rewind_step}")
         if self.head_reset not in HEAD_RESETS:
-            raise ValueError(f"imp.head_reset must be one of {HEAD_RESETS}, got {self.head_reset!r}")
+            raise ValueError(f"imp.head_reset must be one of {tuple(HEAD_RESETS)}, got {self.head_reset!r}")
         bad = [p for p in self.prunable if p not in PRUNABLE_PARTS]
         if bad or not self.prunable:
             raise ValueError(f"imp.prunable must be a non-empty list of {PRUNABLE_PARTS}, got {self.prunable}")
@@ -105,9 +113,6 @@ def _registered() -> str:
 ImpConfig.__doc__ = ImpConfig.__doc__.replace("<STRATEGIES>", _registered())
 
 
-BRANCH_KINDS = ("random", "shuffle", "reinit", "ticket", "transfer")
-
-
 @dataclass
 class BranchConfig:
     """A branch: one fine-tune of a variant of a trained level's ticket (``--branch.*``).
@@ -115,7 +120,7 @@ class BranchConfig:
     Args:
         source: the level (round folder) of a lottery run the branch hangs off, e.g.
             ``runs/nlvr2/imp-1f3a9c2e/round_07``.
-        kind: ``random`` (a random mask of the level's sparsity, weights as the level's),
+        kind: one of ``BRANCH_KINDS`` (``lightning_vl/lottery/kinds.py``): ``random`` (a random mask of the level's sparsity, weights as the level's),
             ``shuffle`` (the level's mask shuffled within each tensor), ``reinit`` (the level's mask
             on the model's own ``init``: θ'_0 BERT, θ''_0 ``shuffled:``, or none = a fresh random
             init), ``ticket`` (the level's own mask and start weights: the ticket trained again, e.g.
@@ -130,7 +135,7 @@ class BranchConfig:
     """
 
     source: str = ""
-    kind: Literal["random", "shuffle", "reinit", "ticket", "transfer"] = "random"
+    kind: BranchKindName = "random"
     strategy: Literal["global", "layerwise"] = "global"
     seed: int = 0
     name: Optional[str] = None
@@ -141,6 +146,6 @@ class BranchConfig:
         if not self.source:
             raise ValueError("branch.source is required: a round folder of a lottery run (runs/<task>/<run>/round_NN)")
         if self.kind not in BRANCH_KINDS:
-            raise ValueError(f"branch.kind must be one of {BRANCH_KINDS}, got {self.kind!r}")
+            raise ValueError(f"branch.kind must be one of {tuple(BRANCH_KINDS)}, got {self.kind!r}")
         if self.strategy not in ("global", "layerwise"):
             raise ValueError(f"branch.strategy must be global or layerwise, got {self.strategy!r}")

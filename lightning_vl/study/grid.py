@@ -34,7 +34,7 @@ import yaml
 
 from lightning_vl.lottery.config import BRANCH_KINDS, ImpConfig
 from lightning_vl.pruning import schedule_level
-from lightning_vl.tasks import TASKS
+from lightning_vl.task_names import TASK_INFO, TASK_NAMES
 
 # a run entry's defaults are the lottery's own (``--imp.*``), declared once in ImpConfig
 IMP_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ImpConfig)
@@ -100,9 +100,9 @@ def expand(raw: dict, tasks: Optional[list[str]] = None, seeds: Optional[list[in
             return [int(s) for s in _list(seed_spec.get(task, seed_spec.get("default")), [0])]
         return [int(s) for s in _list(seed_spec, [0])]
 
-    unknown = [t for t in tasks if t not in TASKS]
+    unknown = [t for t in tasks if t not in TASK_INFO]
     if unknown or not tasks:
-        raise ValueError(f"{source}: tasks {unknown or tasks} — expected some of {sorted(TASKS)}")
+        raise ValueError(f"{source}: tasks {unknown or tasks} — expected some of {', '.join(TASK_NAMES)}")
     stack = [str(s) for s in raw.get("stack") or []]
     if not stack:
         raise ValueError(f"{source}: 'stack' must list the config files of a task's command ({{task}} substituted)")
@@ -141,7 +141,7 @@ def expand(raw: dict, tasks: Optional[list[str]] = None, seeds: Optional[list[in
         raise ValueError(f"{source}: runs named {twice} more than once; give each run of one method its own 'name'")
     for entry in run_entries:  # a run entry's own `tasks` narrows the grid's (e.g. the pre-training run only)
         for task in _list(entry.get("tasks"), tasks):
-            if task not in TASKS:
+            if task not in TASK_INFO:
                 raise ValueError(f"{source}: runs: task {task!r} is not a task")
             if narrowed and task not in tasks:
                 continue  # a kept transfer's source run is still made, by its branch below
@@ -159,7 +159,7 @@ def expand(raw: dict, tasks: Optional[list[str]] = None, seeds: Optional[list[in
             raise ValueError(f"{where}: from: {parent_name!r} names no entry of 'runs' (their names: {names})")
         sources = _list(entry.get("source"), []) or tasks
         for src in sources:
-            if src not in TASKS:
+            if src not in TASK_INFO:
                 raise ValueError(f"{where}: source {src!r} is not a task")
             if entry["kind"] == "transfer":  # default: every other task of the grid
                 targets = [t for t in _list(entry.get("to"), tasks) if t != src]

@@ -20,6 +20,8 @@ from typing import Iterator, Optional
 
 import yaml
 
+from lightning_vl.task_names import PRETRAINING_TASK
+
 log = logging.getLogger(__name__)
 
 
@@ -96,7 +98,7 @@ def records_of(runs) -> list[dict]:
             elif kind == "reinit":
                 row = init_row(result.get("init"))
             elif kind == "transfer":
-                row = "universal" if result.get("source_task") == "pretrain" else "transfer"
+                row = "universal" if result.get("source_task") == PRETRAINING_TASK else "transfer"
             else:
                 row = kind
             out.append({"task": result["task"], "row": row,
