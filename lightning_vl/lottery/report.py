@@ -70,42 +70,36 @@ def prune_summary(results: list[dict], run_dir: Path, task: str, method: str, ma
     Example:
         >>> rows = [{"round": 0, "sparsity": 0.0, "metric": 0.6, "monitor": "val/acc"},
         ...         {"round": 1, "sparsity": 0.1, "metric": 0.598, "monitor": "val/acc"}]
-        >>> print("\\n".join(prune_summary(rows, Path("runs/nlvr2/imp-1"), "nlvr2", "imp")))  # doctest: +NORMALIZE_WHITESPACE
-        done: imp on nlvr2, 2 rounds to sparsity 10.0%; dense (round 0) val acc 0.6000
-          ≥ 99% of dense up to sparsity 10.0% (round 1, val acc 0.5980)
-          run folder   runs/nlvr2/imp-1
-          results      runs/nlvr2/imp-1/summary.csv  (and summary.json)
-          next         make prune TASK=nlvr2 PRUNE=random   (the random-pruning baseline)
-                       make report   (tables and figures of every run in reports/)
+        >>> print("\\n".join(prune_summary(rows, Path("runs/nlvr2/imp-1"), "nlvr2", "imp")))
+        done: imp on nlvr2 · dense (round 0) val acc 0.6000 · ≥ 99% of it up to sparsity 10.0% (round 1, val acc 0.5980)
+          run folder  runs/nlvr2/imp-1  (summary.csv, summary.json)
+          next        make prune TASK=nlvr2 PRUNE=random   (the random-pruning baseline)
+                      make report   (tables and figures of every run in reports/)
     """
     if not results:
-        lines = [f"done: {method} on {task}, no rounds recorded"]
+        found = "no rounds recorded"
     else:
         name = results[0]["monitor"].split("/")[-1]
-        last = max(results, key=lambda r: r["round"])
         dense = next((r for r in results if r["round"] == 0), None)
-        lines = [f"done: {method} on {task}, {len(results)} rounds to sparsity {last['sparsity']:.1%}; dense "
-                 f"(round 0) val {name} {_score(dense)}"]
         ticket = ticket_round(results)
         if ticket is None:
-            lines.append(f"  no finite dense score: nothing to compare the pruned rounds with")
+            found = f"dense (round 0) val {name} {_score(dense)}: no finite score to compare the pruned rounds with"
         elif ticket["round"] == 0:
             best = max((r for r in results if r["round"] > 0 and _finite(r.get("metric"))),
                        key=lambda r: r["metric"], default=None)
-            lines.append(f"  no pruned round kept ≥ {KEEP_FRACTION:.0%} of dense"
-                         + (f" (best: round {best['round']}, val {name} {_score(best)})" if best else ""))
+            found = (f"dense (round 0) val {name} {_score(dense)} · no pruned round kept ≥ {KEEP_FRACTION:.0%} of it"
+                     + (f" (best: round {best['round']}, val {name} {_score(best)})" if best else ""))
         else:
-            lines.append(f"  ≥ {KEEP_FRACTION:.0%} of dense up to sparsity {ticket['sparsity']:.1%} (round "
-                         f"{ticket['round']}, val {name} {_score(ticket)})")
+            found = (f"dense (round 0) val {name} {_score(dense)} · ≥ {KEEP_FRACTION:.0%} of it up to sparsity "
+                     f"{ticket['sparsity']:.1%} (round {ticket['round']}, val {name} {_score(ticket)})")
     other = "random" if not method.startswith("random") else "imp"
     settings = f"TASK={task} PRUNE={other}" + (f" {make_args}" if make_args else "")
     runs = next((a for a in make_args.split() if a.startswith("RUNS=")), "")
     what = "the random-pruning baseline" if other == "random" else "IMP, to compare with"
-    lines += [f"  run folder   {run_dir}",
-              f"  results      {run_dir / 'summary.csv'}  (and summary.json)",
-              f"  next         make prune {settings}   ({what})",
-              f"               make report{' ' + runs if runs else ''}   (tables and figures of every run in reports/)"]
-    return lines
+    return [f"done: {method} on {task} · {found}",
+            f"  run folder  {run_dir}  (summary.csv, summary.json)",
+            f"  next        make prune {settings}   ({what})",
+            f"              make report{' ' + runs if runs else ''}   (tables and figures of every run in reports/)"]
 
 
 def branch_summary(result: dict, branch_dir: Path) -> list[str]:
