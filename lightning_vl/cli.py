@@ -12,9 +12,17 @@
     lightning-vl check-store data/features/coco.h5      (scan a region-feature store for damage)
     lightning-vl study  configs/study/table1-demo.yaml   (a grid of runs and branches; many workers may share it)
     lightning-vl report --runs runs --out reports        (tables and figures of every run folder)
+    lightning-vl report --records reports/records.json   (the same from saved records)
     lightning-vl overlap vqa=runs/vqa/imp-…/round_07 nlvr2=runs/nlvr2/imp-…/round_07   (mask overlap)
 
 Every Trainer flag passes through (``--trainer.max_steps 500``, ``--trainer.strategy ddp``…).
+
+How a command reaches its code (``main``): ``fit``/``validate``/``test``/``predict`` are
+LightningCLI's own subcommands; ``prune`` and ``branch`` build ``VLCli(run=False, command=…)``, whose
+``add_arguments_to_parser`` adds the ``--imp``/``--branch`` group, then call ``VLCli.prune`` /
+``VLCli.branch``, which hand the instantiated model and data to the lottery runners; the tools
+(``demo``, ``data``, ``study``, ``report``, ``overlap``, ``check-store``) have parsers of their own.
+Every command runs in ``quiet_console`` (``console.py``): Lightning's banner once, no adverts.
 """
 from __future__ import annotations
 
