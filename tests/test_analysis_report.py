@@ -1,4 +1,4 @@
-"""The report folder (lightning_vl.analysis.report) and the figures: every file the index links
+"""The report folder (lightning_vl.analysis.report, run by `lightning-vl report`) and the figures: every file the index links
 exists, sections without records say so, and figures render without a display."""
 import json
 import os
@@ -13,9 +13,9 @@ import torch
 from lightning_vl.pruning import Mask
 from lightning_vl.analysis import figures
 from lightning_vl.analysis.overlap import OverlapAnalysis
-from lightning_vl.analysis.report import main as report_main
 from lightning_vl.analysis.report import write_report
 from lightning_vl.analysis.tables import transfer_matrix
+from lightning_vl.cli import main as cli_main
 
 PNG = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,15 +95,25 @@ def test_report_sections_without_records_say_so(tmp_path):
 
 
 def test_report_command_reads_json_and_json_lines(tmp_path, capsys):
+    """`lightning-vl report --records` (the one report command) rebuilds a report from saved records."""
     records = study_records()
     (tmp_path / "r.json").write_text(json.dumps(records))
     (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(r) for r in records))
-    assert report_main([str(tmp_path / "r.json"), "--out", str(tmp_path / "a")]) == 0
-    assert report_main([str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "b")]) == 0
+    cli_main(["report", "--records", str(tmp_path / "r.json"), "--out", str(tmp_path / "a")])
+    cli_main(["report", "--records", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "b")])
     assert (tmp_path / "a" / "tables" / "table1.csv").read_text() == (tmp_path / "b" / "tables" / "table1.csv").read_text()
+    assert json.loads((tmp_path / "a" / "records.json").read_text()) == records
     (tmp_path / "bad.json").write_text(json.dumps([{**records[0], "metric": 70.0}]))
-    assert report_main([str(tmp_path / "bad.json"), "--out", str(tmp_path / "c")]) == 2
-    assert "outside [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["report", "--records", str(tmp_path / "bad.json"), "--out", str(tmp_path / "c")])
+    assert stop.value.code == 2 and "outside [0, 1]" in capsys.readouterr().err
+
+
+def test_the_report_has_one_front_door():
+    """`lightning-vl report` is the report's command; the module is not a second one."""
+    import lightning_vl.analysis.report as report
+
+    assert not hasattr(report, "main") and "__main__" not in (ROOT / "lightning_vl/analysis/report.py").read_text()
 
 
 def test_figures_individually(tmp_path):

@@ -72,6 +72,7 @@ def test_mask_controls_keep_the_sparsity_and_change_the_mask(source_round, kind,
     result = json.loads((folder / "metrics.json").read_text())
     source_mask, mask = Mask.load(source_round / "mask.pt"), Mask.load(folder / "mask.pt")
     assert result["kind"] == kind and result["source_round"] == 2 and result["metric"] is not None
+    assert f"done: {kind} branch of {source_round}" in caplog.text and f"branch folder  {folder}" in caplog.text
     assert mask != source_mask
     assert abs(mask.num_kept - source_mask.num_kept) <= (len(mask) if extra else 0)  # layer-wise: per-tensor rounding
     if kind == "shuffle":

@@ -50,6 +50,14 @@ def test_prune_command_runs_rounds_writes_files_and_resumes(demo_world, tmp_path
     assert [round(float(r["sparsity"]), 3) for r in rows] == [0.0, 0.1, 0.2]
     assert all(0.0 <= float(r["val/acc"]) <= 1.0 for r in rows)
     assert "round 2/2 · sparsity 20.0% · val acc" in done.output
+    # a quiet console: Lightning's device banner once for the command (four Trainers), its adverts never
+    assert done.output.count("GPU available:") == 1 and "💡" not in done.output
+    assert "tensorboardX" not in done.output and "LeafSpec" not in done.output
+    # and a summary at the end: what was found, where, and what to run next
+    summary = done.output[done.output.index("done: imp on nlvr2 · dense (round 0) val acc"):]
+    assert "of it" in summary and f"run folder  {run}  (summary.csv, summary.json)" in summary
+    assert f"make prune TASK=nlvr2 PRUNE=random SPARSITY=0.2 RUNS={tmp_path / 'runs'}" in summary
+    assert f"make report RUNS={tmp_path / 'runs'}" in summary
     assert (run / "config.yaml").exists() and list((run / "wandb").glob("offline-run-*"))
     assert (run / "round_01" / "logs" / "metrics.csv").exists()
     assert json.loads((run / "round_02" / "metrics.json").read_text())["kept"] < json.loads(
@@ -105,3 +113,47 @@ def test_fit_saves_its_config_beside_the_logs_and_never_in_the_working_directory
     assert len(saved) == (1 if logger else 0)
     if logger:
         assert "max_steps: 2" in saved[0].read_text()
+
+
+def test_help_lists_every_command(capsys):
+    main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("fit", "validate", "test", "predict", "prune", "branch", "demo", "data", "study", "report",
+                    "overlap", "check-store"):
+        assert f"\n  {command} " in out, command
+    assert "Find lottery tickets" in out
+    with pytest.raises(SystemExit) as stop:
+        main([])
+    assert stop.value.code == 2 and "usage: lightning-vl COMMAND" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, group", [("prune", "--imp.method"), ("branch", "--branch.kind")])
+def test_lottery_command_help_shows_its_group(command, group, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and out.startswith(f"usage: lightning-vl {command}") and group in out
+    assert "--trainer.max_steps" in out and "--model.init" in out
+
+
+def test_a_lottery_command_is_parsed_without_lightnings_subcommands():
+    from pytorch_lightning import LightningDataModule
+
+    from lightning_vl.cli import VLCli
+    from lightning_vl.module import VLModule
+
+    with pytest.raises(ValueError, match="run=False"):
+        VLCli(VLModule, LightningDataModule, command="prune", args=[])
+    with pytest.raises(ValueError, match="must be one of"):
+        VLCli(VLModule, LightningDataModule, command="fit", run=False, args=[])
+
+
+def test_the_cli_overrides_only_public_lightningcli_methods():
+    """The CLI → lottery hop is LightningCLI's public API: no private method of it is overridden."""
+    from pytorch_lightning.cli import LightningCLI
+
+    from lightning_vl.cli import VLCli
+
+    overridden = {name for name in vars(VLCli) if name in vars(LightningCLI) or
+                  any(name in vars(base) for base in LightningCLI.__mro__)}
+    assert overridden and not {name for name in overridden if name.startswith("_") and not name.startswith("__")}

@@ -8,15 +8,13 @@
       figures/accuracy_<task>.png  accuracy_all.png  rewind_<task>.png  transfer_<s>.png
       overlap/                    with ``overlaps``: pairwise/per_type/per_layer CSVs, overlap.md, overlap_iou.png
 
-Sections without records say so. ``python -m lightning_vl.analysis.report RECORDS.json`` does the
-same from a JSON list (or JSON lines) of records, optionally with ``--mask LABEL=path`` masks.
+Sections without records say so. Its command is ``lightning-vl report`` (``study/command.py``): from
+run folders (``--runs``) or from a saved JSON list or JSON lines of records (``--records``).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Optional, Union
@@ -155,29 +153,3 @@ def read_records(path: Union[str, os.PathLike]) -> list[dict]:
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a list of records, got {type(data).__name__}")
     return data
-
-
-def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m lightning_vl.analysis.report") -> int:
-    from .overlap import load_masks
-
-    ap = argparse.ArgumentParser(prog=prog, description="Tables and figures of the study from run records.")
-    ap.add_argument("records", help="JSON list or JSON lines of records")
-    ap.add_argument("--out", default="reports", help="output folder (default reports)")
-    ap.add_argument("--mask", action="append", default=[], metavar="LABEL=PATH", help="masks for the overlap section")
-    args = ap.parse_args(argv)
-    try:
-        records = read_records(args.records)
-        overlaps = None
-        if args.mask:
-            masks, sources = load_masks(args.mask)
-            overlaps = OverlapAnalysis.compute(masks, sources)
-        index = write_report(records, args.out, overlaps=overlaps)
-    except (OSError, ValueError, TypeError) as err:
-        print(f"{prog}: {err}", file=sys.stderr)
-        return 2
-    print(f"report written to {index}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -38,6 +38,99 @@ def write_summary(folder: RunFolder, results: list[dict]) -> None:
     folder.write_json(folder.path / "summary.json", results)
 
 
+KEEP_FRACTION = 0.99  # a round "kept" the dense score when it reached this fraction of round 0's
+
+
+def ticket_round(results: list[dict], fraction: float = KEEP_FRACTION) -> Optional[dict]:
+    """The sparsest round whose score is at least ``fraction`` of the dense (round 0) score.
+
+    Example:
+        >>> rounds = [{"round": i, "sparsity": i / 10, "metric": m} for i, m in enumerate([0.80, 0.795, 0.70])]
+        >>> ticket_round(rounds)["round"]
+        1
+
+    Returns ``None`` without a finite round-0 score; round 0 itself when no pruned round kept it.
+    """
+    dense = next((r for r in results if r.get("round") == 0), None)
+    if dense is None or not _finite(dense.get("metric")):
+        return None
+    kept = [r for r in results if _finite(r.get("metric")) and r["metric"] >= fraction * dense["metric"]]
+    return max(kept, key=lambda r: (r["sparsity"], r["round"]))
+
+
+def prune_summary(results: list[dict], run_dir: Path, task: str, method: str, make_args: str = "") -> list[str]:
+    """The lines ``lightning-vl prune`` ends with: what was found, where it is, what to run next.
+
+    Args:
+        results: the run's levels (``summary.json``'s rows).
+        run_dir: the run folder.
+        task, method: the run's task and pruning method.
+        make_args: ``make`` settings that the next ``make prune`` should repeat (``SPARSITY=0.2 RUNS=…``).
+
+    Example:
+        >>> rows = [{"round": 0, "sparsity": 0.0, "metric": 0.6, "monitor": "val/acc"},
+        ...         {"round": 1, "sparsity": 0.1, "metric": 0.598, "monitor": "val/acc"}]
+        >>> print("\\n".join(prune_summary(rows, Path("runs/nlvr2/imp-1"), "nlvr2", "imp")))
+        done: imp on nlvr2 · dense (round 0) val acc 0.6000 · ≥ 99% of it up to sparsity 10.0% (round 1, val acc 0.5980)
+          run folder  runs/nlvr2/imp-1  (summary.csv, summary.json)
+          next        make prune TASK=nlvr2 PRUNE=random   (the random-pruning baseline)
+                      make report   (tables and figures of every run in reports/)
+    """
+    if not results:
+        found = "no rounds recorded"
+    else:
+        name = results[0]["monitor"].split("/")[-1]
+        dense = next((r for r in results if r["round"] == 0), None)
+        ticket = ticket_round(results)
+        if ticket is None:
+            found = f"dense (round 0) val {name} {_score(dense)}: no finite score to compare the pruned rounds with"
+        elif ticket["round"] == 0:
+            best = max((r for r in results if r["round"] > 0 and _finite(r.get("metric"))),
+                       key=lambda r: r["metric"], default=None)
+            found = (f"dense (round 0) val {name} {_score(dense)} · no pruned round kept ≥ {KEEP_FRACTION:.0%} of it"
+                     + (f" (best: round {best['round']}, val {name} {_score(best)})" if best else ""))
+        else:
+            found = (f"dense (round 0) val {name} {_score(dense)} · ≥ {KEEP_FRACTION:.0%} of it up to sparsity "
+                     f"{ticket['sparsity']:.1%} (round {ticket['round']}, val {name} {_score(ticket)})")
+    other = "random" if not method.startswith("random") else "imp"
+    settings = f"TASK={task} PRUNE={other}" + (f" {make_args}" if make_args else "")
+    runs = next((a for a in make_args.split() if a.startswith("RUNS=")), "")
+    what = "the random-pruning baseline" if other == "random" else "IMP, to compare with"
+    return [f"done: {method} on {task} · {found}",
+            f"  run folder  {run_dir}  (summary.csv, summary.json)",
+            f"  next        make prune {settings}   ({what})",
+            f"              make report{' ' + runs if runs else ''}   (tables and figures of every run in reports/)"]
+
+
+def branch_summary(result: dict, branch_dir: Path) -> list[str]:
+    """The lines ``lightning-vl branch`` ends with: its score beside the source round's, its folder.
+
+    Example:
+        >>> r = {"kind": "shuffle", "task": "nlvr2", "sparsity": 0.4, "metric": 0.55, "monitor": "val/acc",
+        ...      "source": "runs/nlvr2/imp-1/round_04", "source_metric": 0.6}
+        >>> print("\\n".join(branch_summary(r, Path("runs/nlvr2/imp-1/branches/shuffle-2"))))
+        done: shuffle branch of runs/nlvr2/imp-1/round_04 on nlvr2 at sparsity 40.0%: val acc 0.5500 (source round 0.6000)
+          branch folder  runs/nlvr2/imp-1/branches/shuffle-2  (metrics.json, mask.pt)
+          next           make report   (tables and figures of every run and branch in reports/)
+    """
+    name = result["monitor"].split("/")[-1]
+    ref = result.get("source_metric")
+    ref = f" (source round {ref:.4f})" if _finite(ref) else ""
+    return [f"done: {result['kind']} branch of {result['source']} on {result['task']} at sparsity "
+            f"{result['sparsity']:.1%}: val {name} {_score(result)}{ref}",
+            f"  branch folder  {branch_dir}  (metrics.json, mask.pt)",
+            "  next           make report   (tables and figures of every run and branch in reports/)"]
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
+
+
+def _score(result: Optional[dict]) -> str:
+    value = None if result is None else result.get("metric")
+    return f"{value:.4f}" if _finite(value) else "n/a"
+
+
 def _cell(value) -> str:
     return "" if value is None else str(value)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from .grid import load
@@ -76,6 +77,8 @@ def report_main(argv: list[str]) -> int:
         "Index run folders into records and write the study's tables (Table 1, 2, 3, transfer, rewinding; CSV "
         "and markdown) and figures (PNG) with one index.md."))
     ap.add_argument("--runs", nargs="+", default=["runs"], help="runs roots to index (default runs/)")
+    ap.add_argument("--records", metavar="FILE", help="build from these records instead of run folders: a JSON list or "
+                    "JSON lines (e.g. an earlier report's records.json)")
     ap.add_argument("--out", default="reports", help="output folder (default reports/)")
     ap.add_argument("--mask", nargs="*", default=[], metavar="LABEL=PATH",
                     help="masks for the overlap heat map (e.g. vqa=runs/vqa/imp-…/round_07/mask.pt)")
@@ -83,17 +86,22 @@ def report_main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
 
     from ..analysis.overlap import OverlapAnalysis, load_masks
-    from ..analysis.report import write_report
+    from ..analysis.report import read_records, write_report
     from .index import records
 
-    found = [r for root in args.runs for r in records(root)]
-    if not found:
-        print(f"lightning-vl report: no finished rounds under {', '.join(args.runs)}")
-        return 1
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "records.json").write_text(json.dumps(found, indent=1))
-    overlaps = OverlapAnalysis.compute(*load_masks(args.mask)) if args.mask else None
-    index = write_report(found, out, overlaps=overlaps, tasks=args.tasks)
-    print(f"{len(found)} records from {len(set(r['path'].split('/round_')[0] for r in found))} runs → {index}")
+    try:
+        found = read_records(args.records) if args.records else [r for root in args.runs for r in records(root)]
+        if not found:
+            print(f"lightning-vl report: no finished rounds {'in ' + args.records if args.records else 'under ' + ', '.join(args.runs)}")
+            return 1
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "records.json").write_text(json.dumps(found, indent=1))
+        overlaps = OverlapAnalysis.compute(*load_masks(args.mask)) if args.mask else None
+        index = write_report(found, out, overlaps=overlaps, tasks=args.tasks)
+    except (OSError, ValueError, TypeError) as err:
+        print(f"lightning-vl report: {err}", file=sys.stderr)
+        return 2
+    runs = len({str(r.get("path", "")).split("/round_")[0] for r in found})
+    print(f"{len(found)} records from {runs} runs → {index}")
     return 0
