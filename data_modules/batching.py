@@ -3,7 +3,7 @@
 A row is ``[CLS] text [SEP]`` plus its regions. Text is padded to the longest text of the batch,
 regions to the most regions; the model concatenates both padded blocks and ``gather_index``
 picks, per row, its ``tl`` text positions followed directly by its ``nb`` regions, so the joint
-sequence has no hole between text and image (uniter-reference §1.4).
+sequence has no hole between text and image (ChenRocks/UNITER ``data/data.py:get_gather_index``).
 """
 from __future__ import annotations
 

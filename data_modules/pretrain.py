@@ -1,4 +1,5 @@
-"""Pre-training data: UNITER's objectives on captioned region features (uniter-reference §3).
+"""Pre-training data: UNITER's objectives on captioned region features (ChenRocks/UNITER
+``pretrain.py``, ``data/{mlm,mrm,itm}.py``).
 
 Captions come from COCO captions JSON, Karpathy split JSON or JSON lines (CC / SBU-style corpora;
 the demo's corpus), images from one region-feature store (with soft labels for masked region

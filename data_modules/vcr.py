@@ -1,7 +1,7 @@
 """VCR: pick the right answer to a question about a movie frame, then the right rationale.
 Reads VCR's public JSON-lines files (``train.jsonl``, ``val.jsonl``, ``test.jsonl``).
 
-Each example becomes eight rows (UNITER's ``data/vcr.py`` layout, uniter-reference §2.4):
+Each example becomes eight rows (the layout of ChenRocks/UNITER ``data/vcr.py``):
 
 * rows 8k .. 8k+3, Q→A: ``[CLS] q [SEP] a_i [SEP]`` for answer choices i = 0..3, text type 0 for
   ``[CLS] q`` and 2 for ``[SEP] a_i [SEP]``;
@@ -62,7 +62,7 @@ LABEL_FIELDS = ("answer_label", "rationale_label")
 IMAGE_KEY_FIELDS = {"img_id": "val-3", "img_fn": "lsmdc_1054_Harry_Potter/1054_Harry_Potter_00.01.21.867@12.jpg",
                     "img_fn_stem": "lsmdc_1054_Harry_Potter/1054_Harry_Potter_00.01.21.867@12",
                     "movie": "1054_Harry_Potter"}
-# text type ids (uniter-reference §2.4): question (with [CLS]), answer, rationale
+# text type ids (ChenRocks/UNITER ``data/vcr.py``): question (with [CLS]), answer, rationale
 TYPE_QUESTION, TYPE_ANSWER, TYPE_RATIONALE = 0, 2, 3
 IMAGE_TYPE = 1
 

@@ -1,4 +1,5 @@
-"""Adversarial training of a task model, as VILLA fine-tunes UNITER (uniter-reference §6).
+"""Adversarial training of a task model, as VILLA fine-tunes UNITER (zhegan27/VILLA
+``train_vqa_adv.py`` and its ``model/model.py``; Gan et al., NeurIPS 2020).
 
 Perturbations live at the embedding seam of the core (``UniterModel.forward(txt_delta=,
 img_delta=)``): ``δ_txt`` is added to the word embeddings before the position/type sum and

@@ -6,7 +6,7 @@ columns: regions, uniform marginals) is found by IPOT, the inexact proximal poin
 al. (2019) with β = 0.5, 50 outer iterations and one inner step, **without gradient**; the distance
 ``Σ C ⊙ T`` is differentiable through the cost only. UNITER's ITM loss adds
 ``0.1 · (Σ d_pos − Σ d_neg) / (n_pos + n_neg)``: matched pairs should align cheaply, mismatched
-ones should not (uniter-reference §3).
+ones should not (ChenRocks/UNITER ``model/ot.py``, ``model/pretrain.py``).
 """
 from __future__ import annotations
 

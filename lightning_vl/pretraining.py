@@ -1,4 +1,5 @@
-"""UNITER's pre-training as a task: its heads, losses and validation metrics (uniter-reference §3).
+"""UNITER's pre-training as a task: its heads, losses and validation metrics (ChenRocks/UNITER
+``model/pretrain.py``).
 
 The ``pretrain`` task (``lightning_vl.tasks``) trains the UNITER core with one objective per batch,
 drawn per optimizer step by the data module's mix ratios (``data_modules.pretrain``):

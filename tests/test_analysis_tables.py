@@ -1,5 +1,5 @@
 """The study's tables (lightning_vl.analysis.tables) against the paper's own numbers
-(reference/paper.md), plus missing cells, failed runs and the record schema."""
+(Gan et al., AAAI 2022, Tables 1-3), plus missing cells, failed runs and the record schema."""
 import csv
 import math
 

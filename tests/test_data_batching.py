@@ -39,7 +39,7 @@ def rows(lengths):
 def test_collate_pads_and_masks():
     batch = collate_rows(rows([(4, 3), (6, 1), (2, 5)]))
     assert batch["input_ids"].shape == (3, 6) and batch["img_feat"].shape == (3, 5, 6)
-    # Ltot = max(tl + nb) = 7 for all three rows (uniter-reference §1.4): no padding column.
+    # Ltot = max(tl + nb) = 7 for all three rows (UNITER's data/data.py:get_gather_index): no padding column.
     assert batch["attn_masks"].tolist() == [[1] * 7, [1] * 7, [1] * 7]
     assert batch["input_ids"][2, 2:].eq(0).all() and batch["img_feat"][1, 1:].eq(0).all()
     assert batch["img_type_ids"].tolist() == [[1, 1, 1, 0, 0], [2, 0, 0, 0, 0], [1, 1, 1, 1, 1]]

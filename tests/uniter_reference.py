@@ -1,8 +1,10 @@
 """Independent, deliberately plain reference of UNITER's forward pass — used by tests only.
 
-Written from /work/shared/reference/uniter-reference.md (§1 backbone, §1.8 keys, §2.3 NLVR2 heads,
-§3 pre-training head keys) with explicit matmuls and softmaxes: no transformers, no project code.
-Everything here is eval mode (dropout is the identity). Section numbers refer to that spec.
+Written from UNITER's public code (github.com/ChenRocks/UNITER: the backbone in ``model/model.py``
+and ``model/layer.py``, the NLVR2 heads in ``model/nlvr2.py`` and ``model/attention.py``, the
+pre-training heads in ``model/pretrain.py``, the batch layout in ``data/data.py``) with explicit
+matmuls and softmaxes: no transformers, no project code. Everything here is eval mode (dropout is
+the identity). The file names in the comments below are paths in that repository.
 """
 from __future__ import annotations
 
@@ -11,25 +13,25 @@ import math
 import torch
 from torch import Tensor
 
-LN_EPS = 1e-12  # every UNITER LayerNorm (§1.2-§1.5)
+LN_EPS = 1e-12  # every UNITER LayerNorm (model/model.py, model/layer.py)
 
 
 # --- primitives ---------------------------------------------------------------------------------
 
 def _linear(sd: dict, name: str, x: Tensor) -> Tensor:
-    """torch Linear: weight stored (out, in) (§1.8)."""
+    """torch Linear: weight stored (out, in), as in UNITER's state dicts."""
     return torch.matmul(x, sd[name + ".weight"].transpose(0, 1)) + sd[name + ".bias"]
 
 
 def _layer_norm(sd: dict, name: str, x: Tensor) -> Tensor:
-    """LN with biased variance and eps inside the sqrt (= apex FusedLayerNorm, §7)."""
+    """LN with biased variance and eps inside the sqrt (= apex FusedLayerNorm, which UNITER uses)."""
     mu = x.mean(dim=-1, keepdim=True)
     var = (x - mu).pow(2).mean(dim=-1, keepdim=True)
     return (x - mu) / torch.sqrt(var + LN_EPS) * sd[name + ".weight"] + sd[name + ".bias"]
 
 
 def _gelu_erf(x: Tensor) -> Tensor:
-    """GELU(x) = x * 0.5 * (1 + erf(x / sqrt 2)) (§1.5)."""
+    """GELU(x) = x * 0.5 * (1 + erf(x / sqrt 2)) (model/layer.py: gelu)."""
     return x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
@@ -50,7 +52,7 @@ def _merge_heads(x: Tensor) -> Tensor:
     return x.permute(0, 2, 1, 3).reshape(b, n, nh * d)
 
 
-# --- backbone (§1.2-§1.6) -----------------------------------------------------------------------
+# --- backbone (model/model.py: UniterModel) ------------------------------------------------------
 
 def reference_uniter_forward(sd: dict, batch: dict, num_heads: int, prefix: str = "uniter.") -> Tensor:
     """Last encoder layer output (R, Ltot, H) of UniterModel in joint mode, eval mode."""
@@ -61,12 +63,12 @@ def reference_uniter_forward(sd: dict, batch: dict, num_heads: int, prefix: str 
     txt_types = torch.zeros_like(ids) if txt_types is None else txt_types
     type_table = sd[p + "embeddings.token_type_embeddings.weight"]
 
-    # §1.2 text: LN(word[ids] + pos[position_ids] + type[txt_type_ids])
+    # UniterTextEmbeddings: LN(word[ids] + pos[position_ids] + type[txt_type_ids])
     word = sd[p + "embeddings.word_embeddings.weight"][ids]
     pos = sd[p + "embeddings.position_embeddings.weight"][batch["position_ids"]]  # (1, Lt, H) broadcasts
     txt = _layer_norm(sd, p + "embeddings.LayerNorm", word + pos + type_table[txt_types])
 
-    # §1.3 image: LN(LN_img(W f) + LN_pos(W_pos p7) + TEXT type table[img_type_ids]); no 1-D position
+    # UniterImageEmbeddings: LN(LN_img(W f) + LN_pos(W_pos p7) + TEXT type table[img_type_ids]); no 1-D position
     feat, pos7 = batch["img_feat"], batch["img_pos_feat"]
     img_types = batch.get("img_type_ids")
     img_types = torch.ones(feat.shape[:2], dtype=torch.long) if img_types is None else img_types
@@ -75,13 +77,13 @@ def reference_uniter_forward(sd: dict, batch: dict, num_heads: int, prefix: str 
     q = _layer_norm(sd, ie + "pos_layer_norm", _linear(sd, ie + "pos_linear", pos7))
     img = _layer_norm(sd, ie + "LayerNorm", f + q + type_table[img_types])
 
-    # §1.4 join: gather cat([T, I]) along positions with gather_index expanded over H
+    # UniterModel._compute_img_txt_embeddings: gather cat([T, I]) along positions with gather_index expanded over H
     joint = torch.cat([txt, img], dim=1)
     idx = batch["gather_index"].unsqueeze(-1).expand(-1, -1, joint.shape[-1])
     x = torch.gather(joint, 1, idx)
     ext_mask = (1.0 - batch["attn_masks"].to(x.dtype))[:, None, None, :] * -10000.0  # keys only
 
-    # §1.5 post-LN BERT layers; the count is inferred from the keys
+    # model/layer.py: post-LN BERT layers; the count is inferred from the keys
     layer_ids = {int(k[len(p + "encoder.layer."):].split(".")[0]) for k in sd if k.startswith(p + "encoder.layer.")}
     assert layer_ids == set(range(len(layer_ids))), layer_ids
     d = x.shape[-1] // num_heads
@@ -100,20 +102,20 @@ def reference_uniter_forward(sd: dict, batch: dict, num_heads: int, prefix: str 
 
 
 def reference_pooler(sd: dict, seq: Tensor, prefix: str = "uniter.") -> Tensor:
-    """§1.6: tanh(pooler.dense(h[:, 0]))."""
+    """model/layer.py BertPooler: tanh(pooler.dense(h[:, 0]))."""
     return torch.tanh(_linear(sd, prefix + "pooler.dense", seq[:, 0]))
 
 
-# --- NLVR2 heads (§2.3) ------------------------------------------------------------------------
+# --- NLVR2 heads (model/nlvr2.py) -------------------------------------------------------------
 
 def reference_nlvr2_paired(sd: dict, pooled: Tensor, head_prefix: str = "") -> Tensor:
-    """§2.3 paired: pooled (2B, H) -> view(B, 2H) -> nlvr2_output Linear(2H->2)."""
+    """UniterForNlvr2Paired: pooled (2B, H) -> view(B, 2H) -> nlvr2_output Linear(2H->2)."""
     b2, h = pooled.shape
     return _linear(sd, head_prefix + "nlvr2_output", pooled.reshape(b2 // 2, 2 * h))
 
 
 def _packed_mha(sd: dict, name: str, query: Tensor, kv: Tensor, key_pad: Tensor, num_heads: int) -> Tensor:
-    """UNITER's copy of the pre-2019 nn.MultiheadAttention (§2.3): packed in_proj split q|k|v,
+    """UNITER's copy of the pre-2019 nn.MultiheadAttention (model/attention.py): packed in_proj split q|k|v,
     q scaled by 1/sqrt(head_dim) after its bias, -inf on padded keys, softmax, out_proj."""
     h = query.shape[-1]
     w, b = sd[name + ".in_proj_weight"], sd[name + ".in_proj_bias"]
@@ -128,14 +130,14 @@ def _packed_mha(sd: dict, name: str, query: Tensor, kv: Tensor, key_pad: Tensor,
 
 
 def _attn_pool(sd: dict, name: str, x: Tensor, pad: Tensor) -> Tensor:
-    """§2.3 AttentionPool: score = ReLU(Linear(H->1)(x)) + pad * -1e4, softmax over positions."""
+    """model/nlvr2.py AttentionPool: score = ReLU(Linear(H->1)(x)) + pad * -1e4, softmax over positions."""
     score = torch.relu(_linear(sd, name + ".fc.0", x)).squeeze(-1) + pad.to(x.dtype) * -1e4
     return torch.matmul(_softmax(score).unsqueeze(1), x).squeeze(1)
 
 
 def reference_nlvr2_paired_attn(sd: dict, seq: Tensor, attn_masks: Tensor, num_heads: int,
                                 head_prefix: str = "") -> Tensor:
-    """§2.3 paired-attn: rows 2k (left) / 2k+1 (right); bi-directional attention, shared fc,
+    """UniterForNlvr2PairedAttn: rows 2k (left) / 2k+1 (right); bi-directional attention, shared fc,
     attention pooling, nlvr2_output on cat([left_pooled, right_pooled]) -> (B, 2)."""
     hp = head_prefix
     b2, n, h = seq.shape
@@ -154,7 +156,7 @@ def reference_nlvr2_paired_attn(sd: dict, seq: Tensor, attn_masks: Tensor, num_h
 
 def uniter_state_dict_shapes(hidden=768, layers=12, intermediate=3072, vocab=28996, img_dim=2048,
                              type_vocab=2, nlvr2_head=None, max_pos=512) -> dict:
-    """Key -> shape of UniterModel under prefix `uniter.` (§1.8), plus an NLVR2 head (§1.8 table)."""
+    """Key -> shape of UniterModel under prefix `uniter.` (model/model.py), plus an NLVR2 head (model/nlvr2.py)."""
     H, u = hidden, "uniter."
     s = {u + "embeddings.word_embeddings.weight": (vocab, H),
          u + "embeddings.position_embeddings.weight": (max_pos, H),
@@ -206,7 +208,7 @@ def _random_fill(shapes: dict, g: torch.Generator) -> dict:
 
 def make_uniter_state_dict(hidden=768, layers=12, heads=12, intermediate=3072, vocab=28996, img_dim=2048,
                            type_vocab=2, nlvr2_head=None, seed=0, max_pos=512) -> dict:
-    """Random float32 state dict with UNITER's exact key names and shapes (§1.8). `heads` does not
+    """Random float32 state dict with UNITER's exact key names and shapes (model/model.py). `heads` does not
     change any shape; it is accepted (and checked) so callers can pass the whole config."""
     assert hidden % heads == 0, (hidden, heads)
     shapes = uniter_state_dict_shapes(hidden, layers, intermediate, vocab, img_dim, type_vocab, nlvr2_head, max_pos)
@@ -214,7 +216,7 @@ def make_uniter_state_dict(hidden=768, layers=12, heads=12, intermediate=3072, v
 
 
 def released_checkpoint_extras(sd: dict, img_label_dim: int = 1601, seed: int = 123) -> dict:
-    """sd plus the UniterForPretraining heads a released uniter-base.pt also holds (§1.9, §3 table):
+    """sd plus the UniterForPretraining heads a released uniter-base.pt also holds (model/pretrain.py):
     cls.predictions.* (decoder tied to word embeddings), feat_regress.* (weight tied to img_linear),
     region_classifier.*, itm_output.* — 20 extra tensors; tied entries are stored as equal copies."""
     vocab, H = sd["uniter.embeddings.word_embeddings.weight"].shape
@@ -237,7 +239,7 @@ def released_checkpoint_extras(sd: dict, img_label_dim: int = 1601, seed: int = 
 
 
 def build_gather_index(txt_lens: list, num_bbs: list, lt_max: int, ltot: int) -> Tensor:
-    """§1.4 get_gather_index, plain loops: identity per row, then [tl, tl+nb) <- [Lt_max, Lt_max+nb)."""
+    """data/data.py get_gather_index, plain loops: identity per row, then [tl, tl+nb) <- [Lt_max, Lt_max+nb)."""
     rows = []
     for tl, nb in zip(txt_lens, num_bbs):
         row = list(range(ltot))
@@ -248,9 +250,9 @@ def build_gather_index(txt_lens: list, num_bbs: list, lt_max: int, ltot: int) ->
 
 
 def make_batch(R: int, vocab=99, img_dim=24, seed=0, max_txt=9, max_boxes=7, nlvr2_img_types=False) -> dict:
-    """Padded batch in the collate layout of §5.4 with varying text lengths (incl. [CLS]/[SEP], >= 3)
-    and box counts (>= 1). 7-d positions [x1,y1,x2,y2,w,h,w*h] normalised to [0, 1] (§1.3).
-    img_type_ids: ones, or with nlvr2_img_types 1 / 2 for even / odd rows and 0 on padding (§2.3)."""
+    """Padded batch in the layout of UNITER's collate functions (data/*.py) with varying text lengths (incl. [CLS]/[SEP], >= 3)
+    and box counts (>= 1). 7-d positions [x1,y1,x2,y2,w,h,w*h] normalised to [0, 1] (UniterImageEmbeddings).
+    img_type_ids: ones, or with nlvr2_img_types 1 / 2 for even / odd rows and 0 on padding (data/nlvr2.py)."""
     g = torch.Generator().manual_seed(seed)
     txt_lens = [int(torch.randint(3, max_txt + 1, (1,), generator=g)) for _ in range(R)]
     num_bbs = [int(torch.randint(1, max_boxes + 1, (1,), generator=g)) for _ in range(R)]
@@ -283,11 +285,11 @@ def _numel(shapes: dict, start: str = "") -> int:
 
 
 if __name__ == "__main__":
-    # §1.4 verified example
+    # get_gather_index on a worked example
     gi = build_gather_index([5, 8, 4], [3, 6, 2], lt_max=8, ltot=14)
     assert gi.tolist() == [[0, 1, 2, 3, 4, 8, 9, 10, 8, 9, 10, 11, 12, 13], list(range(14)),
                            [0, 1, 2, 3, 8, 9, 6, 7, 8, 9, 10, 11, 12, 13]], gi
-    # §1.8 counts, base and large (shapes only), then a materialised base dict
+    # key counts of UNITER-base and -large (shapes only), then a materialised base dict
     base = uniter_state_dict_shapes()
     assert (len(base), _numel(base)) == (210, 109_898_752)
     assert _numel(base, "uniter.embeddings.") == 22_665_216 and _numel(base, "uniter.img_embeddings.") == 1_588_480

@@ -1,6 +1,6 @@
 """Convert public region-feature files into the project's HDF5 store (``make features``).
 
-Sources (``--format``; dataset-formats.md §8, uniter-reference.md §5):
+Sources (``--format``; docs/real-data.md, "Region-feature sources"):
 
 * ``tsv``     bottom-up-attention TSV (BUTD ``image_id, image_w, image_h, num_boxes, boxes, features``;
               LXMERT ``img_id, img_h, img_w, ...``), several files or a glob into one store.

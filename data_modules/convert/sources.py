@@ -1,4 +1,4 @@
-"""Readers of the public region-feature formats (dataset-formats.md §8), one record per image.
+"""Readers of the public region-feature formats (docs/real-data.md, "Region-feature sources"), one record per image.
 
 Every reader streams (one image, or one small block of an HDF5 file, in memory at a time) and
 yields ``Record``s in a deterministic order, which is what makes a conversion resumable. A record
@@ -125,7 +125,8 @@ def _b64(text: str, dtype, name: str) -> np.ndarray:
 
 
 class TsvSource:
-    """bottom-up-attention TSV files (dataset-formats §8.1), several files into one store.
+    """bottom-up-attention TSV files (peteanderson80/bottom-up-attention ``tools/generate_tsv.py``;
+    LXMERT's ``src/utils.py``), several files into one store.
 
     Columns come from ``fields`` or, per file, from a header line (first cell ``image_id`` or
     ``img_id``) or from the column count: 6 = BUTD (``image_w`` before ``image_h``), 10 = LXMERT
@@ -267,7 +268,9 @@ def find_imgid2idx(h5_path: Path) -> Path:
 class ButdH5Source:
     """bottom-up-attention-vqa (fixed 36: ``image_features`` (N, 36, D)) and ban-vqa (adaptive:
     flat ``image_features`` (rows, D) + ``pos_boxes`` (N, 2) row ranges) HDF5 files, with the
-    ``*_imgid2idx`` mapping; dataset-formats §8.2. Image sizes are recovered from ``image_bb``
+    ``*_imgid2idx`` mapping (hengyuan-hu/bottom-up-attention-vqa
+    ``tools/detection_features_converter.py``, jnhwkim/ban-vqa
+    ``tools/adaptive_detection_features_converter.py``). Image sizes are recovered from ``image_bb``
     (pixels) over ``spatial_features`` (normalised); without ``spatial_features`` they must be
     given (``--image-sizes``)."""
 
@@ -456,7 +459,8 @@ def decode_img_db_value(value: bytes, compressed: bool, msgpack=None) -> dict[st
 
 
 class ImgDbSource:
-    """UNITER's LMDB img_db (dataset-formats §8.5, uniter-reference §5.2): keys = npz file names,
+    """UNITER's LMDB img_db (ChenRocks/UNITER ``scripts/convert_imgdir.py``,
+    ``data/data.py:DetectFeatLmdb``): keys = npz file names,
     values = ``{features, norm_bb, conf, soft_labels}`` (float16, all four read) as msgpack, or npz
     bytes in a ``*_compressed`` env (told by the folder name, never by sniffing). ``nbb_*.json`` next to the
     env, when its policy is the one in use, gives each image's nbb exactly as UNITER reads it
@@ -545,7 +549,7 @@ _NPZ_SIZES = (("image_w", "image_h"), ("width", "height"), ("img_w", "img_h"))
 
 
 class NpzSource:
-    """One ``.npz`` per image (dataset-formats §8.3; UNITER's extractor output, OpenVQA, bua):
+    """One ``.npz`` per image (UNITER's extractor output, OpenVQA, bua; docs/real-data.md):
     features ``features``/``x``/``feat`` (OpenVQA's channel-first ``x`` (D, N) is transposed, told
     by the box count), boxes ``boxes``/``bbox``/``bboxes`` in pixels or ``norm_bb`` normalised,
     optional ``conf``/``objects_conf``, ``soft_labels`` (n, C) class distributions (UNITER's
