@@ -100,13 +100,19 @@ def test_a_rank_forked_while_another_thread_holds_a_lock_hangs_and_is_killed_nam
     """The hang of a ``ddp_fork`` run, made deterministic: a thread of the launching process holds a
     lock when the ranks are forked, and each rank takes it. Without the refusal both ranks wait for
     ever; the bounded runner names them, prints their stacks and kills the whole group."""
-    with pytest.raises(processes.ProcessTimeout) as failed:
-        script(tmp_path, "held-lock", "trainer", str(tmp_path), timeout=30)
-    message = str(failed.value)
-    assert len(list(tmp_path.glob("waiting-*"))) == 2, message  # both forked ranks reached the lock
-    assert message.count("waiting in futex") == 2  # each rank named, blocked on a lock
-    assert message.count("in setup") == 2  # both ranks stuck in the callback taking the lock (their stacks)
-    assert not processes.group_members(int(message.split("pid ")[1].split()[0]))  # nothing survives
+    log = tmp_path / "script.log"
+    cmd = [sys.executable, "-m", "tests.ddp_scripts", "held-lock", "trainer", str(tmp_path)]
+    with processes.started(cmd, log, cwd=ROOT, env=clean_env(MASTER_PORT=str(free_port()))) as proc:
+        deadline = time.time() + 120
+        while len(list(tmp_path.glob("waiting-*"))) < 2:  # both forked ranks reached the lock
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        with pytest.raises(processes.ProcessTimeout) as failed:
+            processes.wait(proc, log, timeout=3)
+        message = str(failed.value)
+        assert message.count("waiting in futex") == 2, message  # each rank named, blocked on a lock
+        assert message.count("in setup") == 2, message  # both stuck in the callback taking the lock (their stacks)
+        assert not processes.group_members(proc.pid)  # nothing survives
 
 
 @pytest.mark.slow
