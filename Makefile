@@ -28,9 +28,9 @@ export WANDB_SILENT ?= true
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-# the tasks, as the package lists them (lightning_vl/task_names.py imports only the standard library,
+# the tasks, as the package lists them (lightning_vl/tasks/names.py imports only the standard library,
 # so any python3 reads it, before the venv exists); `=`: asked only by the recipes that use it
-TASK_NAMES = $(shell $(PYTHON) -m lightning_vl.task_names)
+TASK_NAMES = $(shell $(PYTHON) -m lightning_vl.tasks.names)
 
 .PHONY: install demo pretrain prune branch finetune study report overlap features data test bench clean help check-task
 
@@ -47,15 +47,15 @@ help:
 	@echo "tasks: $(TASK_NAMES)"
 
 check-task:
-	@tasks="$(TASK_NAMES)"; test -n "$$tasks" || { echo "could not list the tasks: $(PYTHON) -m lightning_vl.task_names failed"; exit 2; }; \
+	@tasks="$(TASK_NAMES)"; test -n "$$tasks" || { echo "could not list the tasks: $(PYTHON) -m lightning_vl.tasks.names failed"; exit 2; }; \
 	case " $$tasks " in *" $(TASK) "*) ;; *) echo "unknown TASK=$(TASK); one of: $$tasks"; exit 2;; esac
 
 install: $(STAMP)
 
 # The head of a recipe that builds a shared file (the venv, the demo world, θ_0): it holds $@.lock for
 # the rest of the recipe's shell, so two makes at once (two study workers) never build it together;
-# the second waits, then stops if the first built it meanwhile (lightning_vl/buildlock.py).
-LOCK = mkdir -p $(@D) && exec 9>$@.lock && { $(PYTHON) -m lightning_vl.buildlock 9 $@ $^; s=$$?; \
+# the second waits, then stops if the first built it meanwhile (lightning_vl/tools/buildlock.py).
+LOCK = mkdir -p $(@D) && exec 9>$@.lock && { $(PYTHON) -m lightning_vl.tools.buildlock 9 $@ $^; s=$$?; \
   test $$s -eq 3 && exit 0; test $$s -eq 0 || exit $$s; }
 
 # torch first, pinned to the local CPU wheel; setup.cfg's range accepts it, so pip installs no other build.
@@ -81,11 +81,11 @@ DEMO_MODEL := $(DEMO_DIR)/uniter-tiny.pt
 PRETRAINED := $(DEMO_DIR)/.pretrained
 PRETRAIN := $(BIN)/lightning-vl fit --config configs/task/pretrain.yaml --config configs/model/uniter-tiny.yaml \
   --config configs/demo.yaml --config configs/demo/pretrain.yaml --trainer.enable_checkpointing false \
-  --trainer.logger CSVLogger --trainer.logger.save_dir $(DEMO_DIR)/pretraining --trainer.callbacks+=lightning_vl.export.ExportWeights
+  --trainer.logger CSVLogger --trainer.logger.save_dir $(DEMO_DIR)/pretraining --trainer.callbacks+=lightning_vl.model.export.ExportWeights
 
 pretrain: $(PRETRAINED)
 
-PRETRAIN_CODE := lightning_vl/pretraining.py lightning_vl/optimal_transport.py data_modules/pretrain.py \
+PRETRAIN_CODE := lightning_vl/tasks/pretraining.py lightning_vl/tasks/optimal_transport.py data_modules/pretrain.py \
   configs/task/pretrain.yaml configs/demo/pretrain.yaml configs/demo/pretrain-text.yaml
 
 $(DEMO_BERT) $(DEMO_MODEL): $(PRETRAINED)
@@ -147,7 +147,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python -m lightning_vl.bench $(ARGS)
+	$(BIN)/python -m lightning_vl.tools.bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -2,11 +2,11 @@
 
 Names are imported on first use, so ``python -m data_modules.demo`` does not pay for importing
 pytorch_lightning and transformers. Each task's DataModule is the ``data_module`` of its
-``TaskInfo`` (``lightning_vl/task_names.py``), exported here under its class name.
+``TaskInfo`` (``lightning_vl/tasks/names.py``), exported here under its class name.
 """
 from importlib import import_module
 
-from lightning_vl.task_names import TASK_INFO
+from lightning_vl.tasks.names import TASK_INFO
 
 _EXPORTS = {
     "MissingImageError": "data_modules.features",

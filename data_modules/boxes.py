@@ -1,5 +1,5 @@
 """Box geometry shared by the data (RefCOCO+'s training targets) and the model's metrics
-(``lightning_vl.metrics.GroundingAccuracy`` imports it from here: dependencies run one way,
+(``lightning_vl.tasks.metrics.GroundingAccuracy`` imports it from here: dependencies run one way,
 ``lightning_vl`` -> ``data_modules``)."""
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ Splits are matched **exactly**. The toolkit's ``REFER.getRefIds(split="testA")``
 both testA and testB there; no released file has such tags, and here such a ref belongs only to
 the split named ``"testAB"``.
 
-IoU here (``data_modules.boxes.box_iou``, which the accuracy metric in ``lightning_vl.metrics``
+IoU here (``data_modules.boxes.box_iou``, which the accuracy metric in ``lightning_vl.tasks.metrics``
 shares) is the continuous one: boxes are real-valued x1, y1, x2, y2, area = (x2 - x1) * (y2 - y1).
 UNITER's evaluation uses the inclusive-pixel convention (+1 on widths and heights) and a strict
 ``> 0.5``; the study's metric is IoU >= 0.5 with continuous boxes, as MAttNet and the usual

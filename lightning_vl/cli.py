@@ -53,7 +53,7 @@ from .launchers import ForkedRanksRefused, check_launcher
 from .lottery import BranchConfig, BranchRunner, ImpConfig, LotteryRunner, RunFolder
 from .lottery.identity import BRANCH_KEYS, identity_hash, results_identity
 from .lottery.report import branch_summary, prune_summary
-from .module import VLModule
+from .training.module import VLModule
 
 ROOT = Path(__file__).resolve().parents[1]
 # the lottery commands: name -> (their argument group, its settings class)
@@ -350,7 +350,7 @@ def branch_arguments(args: list[str]) -> list[str]:
 def _swapped_configs(config: dict, task: str, run: Path) -> list[str]:
     """The config files the source run was started with (its ``command.json``), its task's files
     swapped for ``task``'s, plus the source's init."""
-    from .tasks import get_task
+    from .tasks.specs import get_task
 
     get_task(task)  # a clear error for an unknown name
     source_task = (config.get("model") or {}).get("task")
@@ -380,7 +380,7 @@ def make_demo(argv: list[str]) -> Path:
     written last; the Makefile regenerates a world without it."""
     from data_modules.demo import argument_parser, generate_from_args
 
-    from .uniter import UniterConfig
+    from .model.uniter import UniterConfig
 
     ap = argument_parser("lightning-vl demo", "Generate the offline demo world.")
     ap.add_argument("--model-config", default=str(ROOT / "configs" / "model" / "uniter-tiny.yaml"),

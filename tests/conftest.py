@@ -18,7 +18,7 @@ def save_random_model(out: Path, seed: int) -> Path:
     import torch
     import yaml
 
-    from lightning_vl.uniter import UniterConfig, UniterModel
+    from lightning_vl.model.uniter import UniterConfig, UniterModel
 
     sizes = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/model/uniter-tiny.yaml").read_text())
     torch.manual_seed(seed)

@@ -26,7 +26,7 @@ import torch
 
 from callbacks import MaskedTraining
 from lightning_vl.lottery import ImpConfig, LotteryRunner, RunFolder
-from lightning_vl.module import VLModule
+from lightning_vl.training.module import VLModule
 from lightning_vl.pruning import Mask, random_prune
 from tests.synthetic import TINY, RandomPairsDataModule, tiny_trainer
 

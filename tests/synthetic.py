@@ -3,7 +3,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_vl.uniter import UniterConfig
+from lightning_vl.model.uniter import UniterConfig
 
 TINY = UniterConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                     intermediate_size=64, img_dim=16, max_position_embeddings=32)

@@ -8,8 +8,8 @@ import torch
 
 from callbacks import MaskedTraining
 from lightning_vl.pruning import Mask, random_prune
-from lightning_vl.adversarial import AdversarialConfig, adversarial_loss, ascend, symmetric_kl
-from lightning_vl.module import VLModule
+from lightning_vl.training.adversarial import AdversarialConfig, adversarial_loss, ascend, symmetric_kl
+from lightning_vl.training.module import VLModule
 
 from .synthetic import TINY, RandomPairsDataModule, collate_pairs, tiny_trainer
 

@@ -12,7 +12,7 @@ import torch
 from lightning_vl.pruning import Mask
 from lightning_vl.cli import main
 from lightning_vl.lottery.branches import transfer_core
-from lightning_vl.module import VLModule
+from lightning_vl.training.module import VLModule
 
 from .synthetic import TINY
 from .test_tasks_demo import demo_config

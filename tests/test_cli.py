@@ -140,7 +140,7 @@ def test_a_lottery_command_is_parsed_without_lightnings_subcommands():
     from pytorch_lightning import LightningDataModule
 
     from lightning_vl.cli import VLCli
-    from lightning_vl.module import VLModule
+    from lightning_vl.training.module import VLModule
 
     with pytest.raises(ValueError, match="run=False"):
         VLCli(VLModule, LightningDataModule, command="prune", args=[])

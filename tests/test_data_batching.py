@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from data_modules.batching import collate_rows, get_gather_index
-from lightning_vl.uniter import UniterConfig, UniterModel
+from lightning_vl.model.uniter import UniterConfig, UniterModel
 
 from .uniter_reference import build_gather_index
 

@@ -685,8 +685,8 @@ ROW_MIX = {"mlm": 2, "itm": 2, "mrfr": 1, "mrckl": 1, "summary": 1, "bow": 1}
 
 def small_pretrain_model(dm, **head_options):
     """A seeded small pre-training model for the ``demo`` fixture's vocabulary and features."""
-    from lightning_vl.module import VLModule
-    from lightning_vl.uniter import UniterConfig
+    from lightning_vl.training.module import VLModule
+    from lightning_vl.model.uniter import UniterConfig
 
     cfg = UniterConfig(vocab_size=400, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                        intermediate_size=64, img_dim=16, max_position_embeddings=64)
@@ -749,7 +749,7 @@ def test_every_row_objectives_train_on_every_row_of_the_joint_batch(demo):
     """``every_row: [bow, summary]``: no rows of their own; their targets are those of every row's
     own text (before masking) and image, and the joint loss is the own parts' losses plus bow and
     summary on all rows' pooled outputs."""
-    from lightning_vl.pretraining import objective_loss
+    from lightning_vl.tasks.pretraining import objective_loss
 
     dm = make_module(demo, objectives=ROW_MIX, mix="row", batch_size=16, every_row=["bow", "summary"])
     dm.setup("fit")

@@ -23,7 +23,7 @@ import yaml
 
 from lightning_vl.launchers import ForkedRanksRefused, check_launcher
 from lightning_vl.lottery import ImpConfig, LotteryRunner, RunFolder
-from lightning_vl.module import VLModule
+from lightning_vl.training.module import VLModule
 from lightning_vl.pruning import Mask
 
 from . import processes

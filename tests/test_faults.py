@@ -19,7 +19,7 @@ from callbacks.health import NonFiniteError
 from lightning_vl.cli import main
 from lightning_vl.lottery import ImpConfig, LotteryRunner, RunFolder
 from lightning_vl.lottery.folder import RunFolderBusy, RunSettingsChanged
-from lightning_vl.module import VLModule
+from lightning_vl.training.module import VLModule
 
 from .conftest import save_random_model
 from .synthetic import TINY, RandomPairsDataModule, tiny_trainer

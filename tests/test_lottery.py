@@ -9,7 +9,7 @@ import torch
 
 from lightning_vl.pruning import Mask
 from lightning_vl.lottery import ImpConfig, LotteryRunner, RunFolder
-from lightning_vl.module import VLModule
+from lightning_vl.training.module import VLModule
 
 from .synthetic import TINY, RandomPairsDataModule, tiny_trainer
 

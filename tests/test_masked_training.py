@@ -6,7 +6,7 @@ import torch
 
 from callbacks import MaskedTraining
 from lightning_vl.pruning import Mask, random_prune
-from lightning_vl.module import VLModule, warmup_linear
+from lightning_vl.training.module import VLModule, warmup_linear
 
 from .synthetic import TINY, RandomPairsDataModule, tiny_trainer
 
@@ -175,7 +175,7 @@ def test_one_clipped_adamw_step_equals_the_same_subnetwork_trained_with_torch_pr
 
     import torch.nn.utils.prune as tprune
 
-    from lightning_vl.module import NO_DECAY
+    from lightning_vl.training.module import NO_DECAY
 
     cfg = dataclasses.replace(TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model = make_model(uniter=cfg, warmup_steps=1)

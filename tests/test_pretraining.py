@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_vl.export import export
-from lightning_vl.module import VLModule
-from lightning_vl.optimal_transport import cosine_cost, ipot_plan, ot_distance
-from lightning_vl.pretraining import MAX_COUNT, hard_region_labels, mrc_kl, objective_loss
-from lightning_vl.tasks import DOWNSTREAM, TASKS
+from lightning_vl.model.export import export
+from lightning_vl.training.module import VLModule
+from lightning_vl.tasks.optimal_transport import cosine_cost, ipot_plan, ot_distance
+from lightning_vl.tasks.pretraining import MAX_COUNT, hard_region_labels, mrc_kl, objective_loss
+from lightning_vl.tasks.specs import DOWNSTREAM, TASKS
 
 from .synthetic import TINY, RandomPairs, collate_pairs
 from .uniter_reference import make_uniter_state_dict, released_checkpoint_extras
@@ -148,7 +148,7 @@ def test_a_released_base_checkpoint_loads_with_its_pretraining_heads(tmp_path):
     sd = released_checkpoint_extras(make_uniter_state_dict())
     assert len(sd) == 230
     torch.save(sd, tmp_path / "uniter-base.pt")
-    from lightning_vl.uniter import UniterConfig
+    from lightning_vl.model.uniter import UniterConfig
 
     model = VLModule(task="pretrain", uniter=UniterConfig(), labels=[str(i) for i in range(1601)],
                      init=str(tmp_path / "uniter-base.pt"))
@@ -234,11 +234,11 @@ def test_make_pretrain_path_text_only_then_vl_export_loads(demo_all, tmp_path):
 
     args = pretrain_args(demo_all, tmp_path)
     main(["fit", *args, "--config", str(ROOT / "configs/demo/pretrain-text.yaml"), "--model.init", "null",
-          "--trainer.callbacks+=lightning_vl.export.ExportWeights", "--trainer.callbacks.path", str(tmp_path / "bert"),
+          "--trainer.callbacks+=lightning_vl.model.export.ExportWeights", "--trainer.callbacks.path", str(tmp_path / "bert"),
           "--trainer.callbacks.layout", "bert"])
     assert (tmp_path / "bert" / "model.safetensors").exists() and (tmp_path / "bert" / "training.json").exists()
     main(["fit", *args, "--model.init", str(tmp_path / "bert"),
-          "--trainer.callbacks+=lightning_vl.export.ExportWeights", "--trainer.callbacks.path", str(tmp_path / "u.pt")])
+          "--trainer.callbacks+=lightning_vl.model.export.ExportWeights", "--trainer.callbacks.path", str(tmp_path / "u.pt")])
     record = json.loads((tmp_path / "u.json").read_text())
     for key in ("val/mlm_acc", "val/itm_acc", "val/score"):  # the demo recipe's objectives (no region ones)
         assert key in record["metrics"], key

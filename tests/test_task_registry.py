@@ -1,5 +1,5 @@
-"""A task is described in one place: its ``TaskInfo`` in ``lightning_vl/task_names.py`` (torch-free)
-and its ``TaskSpec`` in ``lightning_vl/tasks.py`` (the model's half). Everything else asks them: the
+"""A task is described in one place: its ``TaskInfo`` in ``lightning_vl/tasks/names.py`` (torch-free)
+and its ``TaskSpec`` in ``lightning_vl/tasks/specs.py`` (the model's half). Everything else asks them: the
 Makefile, the demo world, the analysis and the study; the configs and ``lightning-vl data`` must
 name the same tasks, and no other package file spells a task's name."""
 import ast
@@ -17,9 +17,9 @@ import yaml
 from data_modules.demo import TASKS as DEMO_PART_NAMES
 from data_modules.demo import demo_generator, generate_demo
 from data_modules.prepare import tasks as prepare_tasks
-from lightning_vl import task_names
-from lightning_vl.task_names import DEMO_PARTS, TASK_INFO, UnknownTaskError, task_info
-from lightning_vl.tasks import TASKS, get_task
+from lightning_vl.tasks import names as task_names
+from lightning_vl.tasks.names import DEMO_PARTS, TASK_INFO, UnknownTaskError, task_info
+from lightning_vl.tasks.specs import TASKS, get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 REGISTRY = set(TASKS)
@@ -30,9 +30,9 @@ def differences(where: str, names, what: str = "tasks") -> list[str]:
     names = set(names)
     out = []
     if REGISTRY - names:
-        out.append(f"{where} lacks the {what} {sorted(REGISTRY - names)} of lightning_vl/tasks.py:TASKS")
+        out.append(f"{where} lacks the {what} {sorted(REGISTRY - names)} of lightning_vl/tasks/specs.py:TASKS")
     if names - REGISTRY:
-        out.append(f"{where} has {what} {sorted(names - REGISTRY)} that lightning_vl/tasks.py:TASKS does not define")
+        out.append(f"{where} has {what} {sorted(names - REGISTRY)} that lightning_vl/tasks/specs.py:TASKS does not define")
     return out
 
 
@@ -40,7 +40,7 @@ def test_the_registry_has_the_study_tasks():
     assert REGISTRY == {"vqa", "gqa", "vcr", "nlvr2", "snli-ve", "refcoco+", "flickr30k-ir", "flickr30k-tr",
                         "pretrain"}
     assert all(spec.name == name for name, spec in TASKS.items())
-    from lightning_vl.tasks import DOWNSTREAM
+    from lightning_vl.tasks.specs import DOWNSTREAM
 
     assert set(DOWNSTREAM) == REGISTRY - {"pretrain"}  # the study's eight columns
 
@@ -63,7 +63,7 @@ def test_an_unknown_task_is_an_error_listing_the_known_ones(lookup):
 
 
 def test_adversarial_defaults_are_described_and_unknown_tasks_have_none():
-    from lightning_vl.adversarial import AdversarialConfig
+    from lightning_vl.training.adversarial import AdversarialConfig
 
     with pytest.raises(UnknownTaskError, match="known tasks"):  # once a silent ("text", 1e-3, 1.5)
         AdversarialConfig(enabled=True).resolved("vqa2")
@@ -95,8 +95,8 @@ def test_each_data_module_path_names_a_data_module():
 def test_the_makefile_asks_the_package_for_the_tasks():
     makefile = (ROOT / "Makefile").read_text()
     lines = re.findall(r"^TASK_NAMES\s*[:?]?=\s*(.*?)\s*$", makefile, re.MULTILINE)
-    assert lines == ["$(shell $(PYTHON) -m lightning_vl.task_names)"], "the Makefile must not list the tasks itself"
-    out = subprocess.run([sys.executable, "-m", "lightning_vl.task_names"], cwd=ROOT, capture_output=True, text=True,
+    assert lines == ["$(shell $(PYTHON) -m lightning_vl.tasks.names)"], "the Makefile must not list the tasks itself"
+    out = subprocess.run([sys.executable, "-m", "lightning_vl.tasks.names"], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout
     assert out.split() == list(TASK_INFO)
     if shutil.which("make") is None:
@@ -113,33 +113,33 @@ def test_the_names_module_imports_nothing_but_the_standard_library():
     """In a fresh interpreter: the Makefile runs it with any python3, the data modules import it."""
     script = ("import json, sys\n"
               "before = set(sys.modules)\n"
-              "import lightning_vl.task_names\n"
+              "import lightning_vl.tasks.names\n"
               "print(json.dumps(sorted(set(sys.modules) - before)))\n")
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     ours = sorted(m for m in loaded if m.split(".")[0] in ("lightning_vl", "data_modules", "callbacks"))
-    assert ours == ["lightning_vl", "lightning_vl.task_names"], ours
+    assert ours == ["lightning_vl", "lightning_vl.tasks", "lightning_vl.tasks.names"], ours
     third_party = sorted(m for m in loaded if m.split(".")[0] in ("torch", "numpy", "yaml", "pytorch_lightning",
                                                                   "transformers", "torchmetrics", "h5py"))
     assert not third_party, third_party
     stdlib = set(sys.stdlib_module_names)
     foreign = sorted({m.split(".")[0] for m in loaded} - stdlib - {"lightning_vl"})
-    assert not foreign, f"lightning_vl.task_names loads non-standard-library modules: {foreign}"
+    assert not foreign, f"lightning_vl.tasks.names loads non-standard-library modules: {foreign}"
 
 
 # --- no stray task names ------------------------------------------------------------------------
 PACKAGES = ("lightning_vl", "data_modules", "callbacks")
 # Files that may spell any task name: the two registries themselves.
 REGISTRIES = {
-    "lightning_vl/task_names.py": "the torch-free registry: every task's TaskInfo",
-    "lightning_vl/tasks.py": "the model's registry: every task's TaskSpec, checked against task_names at import",
+    "lightning_vl/tasks/names.py": "the torch-free registry: every task's TaskInfo",
+    "lightning_vl/tasks/specs.py": "the model's registry: every task's TaskSpec, checked against task_names at import",
 }
 # Files that are one task's own code and may spell that task's name only. Besides these, a task's
 # data module and demo generator (its TaskInfo.data_module and .demo.generator) may spell its name.
 ONE_TASK_FILES = {
     # the pre-training task's heads, losses and metrics (as data_modules/pretrain.py is its data);
     # its metric collection is logged under the key "pretrain"
-    "lightning_vl/pretraining.py": {"pretrain"},
+    "lightning_vl/tasks/pretraining.py": {"pretrain"},
 }
 
 
@@ -176,8 +176,8 @@ def test_no_task_name_is_spelled_outside_the_registries():
         rel = path.relative_to(ROOT).as_posix()
         found += [f"{rel}:{line}: {name!r}" for line, name in task_literals(path, set(TASK_INFO))
                   if name not in allowed.get(rel, set())]
-    assert not found, ("task names spelled outside lightning_vl/task_names.py and lightning_vl/tasks.py (ask "
-                       "lightning_vl.task_names, or describe the difference on the task's TaskInfo):\n"
+    assert not found, ("task names spelled outside lightning_vl/tasks/names.py and lightning_vl/tasks/specs.py (ask "
+                       "lightning_vl.tasks.names, or describe the difference on the task's TaskInfo):\n"
                        + "\n".join(found))
 
 
@@ -237,7 +237,7 @@ def test_each_task_demo_data_is_written_by_its_generator(task, generated):
     assert "features" in wanted and "tokenizer" in wanted, f"{path}: expected the demo store and tokenizer"
     missing = {key: p for key, p in wanted.items() if not (generated / gen / p[len("data/demo/"):]).exists()}
     assert not missing, (f"{path}: {missing} are not written by the demo generator {gen!r} "
-                         f"(lightning_vl/task_names.py: TaskInfo({task!r}).demo)")
+                         f"(lightning_vl/tasks/names.py: TaskInfo({task!r}).demo)")
 
 
 def test_prepare_knows_the_registry_tasks():

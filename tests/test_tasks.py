@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from data_modules.batching import collate_rows
-from lightning_vl.heads import RankHead, region_outputs
-from lightning_vl.metrics import GroundingAccuracy, RetrievalRecall, SoftScore, VcrAccuracy, box_iou
-from lightning_vl.module import VLModule
-from lightning_vl.tasks import TASKS, instance_bce, one_hot_bce, ranking_hinge, vcr_cross_entropy, vcr_targets
-from lightning_vl.uniter import UniterConfig, UniterModel
+from lightning_vl.model.heads import RankHead, region_outputs
+from lightning_vl.tasks.metrics import GroundingAccuracy, RetrievalRecall, SoftScore, VcrAccuracy, box_iou
+from lightning_vl.training.module import VLModule
+from lightning_vl.tasks.specs import TASKS, instance_bce, one_hot_bce, ranking_hinge, vcr_cross_entropy, vcr_targets
+from lightning_vl.model.uniter import UniterConfig, UniterModel
 
 TINY = UniterConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                     intermediate_size=64, img_dim=16, max_position_embeddings=64)

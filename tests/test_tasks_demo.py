@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from lightning_vl.cli import main
-from lightning_vl.tasks import TASKS
+from lightning_vl.tasks.specs import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 

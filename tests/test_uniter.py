@@ -3,9 +3,9 @@ independent reference implementation of UNITER's forward pass (tests/uniter_refe
 import pytest
 import torch
 
-from lightning_vl.checkpoints import read_state_dict
-from lightning_vl.module import VLModule
-from lightning_vl.uniter import UniterConfig, UniterModel, encoder_linear_names
+from lightning_vl.model.checkpoints import read_state_dict
+from lightning_vl.training.module import VLModule
+from lightning_vl.model.uniter import UniterConfig, UniterModel, encoder_linear_names
 
 from .uniter_reference import (
     make_batch,

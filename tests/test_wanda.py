@@ -5,7 +5,7 @@ import pytorch_lightning as pl
 import torch
 
 from lightning_vl.lottery import ImpConfig, LotteryRunner, RunFolder
-from lightning_vl.module import VLModule
+from lightning_vl.training.module import VLModule
 from lightning_vl.pruning import Mask, get_strategy
 from lightning_vl.pruning.strategies.wanda import InputNorms, WandaInputs, wanda_scores
 

@@ -8,7 +8,7 @@ task's files in its public schema (``nlvr2/{train,dev,test}.json``, ...), the pr
 labels, ``data_modules.demo.pretrain``), ``manifest.json`` (seed, sizes, label balance per
 template) and, last, ``.complete``. Deterministic by seed; takes seconds.
 
-The world's parts are the tasks' ``TaskInfo.demo`` (``lightning_vl/task_names.py``): a part's name,
+The world's parts are the tasks' ``TaskInfo.demo`` (``lightning_vl/tasks/names.py``): a part's name,
 its generator module in this package, and its place in the world. A generator exposes
 ``DEFAULT_SIZES`` and ``generate()``; its own options come from ``demo_options(settings)``, sizes
 fixed by options from ``demo_sizes(settings)``, and ``demo_skipped(settings)`` leaves it out
@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from lightning_vl.task_names import DEMO_PARTS, TASK_INFO, TASK_NAMES
+from lightning_vl.tasks.names import DEMO_PARTS, TASK_INFO, TASK_NAMES
 
 from ..features import RegionFeatureWriter
 from . import nlvr2 as nlvr2_demo

@@ -1,5 +1,5 @@
 """Shared pieces of the analysis package: the study's task order and names (from
-``lightning_vl.task_names``), number formatting (the paper's style: percent, two decimals),
+``lightning_vl.tasks.names``), number formatting (the paper's style: percent, two decimals),
 markdown tables and file writing."""
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from lightning_vl.io import atomic_write, write_text  # noqa: F401 (write_text: what the analysis modules import)
-from lightning_vl.task_names import STUDY_TASKS, display_name, ordered
+from lightning_vl.tasks.names import STUDY_TASKS, display_name, ordered
 
-# STUDY_TASKS: the study's eight columns in the paper's order (lightning_vl/task_names.py)
+# STUDY_TASKS: the study's eight columns in the paper's order (lightning_vl/tasks/names.py)
 MISSING = "—"
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Optional, Union
 
-from lightning_vl.task_names import PRETRAINING_TASK
+from lightning_vl.tasks.names import PRETRAINING_TASK
 
 from .common import ordered_tasks, slug, sparsity_text, task_name, write_text
 from .overlap import OverlapAnalysis

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-from lightning_vl.task_names import PRETRAINING_TASK, TASK_INFO
+from lightning_vl.tasks.names import PRETRAINING_TASK, TASK_INFO
 
 from .common import MISSING, STUDY_TASKS, csv_text, is_number, markdown_table, ordered_tasks, slug, sparsity_text, \
     task_name, write_text

@@ -33,6 +33,9 @@ DATA_DISPLAY_KEYS = ("num_workers", "eval_batch_size", "pin_memory", "persistent
 # Lottery settings that determine levels (target_sparsity, root, name and W&B do not).
 IMP_KEYS = ("method", "schedule", "rate", "rewind_step", "head_reset", "prunable", "snip_batches", "options")
 BRANCH_KEYS = ("kind", "strategy", "seed")
+# Classes that moved, new path -> the path identities were first made with: a configuration naming
+# either hashes the same, so run folders made before the move resume (the old path stays importable).
+MOVED_CLASS_PATHS = {"lightning_vl.model.export.ExportWeights": "lightning_vl.export.ExportWeights"}
 
 
 def _prune_defaults(node: Any, default: Any) -> Any:
@@ -44,6 +47,16 @@ def _prune_defaults(node: Any, default: Any) -> Any:
                 continue
             out[k] = _prune_defaults(v, default.get(k))
         return out
+    return node
+
+
+def _first_class_paths(node: Any) -> Any:
+    """``node`` with every moved ``class_path`` spelled as before the move (``MOVED_CLASS_PATHS``)."""
+    if isinstance(node, dict):
+        return {k: MOVED_CLASS_PATHS.get(v, v) if k == "class_path" and isinstance(v, str) else _first_class_paths(v)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_first_class_paths(v) for v in node]
     return node
 
 
@@ -78,7 +91,7 @@ def results_identity(config: dict, defaults: Optional[dict] = None, section: str
     ident["trainer"] = _prune_defaults(trainer, defaults.get("trainer"))
     lottery = {k: v for k, v in (config.get(section) or {}).items() if k in keys}
     ident[section] = _prune_defaults(lottery, defaults.get(section))
-    return ident
+    return _first_class_paths(ident)
 
 
 def identity_hash(identity: dict) -> str:

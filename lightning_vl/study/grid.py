@@ -34,7 +34,7 @@ import yaml
 
 from lightning_vl.lottery.config import BRANCH_KINDS, ImpConfig
 from lightning_vl.pruning import schedule_level
-from lightning_vl.task_names import TASK_INFO, TASK_NAMES
+from lightning_vl.tasks.names import TASK_INFO, TASK_NAMES
 
 # a run entry's defaults are the lottery's own (``--imp.*``), declared once in ImpConfig
 IMP_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ImpConfig)

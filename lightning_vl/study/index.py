@@ -20,7 +20,7 @@ from typing import Iterator, Optional
 
 import yaml
 
-from lightning_vl.task_names import PRETRAINING_TASK
+from lightning_vl.tasks.names import PRETRAINING_TASK
 
 log = logging.getLogger(__name__)
 

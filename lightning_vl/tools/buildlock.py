@@ -4,7 +4,7 @@ Two study workers started together on a fresh clone (or after a pull that touche
 would otherwise both run the same recipe and write the same files at once. The Makefile's ``LOCK``
 opens ``<target>.lock`` on descriptor 9 of the recipe's shell and runs this module on it::
 
-    python -m lightning_vl.buildlock 9 <target> <prerequisites...>
+    python -m lightning_vl.tools.buildlock 9 <target> <prerequisites...>
 
 It takes an exclusive ``flock`` on the inherited descriptor. The lock belongs to the shell's open
 file, so it stays held for the rest of the recipe and is released when that shell exits, also when
@@ -33,7 +33,7 @@ def is_fresh(target: str, prerequisites: list[str]) -> bool:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 2 or not argv[0].isdigit():
-        print("usage: python -m lightning_vl.buildlock FD TARGET [PREREQUISITE...]", file=sys.stderr)
+        print("usage: python -m lightning_vl.tools.buildlock FD TARGET [PREREQUISITE...]", file=sys.stderr)
         return 2
     fd, target, prerequisites = int(argv[0]), argv[1], argv[2:]
     try:

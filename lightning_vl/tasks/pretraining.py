@@ -1,7 +1,7 @@
 """UNITER's pre-training as a task: its heads, losses and validation metrics (ChenRocks/UNITER
 ``model/pretrain.py``).
 
-The ``pretrain`` task (``lightning_vl.tasks``) trains the UNITER core with one objective per batch,
+The ``pretrain`` task (``lightning_vl.tasks.specs``) trains the UNITER core with one objective per batch,
 drawn per optimizer step by the data module's mix ratios (``data_modules.pretrain``):
 
 ===========  =============================================  ===========================================
@@ -36,8 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import Metric, MetricCollection
 
+from lightning_vl.model.uniter import UniterConfig, UniterModel
+
 from .optimal_transport import ot_loss
-from .uniter import UniterConfig, UniterModel
 
 OBJECTIVES = ("mlm", "mrfr", "mrc", "mrckl", "itm", "bow", "summary")
 IGNORE = -1  # txt_labels at unmasked positions (UNITER's convention)

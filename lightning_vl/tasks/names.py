@@ -1,12 +1,12 @@
 """The tasks, described once and torch-free: each task's name, how reports call it, where it
 stands in the study's columns, its adversarial-training defaults, its data module and its demo
 generator. Everything that only needs to *name* tasks (``analysis/``, ``study/``, the demo world,
-the Makefile) reads this module; ``lightning_vl.tasks`` adds what a model needs (heads, loss,
+the Makefile) reads this module; ``lightning_vl.tasks.specs`` adds what a model needs (heads, loss,
 metrics) under the same names, and a test checks that the two list the same tasks.
 
-    python -m lightning_vl.task_names          # the task names, one line, in the study's order
+    python -m lightning_vl.tasks.names          # the task names, one line, in the study's order
 
-Adding a task: one ``TaskInfo`` below, one ``TaskSpec`` in ``lightning_vl/tasks.py``, its data
+Adding a task: one ``TaskInfo`` below, one ``TaskSpec`` in ``lightning_vl/tasks/specs.py``, its data
 module ``data_modules/<task>.py``, its demo generator ``data_modules/demo/<task>.py`` and its two
 configs ``configs/task/<task>.yaml`` and ``configs/demo/<task>.yaml``.
 
@@ -35,7 +35,7 @@ class UnknownTaskError(ValueError):
 
 @dataclass(frozen=True)
 class AdversarialDefaults:
-    """A task's defaults for VILLA's adversarial training (``lightning_vl.adversarial``).
+    """A task's defaults for VILLA's adversarial training (``lightning_vl.training.adversarial``).
 
     Args:
         modality: what δ perturbs: ``text``, ``image``, ``image+text`` or ``alter``.
@@ -145,7 +145,7 @@ class TaskInfo:
 _FLICKR30K = DemoPart("flickr30k", "data_modules.demo.flickr30k", rank=6)  # both directions share one split file
 
 # The study's eight columns in the paper's order, then pre-training. Not in VILLA, and chosen here:
-# GQA as VQA; RefCOCO+ and the retrieval tasks text, 1e-3, KL 1.5 (lightning_vl/adversarial.py).
+# GQA as VQA; RefCOCO+ and the retrieval tasks text, 1e-3, KL 1.5 (lightning_vl/training/adversarial.py).
 _TASKS = (
     TaskInfo("vqa", "VQA", "data_modules.vqa.VqaDataModule", DemoPart("vqa", "data_modules.demo.vqa", rank=1)),
     TaskInfo("gqa", "GQA", "data_modules.gqa.GqaDataModule", DemoPart("gqa", "data_modules.demo.gqa", rank=2)),
@@ -185,7 +185,7 @@ def _check() -> None:
     if DEFAULT_TASK not in TASK_INFO:
         problems.append(f"DEFAULT_TASK {DEFAULT_TASK!r} is no task")
     if problems:
-        raise ValueError("lightning_vl/task_names.py: " + "; ".join(problems))
+        raise ValueError("lightning_vl/tasks/names.py: " + "; ".join(problems))
 
 
 _check()

@@ -1,7 +1,7 @@
 """The task registry: one small entry per task says which heads, loss, metrics and token types it
 uses, and which metric decides pruning and fills the reports. ``VLModule`` reads it. What needs
 no model — display names, the study's order, adversarial defaults, the data module and the demo
-generator — is the task's ``TaskInfo`` in the torch-free ``lightning_vl.task_names``
+generator — is the task's ``TaskInfo`` in the torch-free ``lightning_vl.tasks.names``
 (``TaskSpec.info``); the two registries list the same tasks in the same order (checked at import).
 Nothing else branches on task names (``tests/test_task_registry.py`` looks for stray ones).
 
@@ -21,12 +21,13 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from .heads import (Nlvr2PairedAttnHead, Nlvr2PairedHead, RankHead, RefExpHead, RefExpLinearHead, VcrHead,
-                    VqaHead)
+from lightning_vl.model.heads import (Nlvr2PairedAttnHead, Nlvr2PairedHead, RankHead, RefExpHead, RefExpLinearHead,
+                                      VcrHead, VqaHead)
+from lightning_vl.model.uniter import UniterConfig
+
 from .metrics import GroundingAccuracy, RetrievalRecall, SoftScore, VcrAccuracy
+from .names import STUDY_TASKS, TASK_NAMES, TaskInfo, task_info
 from .pretraining import PretrainingHeads, outputs_and_batch, pretraining_loss, pretraining_metrics, summaries_head
-from .task_names import STUDY_TASKS, TASK_NAMES, TaskInfo, task_info
-from .uniter import UniterConfig
 
 
 @dataclass(frozen=True)
@@ -199,8 +200,8 @@ TASKS: dict[str, TaskSpec] = {
 }
 DOWNSTREAM = STUDY_TASKS  # the study's eight columns
 if tuple(TASKS) != TASK_NAMES or any(spec.name != name for name, spec in TASKS.items()):
-    raise ValueError(f"lightning_vl/tasks.py:TASKS {list(TASKS)} must list the tasks of "
-                     f"lightning_vl/task_names.py {list(TASK_NAMES)}, in the same order, each under its own name")
+    raise ValueError(f"lightning_vl/tasks/specs.py:TASKS {list(TASKS)} must list the tasks of "
+                     f"lightning_vl/tasks/names.py {list(TASK_NAMES)}, in the same order, each under its own name")
 
 
 def get_task(name: str) -> TaskSpec:

@@ -23,7 +23,7 @@ precision the loss is scaled first and δ's gradient unscaled). Cost per batch: 
 backward passes (1 + 2K for ``alter``, whose text-only and image-only passes alternate).
 
 Modalities: ``text``, ``image``, ``image+text`` (both perturbed jointly) and ``alter``. Each
-task's defaults are its ``TaskInfo.adversarial`` (``lightning_vl.task_names``); VILLA's
+task's defaults are its ``TaskInfo.adversarial`` (``lightning_vl.tasks.names``); VILLA's
 (``config/train-*-adv.json``): VQA / SNLI-VE / NLVR2 text, lr 1e-3, KL 1.5; VCR image+text,
 lr 1e-2, KL 1.5. Not in VILLA, and chosen there: GQA as VQA; RefCOCO+ and the retrieval tasks
 text, 1e-3, KL 1.5. The pre-training task has none: adversarial training is not for it.
@@ -36,7 +36,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .task_names import task_info
+from lightning_vl.tasks.names import task_info
 
 MODALITIES = ("text", "image", "image+text", "alter")
 NORMS = ("l2", "linf")

@@ -17,12 +17,13 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 
+from lightning_vl.model.checkpoints import TYPE_TABLE, WORD_TABLE, load_into, map_head_keys, read_init
+from lightning_vl.model.heads import init_head_weights
+from lightning_vl.model.uniter import UniterConfig, UniterModel, encoder_linear_names
+from lightning_vl.tasks.names import DEFAULT_TASK
+from lightning_vl.tasks.specs import get_task
+
 from .adversarial import AdversarialConfig, adversarial_loss
-from .checkpoints import TYPE_TABLE, WORD_TABLE, load_into, map_head_keys, read_init
-from .heads import init_head_weights
-from .task_names import DEFAULT_TASK
-from .tasks import get_task
-from .uniter import UniterConfig, UniterModel, encoder_linear_names
 
 NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight")  # UNITER's substring filter
 
@@ -49,7 +50,7 @@ class VLModule(pl.LightningModule):
     """A UNITER task model.
 
     Args:
-        task: a name from ``lightning_vl.task_names.TASK_NAMES``.
+        task: a name from ``lightning_vl.tasks.names.TASK_NAMES``.
         uniter: the core's sizes (``configs/model/uniter-*.yaml``).
         head: head variant of the task (NLVR2: ``paired-attn`` or ``paired``); None = the default.
         head_options: keyword arguments of the head (pre-training: ``ot_weight``, ``summaries``).
@@ -61,7 +62,7 @@ class VLModule(pl.LightningModule):
         mask: a mask file (a ticket) to fine-tune with; pruned weights are kept at zero.
         lr: peak learning rate. head_lr_mult: multiplier for the head's learning rate.
         warmup_steps: linear warm-up length in optimizer steps (then linear decay to the fit's end).
-        adversarial: VILLA's adversarial training (``lightning_vl.adversarial``); off by default.
+        adversarial: VILLA's adversarial training (``lightning_vl.training.adversarial``); off by default.
     """
 
     def __init__(

@@ -21,11 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn.utils.prune as tprune
 
+from lightning_vl.model.uniter import UniterConfig
 from lightning_vl.pruning import Mask, random_prune
-
-from .adversarial import AdversarialConfig, adversarial_loss
-from .module import VLModule
-from .uniter import UniterConfig
+from lightning_vl.training.adversarial import AdversarialConfig, adversarial_loss
+from lightning_vl.training.module import VLModule
 
 
 def synthetic_batch(pairs: int, txt_len: int, n_boxes: int, cfg: UniterConfig, seed: int = 0) -> dict:

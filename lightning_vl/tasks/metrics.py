@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
-from data_modules.boxes import box_iou  # noqa: F401  (re-exported: lightning_vl.metrics.box_iou)
+from data_modules.boxes import box_iou  # noqa: F401  (re-exported: lightning_vl.tasks.metrics.box_iou)
 
 
 class SoftScore(Metric):
