@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from lightning_vl.pruning import Mask, mask_overlap
+from lightning_vl.pruning import Mask, random_prune
 from lightning_vl.pruning import mask as mask_module
 from lightning_vl.analysis import overlap as ov
 from lightning_vl.analysis.overlap import (MaskMismatch, OverlapAnalysis, PackedMask, chance_hamming, chance_iou,
@@ -34,10 +34,18 @@ def test_metrics_of_two_hand_made_masks():
     assert r["iou_chance"] == pytest.approx((3 / 16) / (3 / 8 + 1 / 2 - 3 / 16))  # = 3/11
     assert r["overlap_chance"] == pytest.approx(1 / 2)
     assert r["hamming_chance"] == pytest.approx(3 / 8 + 1 / 2 - 2 * 3 / 16)
-    # the same numbers as the small helper in lightning_vl.pruning.selection
-    old = mask_overlap(a, b)
-    for k in ("iou", "overlap", "hamming", "iou_chance"):
-        assert r[k] == pytest.approx(old[k])
+
+
+def test_two_random_masks_overlap_at_chance():
+    dense = Mask.ones_like({"w": torch.zeros(200_000)})
+    a = random_prune(dense, 0.7, torch.Generator().manual_seed(0))
+    b = random_prune(dense, 0.7, torch.Generator().manual_seed(1))
+    r = ov.pair_overlap(a, b)
+    assert r["iou_chance"] == pytest.approx(0.3 / 1.7)  # the paper's 0.176 at 70% sparsity
+    assert r["iou"] == pytest.approx(r["iou_chance"], abs=0.01)
+    same = ov.pair_overlap(a, a)
+    assert (same["iou"], same["overlap"], same["hamming"]) == (1.0, 1.0, 0.0)
+    assert same["iou_chance"] == pytest.approx(0.3 / 1.7)
 
 
 def test_per_type_and_per_layer_counts_by_hand():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lightning_vl.pruning import (STRATEGIES, Mask, PruningInputs, get_strategy, lamp_scores, magnitude_prune,
-                                  mask_overlap, prune_count, random_prune, schedule_level, shuffle_mask, snip_scores,
+                                  prune_count, random_prune, schedule_level, shuffle_mask, snip_scores,
                                   sparsity_schedule)
 
 
@@ -106,17 +106,6 @@ def test_shuffle_mask_keeps_per_tensor_counts():
     assert shuffled != imp
     glob = shuffle_mask(imp, torch.Generator().manual_seed(0), layerwise=False)
     assert glob.num_kept == imp.num_kept
-
-
-def test_overlap_metrics_and_chance_level():
-    big = {"w": torch.zeros(200_000)}
-    dense = Mask.ones_like(big)
-    a = random_prune(dense, 0.7, torch.Generator().manual_seed(0))
-    b = random_prune(dense, 0.7, torch.Generator().manual_seed(1))
-    o = mask_overlap(a, b)
-    assert o["iou_chance"] == pytest.approx(0.3 / 1.7)  # the paper's 0.176 at 70% sparsity
-    assert o["iou"] == pytest.approx(o["iou_chance"], abs=0.01)
-    assert mask_overlap(a, a) == pytest.approx({"iou": 1.0, "overlap": 1.0, "hamming": 0.0, "iou_chance": 0.3 / 1.7})
 
 
 def test_mask_rejects_non_bool_and_validates_against_params():

@@ -48,7 +48,7 @@ from lightning_vl.pruning.mask import FORMAT as MASK_FORMAT  # noqa: F401 (re-ex
 from lightning_vl.pruning.mask import VERSION as MASK_VERSION  # noqa: F401 (re-exported)
 from lightning_vl.pruning.mask import PackedMask
 
-from .common import csv_text, markdown_table, save_figure, sparsity_text, write_text
+from .common import csv_text, markdown_table, sparsity_text, write_text
 
 LAYER_TYPES = {
     "attention.self.query": "Q",
@@ -318,14 +318,6 @@ class OverlapAnalysis:
         for i, a in enumerate(self.labels):
             for j, b in enumerate(self.labels):
                 out[i, j] = getattr(self.counts(a, b, by, group), metric)
-        return out
-
-    def chance_matrix(self, metric: str = "iou", by: str = "overall", group=None) -> np.ndarray:
-        n = len(self.labels)
-        out = np.full((n, n), np.nan)
-        for i, a in enumerate(self.labels):
-            for j, b in enumerate(self.labels):
-                out[i, j] = self.counts(a, b, by, group).chance(metric)
         return out
 
     def chance_range(self, metric: str = "iou") -> tuple[float, float]:

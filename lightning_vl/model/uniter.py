@@ -8,9 +8,7 @@ embedder and the text+region join by ``gather_index`` — is written here.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -42,13 +40,6 @@ class UniterConfig:
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
                 f"{self.num_attention_heads}"
             )
-
-    @classmethod
-    def from_json(cls, path: str | Path, **overrides) -> "UniterConfig":
-        """Read UNITER's own json config (unknown keys are ignored, ``img_dim`` may be overridden)."""
-        raw = json.loads(Path(path).read_text())
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in {**raw, **overrides}.items() if k in known})
 
     def to_bert_config(self) -> BertConfig:
         cfg = {k: v for k, v in asdict(self).items() if k != "img_dim"}

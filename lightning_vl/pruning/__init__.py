@@ -12,7 +12,7 @@ callback and the analysis all build on it.
 from .distributed import broadcast_mask
 from .mask import Mask, PackedMask
 from .schedules import SCHEDULES, prune_count, schedule_level, sparsity_schedule
-from .selection import (check_mask, lamp_scores, magnitude_prune, mask_overlap, prune_by_scores, random_prune,
+from .selection import (check_mask, lamp_scores, magnitude_prune, prune_by_scores, random_prune,
                         shuffle_mask, snip_scores)
 from .strategies import (STRATEGIES, PruningInputs, PruningRun, Strategy, describe, get_strategy, register,
                          strategy_class)
@@ -31,7 +31,6 @@ __all__ = [
     "get_strategy",
     "lamp_scores",
     "magnitude_prune",
-    "mask_overlap",
     "prune_by_scores",
     "prune_count",
     "random_prune",

@@ -67,15 +67,6 @@ def broadcast_mask(mask: Mask, device: torch.device | None = None) -> Mask:
     return Mask(out)
 
 
-def broadcast_object(value):
-    """Rank 0's (picklable) ``value`` on every rank."""
-    if not distributed():
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def gather_strings(value: str) -> list[str]:
     """Every rank's ``value``, in rank order (``[value]`` without a process group)."""
     if not distributed():

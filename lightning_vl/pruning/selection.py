@@ -132,7 +132,7 @@ def random_scores(mask: Mask, generator: torch.Generator) -> dict[str, torch.Ten
     return {k: torch.rand(t.shape, generator=generator) for k, t in mask.items()}
 
 
-# ---- the classic entry points (used by tests, branches and analysis) ---------------------------
+# ---- the classic entry points (the study's IMP step as a function; random pruning and shuffling) --
 def magnitude_prune(weights: Mapping[str, torch.Tensor], mask: Mask, sparsity: float) -> Mask:
     """Global magnitude pruning: drop the smallest |w| across all masked tensors until the mask
     reaches ``sparsity`` (one threshold for the whole prunable set, BERT-Tickets' choice)."""
@@ -155,23 +155,6 @@ def shuffle_mask(reference: Mask, generator: torch.Generator, layerwise: bool = 
         return _select([scores[k] for k in dense.keys()], dense, reference.num_total - reference.num_kept)
     return Mask({k: _select([scores[k]], Mask({k: dense[k]}), t.numel() - int(t.sum()))[k]
                  for k, t in reference.items()})
-
-
-def mask_overlap(a: Mask, b: Mask) -> dict[str, float]:
-    """Agreement of two masks' kept sets: IoU (Jaccard), overlap coefficient |A∩B|/min(|A|,|B|)
-    and normalised Hamming distance, plus the IoU two independent random masks would have."""
-    if a.keys() != b.keys():
-        raise ValueError("masks cover different parameters")
-    inter = sum(int((a[k] & b[k]).sum()) for k in a)
-    union = sum(int((a[k] | b[k]).sum()) for k in a)
-    differ = sum(int((a[k] ^ b[k]).sum()) for k in a)
-    pa, pb = a.num_kept / a.num_total, b.num_kept / b.num_total
-    return {
-        "iou": inter / union if union else 1.0,
-        "overlap": inter / max(1, min(a.num_kept, b.num_kept)),
-        "hamming": differ / a.num_total,
-        "iou_chance": (pa * pb) / (pa + pb - pa * pb) if (pa + pb) else 1.0,
-    }
 
 
 # ---- checks -------------------------------------------------------------------------------------
