@@ -14,7 +14,7 @@ _EXPORTS = {
     "StoreError": "data_modules.features",
     "UnreadableStoreError": "data_modules.features",
     "RegionFeatureStore": "data_modules.features",
-    "RegionFeatureWriter": "data_modules.features",
+    "RegionFeatureWriter": "data_modules.convert.writer",
     "collate_rows": "data_modules.batching",
     "get_gather_index": "data_modules.batching",
     "load_tokenizer": "data_modules.tokenization",

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from data_modules.check_store import check_store, main
-from data_modules.features import RegionFeatureWriter, partial_path
+from data_modules.convert.writer import RegionFeatureWriter
+from data_modules.features import partial_path
 
 
 def write_store(path, n_images=12, dim=8, seed=0, boxes_per_image=3):

@@ -14,7 +14,8 @@ from data_modules.convert import ConvertError, convert_features
 from data_modules.convert import sources as S
 from data_modules.convert.__main__ import main as cli_main
 from data_modules.convert.features import KeyMapper, NothingConverted, Reject, load_image_sizes, select_boxes
-from data_modules.features import RegionFeatureStore, RegionFeatureWriter, partial_path
+from data_modules.convert.writer import RegionFeatureWriter
+from data_modules.features import RegionFeatureStore, partial_path
 
 DIM = 8
 
@@ -511,7 +512,8 @@ def test_values_written_by_msgpack_numpy_itself_decode_exactly():
 def test_concat_puts_the_first_stores_regions_first(tmp_path, capsys):
     """VCR: ground-truth boxes, then detected ones, per image; sizes must agree."""
     from data_modules.convert.__main__ import main as convert_main
-    from data_modules.features import RegionFeatureStore, RegionFeatureWriter
+    from data_modules.convert.writer import RegionFeatureWriter
+    from data_modules.features import RegionFeatureStore
 
     rng = np.random.default_rng(0)
     data = {}

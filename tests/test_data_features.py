@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from data_modules.features import (MissingImageError, NonFiniteFeaturesError, RegionFeatureStore, RegionFeatureWriter,
-                                   UnreadableStoreError)
+from data_modules.convert.writer import RegionFeatureWriter
+from data_modules.features import MissingImageError, NonFiniteFeaturesError, RegionFeatureStore, UnreadableStoreError
 
 
 def write_store(path, n_images=5, dim=8, seed=0):

@@ -13,7 +13,8 @@ import torch
 from data_modules.demo import generate_demo
 from data_modules.demo.flickr30k import MIN_OBJECTS, FIRST_IMAGE, make_captions, retrieval_stats
 from data_modules.demo.world import WorldConfig, make_scene
-from data_modules.features import MissingImageError, RegionFeatureStore, RegionFeatureWriter
+from data_modules.convert.writer import RegionFeatureWriter
+from data_modules.features import MissingImageError, RegionFeatureStore
 from data_modules.flickr30k import (EpochIndexSampler, Flickr30kDataModule, KarpathyImage, read_karpathy,
                                     select_split, store_key)
 

@@ -13,7 +13,8 @@ from data_modules.answers import build_gqa_vocabulary, read_ans2label, write_ans
 from data_modules.demo import generate_demo
 from data_modules.demo import gqa as gqa_demo
 from data_modules.demo.world import WorldConfig
-from data_modules.features import MissingImageError, RegionFeatureWriter
+from data_modules.convert.writer import RegionFeatureWriter
+from data_modules.features import MissingImageError
 from data_modules.gqa import GqaDataModule, read_gqa_questions
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?", "What", "is", "on", "the", "wall", "color"]

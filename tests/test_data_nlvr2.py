@@ -8,7 +8,8 @@ import pytorch_lightning as pl
 import torch
 
 import data_modules.tokenization as tokenization
-from data_modules.features import MissingImageError, RegionFeatureStore, RegionFeatureWriter
+from data_modules.convert.writer import RegionFeatureWriter
+from data_modules.features import MissingImageError, RegionFeatureStore
 from data_modules.nlvr2 import Nlvr2DataModule, image_keys, read_nlvr2_records
 from data_modules.tokenization import encode_uniter, encode_uniter_batch, load_tokenizer
 

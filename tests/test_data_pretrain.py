@@ -18,7 +18,8 @@ from data_modules.demo import generate_demo
 from data_modules.demo.pretrain import (ATTRIBUTES, Clause, attribute_values, caption_holds, caption_text,
                                         class_index, class_names, counting_clauses, dense_clauses, hard_negatives)
 from data_modules.demo.world import MATERIALS, SIZES, ObjectSpec, Scene, SceneObject, WorldConfig
-from data_modules.features import MissingImageError, RegionFeatureStore, RegionFeatureWriter
+from data_modules.convert.writer import RegionFeatureWriter
+from data_modules.features import MissingImageError, RegionFeatureStore
 from data_modules.pretrain import IGNORE, ObjectiveSchedule, PretrainDataModule, mask_regions, mask_tokens
 
 MIX = {"mlm": 2, "itm": 2, "mrfr": 1, "mrckl": 1}

@@ -16,7 +16,8 @@ from data_modules.boxes import box_iou
 from data_modules.demo import generate_demo
 from data_modules.demo import refcoco as demo_refcoco
 from data_modules.demo.world import DEFAULT_WORLD
-from data_modules.features import MissingImageError, RegionFeatureWriter
+from data_modules.convert.writer import RegionFeatureWriter
+from data_modules.features import MissingImageError
 from data_modules.refcoco import RefcocoDataModule, load_refs_file, read_instances, read_refs
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "red", "cube", "man", "left", "blue", "ball", "cafe"]

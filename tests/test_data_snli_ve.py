@@ -11,7 +11,8 @@ import torch
 from data_modules.demo import generate_demo
 from data_modules.demo.snli_ve import TEMPLATES, _ambiguous, attribute_hypothesis, relation_hypothesis, side_hypothesis
 from data_modules.demo.world import ObjectSpec, Scene, SceneObject, WorldConfig
-from data_modules.features import MissingImageError, RegionFeatureWriter
+from data_modules.convert.writer import RegionFeatureWriter
+from data_modules.features import MissingImageError
 from data_modules.snli_ve import LABELS, SnliVeDataModule, read_snli_ve
 
 GOOD = {"Flickr30K_ID": "3416050480", "annotator_labels": ["neutral", "neutral", "entailment"],

@@ -13,7 +13,8 @@ import torch
 from data_modules.demo import generate_demo
 from data_modules.demo import vcr as vcr_demo
 from data_modules.demo.world import DEFAULT_WORLD
-from data_modules.features import MissingImageError, RegionFeatureStore, RegionFeatureWriter
+from data_modules.convert.writer import RegionFeatureWriter
+from data_modules.features import MissingImageError, RegionFeatureStore
 from data_modules.tokenization import load_tokenizer
 from data_modules.vcr import (VcrDataModule, image_key_of, image_key_pattern, read_vcr, read_vcr_records,
                               truncate_longest_first)

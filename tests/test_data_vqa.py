@@ -15,7 +15,8 @@ from data_modules.answers import (CONTRACTIONS, build_vqa_vocabulary, labels_fro
 from data_modules.demo import generate_demo
 from data_modules.demo import vqa as vqa_demo
 from data_modules.demo.world import WorldConfig
-from data_modules.features import MissingImageError, RegionFeatureWriter
+from data_modules.convert.writer import RegionFeatureWriter
+from data_modules.features import MissingImageError
 from data_modules.vqa import VqaDataModule, read_question_ids, read_vqa_annotations, read_vqa_questions
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?", "How", "many", "cubes", "are", "there", "What", "color"]

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..features import RegionFeatureStore, RegionFeatureWriter
+from ..features import RegionFeatureStore
+from .writer import RegionFeatureWriter
 
 CLI_DESCRIPTION = __doc__
 

@@ -92,10 +92,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..features import RegionFeatureWriter, partial_path
+from ..features import partial_path
 from ..image_keys import ImageKeyPattern
 from ..jsonl import read_json
 from . import sources as S
+from .writer import RegionFeatureWriter
 
 FORMATS = ("tsv", "butd-h5", "img-db", "npz")
 UNITER_POLICY = (0.2, 10, 100)  # conf_th, min_boxes, max_boxes: UNITER's rule, applied only when asked

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..features import RegionFeatureStore, RegionFeatureWriter
+from ..features import RegionFeatureStore
 from .concat import soft_label_plan
+from .writer import RegionFeatureWriter
 
 CLI_DESCRIPTION = __doc__
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from lightning_vl.tasks.names import DEMO_PARTS, TASK_INFO, TASK_NAMES
 
-from ..features import RegionFeatureWriter
+from ..convert.writer import RegionFeatureWriter
 from . import nlvr2 as nlvr2_demo
 from .vocab import write_vocab
 from .world import FeatureRenderer, WorldConfig

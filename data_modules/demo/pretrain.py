@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..features import RegionFeatureWriter
+from ..convert.writer import RegionFeatureWriter
 from .world import MATERIALS, SIZES, ObjectSpec, Scene, WorldConfig, make_scene
 
 DEFAULT_SIZES = {"train": 20000, "dev": 1000}
