@@ -20,7 +20,7 @@ TEXT_PRETRAIN_STEPS ?= 1000
 PRETRAIN_STEPS ?= 1000
 PRETRAIN_ARGS ?= --trainer.enable_progress_bar false
 # θ_0's batches are built in a DataLoader worker: θ_0 is the longer of the two pre-trainings, and the
-# batches are the same with any number of workers (data_modules/pretrain.py), so θ_0 is too
+# batches are the same with any number of workers (data_modules/pretraining/stream.py), so θ_0 is too
 PRETRAIN_WORKERS ?= 1
 
 export WANDB_MODE ?= offline
@@ -86,6 +86,7 @@ PRETRAIN := $(BIN)/lightning-vl fit --config configs/task/pretrain.yaml --config
 pretrain: $(PRETRAINED)
 
 PRETRAIN_CODE := lightning_vl/tasks/pretraining.py lightning_vl/tasks/optimal_transport.py data_modules/pretrain.py \
+  $(wildcard data_modules/pretraining/*.py) \
   configs/task/pretrain.yaml configs/demo/pretrain.yaml configs/demo/pretrain-text.yaml
 
 $(DEMO_BERT) $(DEMO_MODEL): $(PRETRAINED)

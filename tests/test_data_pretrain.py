@@ -20,7 +20,9 @@ from data_modules.demo.pretrain import (ATTRIBUTES, Clause, attribute_values, ca
 from data_modules.demo.world import MATERIALS, SIZES, ObjectSpec, Scene, SceneObject, WorldConfig
 from data_modules.convert.writer import RegionFeatureWriter
 from data_modules.features import MissingImageError, RegionFeatureStore
-from data_modules.pretrain import IGNORE, ObjectiveSchedule, PretrainDataModule, mask_regions, mask_tokens
+from data_modules.pretrain import PretrainDataModule
+from data_modules.pretraining.batches import IGNORE, mask_regions, mask_tokens
+from data_modules.pretraining.stream import ObjectiveSchedule
 
 MIX = {"mlm": 2, "itm": 2, "mrfr": 1, "mrckl": 1}
 
@@ -201,7 +203,7 @@ def test_itm_negatives_are_other_images_or_hard_negative_captions(dm):
 def test_itm_without_hard_negatives_uses_other_images_only(demo):
     module = make_module(demo, objectives={"itm": 1})
     module.setup("fit")
-    assert module.itm_hard_neg_prob == 0.0
+    assert module.rows.itm_hard_neg_prob == 0.0
     caps = module.datasets["train"]
     for b in batches(module, "itm", 20):
         for r, example in enumerate(b["ids"]):
@@ -217,7 +219,7 @@ def test_summary_and_bag_of_words_targets(dm):
         for r, example in enumerate(b["ids"]):
             top = store.get_soft_labels(maker.captions.image_key(maker.captions.ids.index(example))).argmax(1)
             assert set(torch.nonzero(b["presence"][r]).flatten().tolist()) == set(top[top != 0].tolist())
-            assert b["counts"][r] == min(int((top != 0).sum()), dm.max_count)
+            assert b["counts"][r] == min(int((top != 0).sum()), dm.rows.max_count)
     ordinary = set(dm.ordinary_token_ids.tolist())
     for b in batches(dm, "bow", 4):
         assert b["bow_targets"].shape == (8, len(dm.tokenizer)) and b["bow_targets"].dtype == torch.float32
@@ -698,7 +700,7 @@ def small_pretrain_model(dm, **head_options):
 def test_row_mix_batches_join_every_objective_and_score_as_the_separate_batches(demo):
     """``mix: row``: each micro-batch holds every objective's rows (split by ratio), and the joint
     forward pass gives the sum of the losses of the same rows run as single-objective batches."""
-    from data_modules.pretrain import row_counts
+    from data_modules.pretraining.batches import row_counts
 
     dm = make_module(demo, objectives=ROW_MIX, mix="row", batch_size=16, itm_hard_neg_prob=0.5)
     dm.setup("fit")
