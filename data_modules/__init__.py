@@ -18,7 +18,7 @@ _EXPORTS = {
     "collate_rows": "data_modules.batching",
     "get_gather_index": "data_modules.batching",
     "load_tokenizer": "data_modules.tokenization",
-    "encode_uniter": "data_modules.tokenization",
+    "encode_uniter_batch": "data_modules.tokenization",
     "VLDataModule": "data_modules.base",
     "Nlvr2Dataset": "data_modules.nlvr2",
     **{path.rpartition(".")[2]: path.rpartition(".")[0] for path in (t.data_module for t in TASK_INFO.values())},

@@ -1,17 +1,20 @@
 """What every task's DataModule shares: the region-feature store, the tokenizer, the loaders.
 
-A task subclass names its split files and reads one into a ``torch.utils.data.Dataset`` that has
-a ``collate`` method; everything else — lazy HDF5 per worker, dimension and vocabulary checks,
-seeded shuffling, worker settings — lives here once.
+A task subclass states its own constructor arguments, names its split files (``set_split_files``)
+and its image-key pattern (``set_image_key``), and reads one split into a
+``torch.utils.data.Dataset`` that has a ``collate`` method; everything else — the shared
+arguments, lazy HDF5 per worker, dimension and vocabulary checks, seeded shuffling, worker
+settings — lives here once.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
 from .features import RegionFeatureStore
+from .image_keys import ImageKeyPattern
 from .tokenization import load_tokenizer
 
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
@@ -66,6 +69,7 @@ class VLDataModule(pl.LightningDataModule):
         self.do_lower_case = do_lower_case
         self.pin_memory = pin_memory
         self.datasets: dict[str, Dataset] = {}
+        self._split_files: Optional[dict[str, Optional[str]]] = None
         self._store: RegionFeatureStore | None = None
         self._tokenizer = None
 
@@ -77,12 +81,6 @@ class VLDataModule(pl.LightningDataModule):
             store.check_dim(self.img_dim)
             self._store = store
         return self._store
-
-    @property
-    def store_feat_dim(self) -> int:
-        """The store's ``feat_dim`` attribute (its features' size); opening the store checks that
-        it equals ``img_dim``, so a model compares its own ``img_dim`` with either."""
-        return self.store.feat_dim
 
     @property
     def tokenizer(self):
@@ -102,9 +100,24 @@ class VLDataModule(pl.LightningDataModule):
     def special_ids(self) -> dict[str, int]:
         return self.tokenizer.uniter_special_ids
 
+    def set_split_files(self, train: Optional[str], val: Optional[str], test: Optional[str] = None) -> None:
+        """Name the file each split reads (None: the split has none); a task's constructor calls it.
+        A file may serve several splits (Karpathy's, RefCOCO's refs), or stand for several files
+        (``a + b``): ``build_dataset`` gets it back as ``path``."""
+        self._split_files = {"train": train, "val": val, "test": test}
+
     def split_files(self) -> dict[str, Optional[str]]:
-        """``{"train": path, "val": path, "test": path or None}``."""
-        raise NotImplementedError(f"{type(self).__name__} must name its split files")
+        """``{"train": path, "val": path, "test": path or None}``, as ``set_split_files`` named them."""
+        if self._split_files is None:
+            raise NotImplementedError(f"{type(self).__name__} must name its split files (set_split_files in its "
+                                      "constructor)")
+        return dict(self._split_files)
+
+    def set_image_key(self, image_key: str, check: Callable[[str], ImageKeyPattern]) -> None:
+        """Keep ``image_key`` (the config's pattern) and ``key_pattern``, the pattern ``check``
+        parses it into: a bad pattern fails here, at start-up, not at the first missing image."""
+        self.key_pattern = check(image_key)
+        self.image_key = image_key
 
     def build_dataset(self, split: str, path: str) -> Dataset:
         """Read one split; every image it needs must already be checked to be in the store."""

@@ -291,18 +291,15 @@ class Flickr30kDataModule(VLDataModule):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.key_pattern = image_key_pattern(image_key)  # a bad pattern fails here, at start-up
+        self.set_image_key(image_key, image_key_pattern)
         if max_eval_images is not None and max_eval_images <= 0:
             raise ValueError(f"max_eval_images must be positive or None, got {max_eval_images}")
         self.karpathy_file = karpathy_file
-        self.splits = {"train": train_split, "val": val_split, "test": test_split}
-        self.image_key = image_key
+        self.splits = {"train": train_split, "val": val_split, "test": test_split}  # split names in the file
+        self.set_split_files(*(karpathy_file if name else None for name in self.splits.values()))
         self.max_eval_images = max_eval_images
         self.neg_seed = neg_seed
         self._images: list[KarpathyImage] | None = None
-
-    def split_files(self) -> dict[str, Optional[str]]:
-        return {stage: self.karpathy_file if name else None for stage, name in self.splits.items()}
 
     def karpathy_images(self) -> list[KarpathyImage]:
         """The file's images, read (and checked) once for all splits."""

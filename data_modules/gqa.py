@@ -82,14 +82,10 @@ class GqaDataModule(AnswerVocabulary, VLDataModule):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.key_pattern = image_key_pattern(image_key)  # a bad pattern fails here, at start-up
-        self.train_file, self.val_file, self.test_file = train_file, val_file, test_file
+        self.set_image_key(image_key, image_key_pattern)
+        self.set_split_files(train_file, val_file, test_file)
         self.ans2label_path = ans2label
-        self.image_key = image_key
         self.out_of_vocabulary: dict[str, int] = {}
-
-    def split_files(self) -> dict[str, Optional[str]]:
-        return {"train": self.train_file, "val": self.val_file, "test": self.test_file}
 
     def build_dataset(self, split: str, path: str) -> QaDataset:
         questions = read_gqa_questions(path, require_answers=split != "test")

@@ -144,12 +144,8 @@ class Nlvr2DataModule(VLDataModule):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.key_pattern = image_key_pattern(image_key)  # a bad pattern fails here, at start-up
-        self.train_file, self.val_file, self.test_file = train_file, val_file, test_file
-        self.image_key = image_key
-
-    def split_files(self) -> dict[str, Optional[str]]:
-        return {"train": self.train_file, "val": self.val_file, "test": self.test_file}
+        self.set_image_key(image_key, image_key_pattern)
+        self.set_split_files(train_file, val_file, test_file)
 
     def build_dataset(self, split: str, path: str) -> Nlvr2Dataset:
         examples = read_nlvr2(path, self.tokenizer, self.max_txt_len, self.key_pattern)

@@ -178,6 +178,8 @@ class PretrainDataModule(VLDataModule):
         if not text_only and not features:
             raise ValueError("features (the region-feature store) is required unless text_only is true")
         self.train_entries, self.val_entries = self.sources.entries()
+        self.set_split_files(*(None if not entries else " + ".join(e.path for e in entries)
+                               for entries in (self.train_entries, self.val_entries, None)))
         self.val_examples, self.seed = val_examples, seed
         self.mlm_words = None if mlm_words is None else list(mlm_words)
         self.summary_targets = summary_targets
@@ -239,12 +241,6 @@ class PretrainDataModule(VLDataModule):
 
     def run_seed(self) -> int:
         return self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-
-    # -- splits
-    def split_files(self) -> dict[str, Optional[str]]:
-        def shown(entries):
-            return None if not entries else " + ".join(e.path for e in entries)
-        return {"train": shown(self.train_entries), "val": shown(self.val_entries), "test": None}
 
     def _check_store_for_objectives(self) -> None:
         needs = [o for o in self.active_objectives if o in SOFT_LABEL_OBJECTIVES]

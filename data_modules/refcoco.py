@@ -304,10 +304,10 @@ class RefcocoDataModule(VLDataModule):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.key_pattern = image_key_pattern(image_key)  # a bad pattern fails here, at start-up
+        self.set_image_key(image_key, image_key_pattern)
         self.refs_file, self.instances_file = refs_file, instances_file
-        self.split_names = {"train": train_split, "val": val_split, "test": test_split}
-        self.image_key = image_key
+        self.split_names = {"train": train_split, "val": val_split, "test": test_split}  # split names in the refs
+        self.set_split_files(*(refs_file if name else None for name in self.split_names.values()))
         self.eval_features = eval_features
         self._eval_store: RegionFeatureStore | None = None
         self._refs: list[RefSentence] | None = None
@@ -323,9 +323,6 @@ class RefcocoDataModule(VLDataModule):
             store.check_dim(self.img_dim)
             self._eval_store = store
         return self._eval_store
-
-    def split_files(self) -> dict[str, Optional[str]]:
-        return {split: (self.refs_file if name else None) for split, name in self.split_names.items()}
 
     def build_dataset(self, split: str, path: str) -> RefcocoDataset:
         if self._refs is None:

@@ -84,8 +84,3 @@ def encode_uniter_batch(tokenizer, texts: Sequence[str], max_txt_len: int) -> li
         for i, ids in zip(nonempty, enc["input_ids"]):
             pieces[i] = list(ids)
     return [[cls, *ids[:max_txt_len], sep] for ids in pieces]
-
-
-def encode_uniter(tokenizer, text: str, max_txt_len: int) -> list[int]:
-    """``[CLS] word-pieces [SEP]`` of one text (see ``encode_uniter_batch``)."""
-    return encode_uniter_batch(tokenizer, [text], max_txt_len)[0]

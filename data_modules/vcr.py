@@ -393,17 +393,13 @@ class VcrDataModule(VLDataModule):
         **kwargs,
     ):
         super().__init__(max_txt_len=max_txt_len, **kwargs)
-        self.key_pattern = image_key_pattern(image_key)  # a bad pattern fails here, at start-up
+        self.set_image_key(image_key, image_key_pattern)
         if num_object_tokens < 0 or (object_token_offset is not None and object_token_offset < 0):
             raise ValueError(f"need num_object_tokens >= 0 and object_token_offset >= 0 (or None), got "
                              f"{num_object_tokens} and {object_token_offset}")
-        self.train_file, self.val_file, self.test_file = train_file, val_file, test_file
-        self.image_key = image_key
+        self.set_split_files(train_file, val_file, test_file)
         self.object_token_offset = object_token_offset
         self.num_object_tokens = num_object_tokens
-
-    def split_files(self) -> dict[str, Optional[str]]:
-        return {"train": self.train_file, "val": self.val_file, "test": self.test_file}
 
     @property
     def object_token_ids(self) -> range:

@@ -277,16 +277,13 @@ class VqaDataModule(AnswerVocabulary, VLDataModule):
                              "file per questions file")
         if test_annotations and not test_questions:
             raise ValueError("test_annotations given without test_questions")
-        self.key_pattern = image_key_pattern(image_key)  # a bad pattern fails here, at start-up
+        self.set_image_key(image_key, image_key_pattern)
+        self.set_split_files(" + ".join(train_questions), val_questions, test_questions)
         self.train_questions, self.train_annotations = train_questions, train_annotations
         self.val_questions, self.val_annotations = val_questions, val_annotations
         self.test_questions, self.test_annotations = test_questions, test_annotations
         self.val_ids, self.train_exclude_ids = val_ids, train_exclude_ids
         self.ans2label_path = ans2label
-        self.image_key = image_key
-
-    def split_files(self) -> dict[str, Optional[str]]:
-        return {"train": " + ".join(self.train_questions), "val": self.val_questions, "test": self.test_questions}
 
     def _pairs(self, split: str) -> list[tuple[str, Optional[str]]]:
         if split == "train":

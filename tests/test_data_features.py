@@ -288,7 +288,7 @@ def test_data_module_img_dim_against_the_stores_feat_dim(tmp_path):
                                          r"set data\.init_args\.img_dim and model\.uniter\.img_dim to 8"):
         dm.store
     dm = VLDataModule(features=str(tmp_path / "s.h5"), tokenizer=str(tmp_path / "tok"), img_dim=8)
-    assert dm.store_feat_dim == 8 == dm.store.feat_dim
+    assert dm.store.feat_dim == 8
 
 
 # ---------------------------------------------------------------------------------- soft labels

@@ -11,7 +11,7 @@ import data_modules.tokenization as tokenization
 from data_modules.convert.writer import RegionFeatureWriter
 from data_modules.features import MissingImageError, RegionFeatureStore
 from data_modules.nlvr2 import Nlvr2DataModule, image_keys, read_nlvr2_records
-from data_modules.tokenization import encode_uniter, encode_uniter_batch, load_tokenizer
+from data_modules.tokenization import encode_uniter_batch, load_tokenizer
 
 GOOD = {"identifier": "dev-850-0-0", "sentence": "The left image contains exactly two dogs.", "label": "False",
         "left_url": "https://example.invalid/a.jpg", "synset": "dog", "writer": "61", "validation": {"61": "False"}}
@@ -77,10 +77,11 @@ def test_encode_uniter_is_per_word_wordpiece_with_cls_sep(demo_world):
              "  Both   images contain a large red cube.  ", "", "Zebras xyz!"]
     for text in texts:
         per_word = [i for w in text.split() for i in tok.convert_tokens_to_ids(tok.tokenize(w))]
-        assert encode_uniter(tok, text, 60) == [tok.cls_token_id, *per_word, tok.sep_token_id]
-    assert encode_uniter_batch(tok, texts, 3) == [[tok.cls_token_id, *encode_uniter(tok, t, 60)[1:-1][:3], tok.sep_token_id]
-                                                  for t in texts]
-    assert tok.convert_ids_to_tokens(encode_uniter(tok, "red cubes.", 60)) == ["[CLS]", "red", "cube", "##s", ".", "[SEP]"]
+        assert encode_uniter_batch(tok, [text], 60) == [[tok.cls_token_id, *per_word, tok.sep_token_id]]
+    one_by_one = [encode_uniter_batch(tok, [t], 60)[0] for t in texts]
+    assert encode_uniter_batch(tok, texts, 3) == [[tok.cls_token_id, *ids[1:-1][:3], tok.sep_token_id] for ids in one_by_one]
+    assert tok.convert_ids_to_tokens(encode_uniter_batch(tok, ["red cubes."], 60)[0]) == ["[CLS]", "red", "cube", "##s",
+                                                                                       ".", "[SEP]"]
 
 
 def test_tokenizer_size_is_checked_against_vocab_file(demo_world, tmp_path, monkeypatch):

@@ -225,11 +225,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return argument_parser().parse_args(argv)
 
 
-def world_from_args(args: argparse.Namespace) -> WorldConfig:
-    """The ``WorldConfig`` the options of ``argument_parser`` describe."""
-    return WorldConfig(args.num_colors, args.num_shapes, args.min_objects, args.max_objects, args.noise, args.focus)
-
-
 def generate_from_args(args: argparse.Namespace, mark_complete: bool = True) -> dict[str, str]:
     """``generate_demo`` with the options of ``argument_parser``."""
     return generate_demo(args.out, args.seed, args.feat_dim, args.n_train, args.n_dev, args.n_test,

@@ -70,10 +70,6 @@ class SceneObject:
     def center_x(self) -> float:
         return (self.box[0] + self.box[2]) / 2
 
-    @property
-    def center_y(self) -> float:
-        return (self.box[1] + self.box[3]) / 2
-
 
 @dataclass(frozen=True)
 class ObjectSpec:
