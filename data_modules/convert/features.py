@@ -525,21 +525,9 @@ def convert_features(src: list[str], fmt: str, out: str | Path, *, key_format: s
     """Convert ``src`` (files / folders / globs in ``fmt``) into the store ``out``; see the module doc."""
     out = Path(out)
     report = Path(report) if report else out.with_name(out.name + ".report.jsonl")
-    partial = partial_path(out)
-    if restart:
-        partial.unlink(missing_ok=True)
-    if out.exists() and not overwrite and not partial.exists():
-        raise ConvertError(f"{out} exists; pass --overwrite to replace it (it stays in place until the new store is complete)")
-    try:
-        keys = KeyMapper(key_format, strip_prefix)
-        paths = S.expand_sources(list(src))
-        policy, selection = box_policy(fmt, paths, conf_th, min_boxes, max_boxes)
-    except (ValueError, FileNotFoundError) as err:
-        raise ConvertError(str(err)) from None
-    opts = Options(key_format, tuple(strip_prefix), *policy, float(box_tol),
-                   feat_dim, Path(image_sizes) if image_sizes else None, unknown_size, bool(soft_labels))
-    if not 0 <= opts.box_tol < 0.5:
-        raise ConvertError(f"--box-tol {opts.box_tol}: expected a fraction of the image side in [0, 0.5)")
+    partial = _check_output(out, restart, overwrite)
+    keys, opts, selection = _options(src, fmt, key_format, strip_prefix, conf_th, min_boxes, max_boxes, box_tol,
+                                     feat_dim, image_sizes, unknown_size, soft_labels)
     try:
         sizes = load_image_sizes(opts.image_sizes) if opts.image_sizes else None
         if soft_label_names is not None and not opts.soft_labels:
@@ -548,16 +536,7 @@ def convert_features(src: list[str], fmt: str, out: str | Path, *, key_format: s
         source = make_source(fmt, list(src), opts, tsv_fields, Path(imgid2idx) if imgid2idx else None)
     except (ValueError, FileNotFoundError, ImportError) as err:
         raise ConvertError(str(err)) from None
-    meta = {"converter": "data_modules.convert.features", "version": 1, "format": fmt,
-            "sources": [str(Path(p).resolve()) for p in getattr(source, "paths", [])],
-            "key_format": key_format, "strip_prefix": list(strip_prefix), "conf_th": opts.conf_th,
-            "min_boxes": opts.min_boxes, "max_boxes": opts.max_boxes, "box_tol": opts.box_tol,
-            "image_sizes": str(opts.image_sizes.resolve()) if opts.image_sizes else ("unknown (1 x 1)" if unknown_size else None),
-            **source.settings()}
-    if not opts.soft_labels:  # only when not the default: unfinished stores of earlier versions still resume
-        meta["soft_labels"] = "dropped (--no-soft-labels)"
-    if names is not None:
-        meta["soft_label_names"] = str(Path(soft_label_names).resolve())
+    meta = _store_meta(fmt, source, opts, unknown_size, names, soft_label_names)
 
     resuming = partial.exists()
     reported = _read_report(report) if resuming else set()
@@ -569,64 +548,11 @@ def convert_features(src: list[str], fmt: str, out: str | Path, *, key_format: s
     except ValueError as err:
         raise ConvertError(f"{err} (or pass --restart)") from None
     stats = ConvertSummary(out=out, report=report, feat_dim=dim, resumed=writer.resumed, selection=selection)
-    writer_prefix = f"{out}: image "
     bar = _progress(source.total(), source.unit, progress)
-    # Records come in a fixed order and images are committed in that order: while every record is
-    # already in the store (or reported), we are in the part done before the interruption.
-    state = {"before_resume_point": writer.resumed > 0, "examined": 0, "swapped": 0}
-
-    def skip(raw_id: str, where: str) -> bool:
-        if where in reported:
-            return True
-        if state["before_resume_point"]:
-            try:
-                if keys(raw_id) in writer:
-                    return True
-            except Reject:
-                pass
-            state["before_resume_point"] = False
-        return False
-
     try:
         with open(report, "a") as rep:
-            for rec in _read(source.records(skip)):
-                if bar is not None:
-                    bar.update(rec.advance)
-                if rec.skipped:
-                    continue
-                key = None
-                try:
-                    key = keys(rec.id)
-                    if key in writer:
-                        raise Reject(f"duplicate: key {key!r} was already converted from an earlier record")
-                    feats, boxes, w, h, n_source, n_clipped, soft = prepare(rec, opts, dim, sizes, key)
-                    if soft is None and writer.has_soft_labels and opts.soft_labels:
-                        raise Reject(f"no soft_labels, but the images converted before have them ({writer.soft_label_dim} "
-                                     "classes per region) and a store keeps them for every image or none: "
-                                     "--no-soft-labels leaves them out of every image")
-                    if soft is not None and writer.has_soft_labels is False:
-                        soft = None  # the first image had none: so has the store
-                        stats.soft_labels_ignored += 1
-                    try:
-                        writer.add(key, feats, boxes, w, h, soft_labels=soft)
-                    except ValueError as err:
-                        hint = " (--no-soft-labels leaves them out)" if "soft_labels" in str(err) and soft is not None else ""
-                        raise Reject(str(err) + hint) from None
-                    stats.converted += 1
-                    stats.clipped_boxes += n_clipped
-                    stats.add_image(key, n_source, len(feats))
-                except Reject as err:
-                    reason = str(err)
-                    rep.write(json.dumps({"id": rec.id, "key": key, "where": rec.where, "reason": reason}) + "\n")
-                    rep.flush()
-                    stats.rejected += 1
-                    stats.add_reason(reason, rec.where, writer_prefix + repr(key) if key else "")
-                    state["swapped"] += _SWAP_HINT in reason
-                state["examined"] += 1
-                if state["examined"] <= 20 and state["swapped"] >= 5:
-                    raise ConvertError(f"{rec.where}: the boxes of {state['swapped']} of the first {state['examined']} "
-                                       f"images fit only with {_SWAP_HINT.split(' look')[0]} swapped: give the column order "
-                                       "with --tsv-fields (e.g. image_id,image_h,image_w,num_boxes,boxes,features) and --restart")
+            _convert_records(source, _ResumeSkip(reported, keys, writer), keys, writer, opts, dim, sizes, stats,
+                             rep, bar)
             _describe_soft_labels(stats, writer, opts, names, soft_label_names)
             if len(writer) == 0:
                 writer.abort()  # no empty store left behind (nor an unfinished one)
@@ -642,6 +568,120 @@ def convert_features(src: list[str], fmt: str, out: str | Path, *, key_format: s
     if len(writer) == 0:
         raise NothingConverted(_nothing_converted(stats, source), stats)
     return stats
+
+
+def _check_output(out: Path, restart: bool, overwrite: bool) -> Path:
+    """The unfinished store's path (removed with ``restart``); a finished ``out`` is replaced only
+    with ``overwrite``."""
+    partial = partial_path(out)
+    if restart:
+        partial.unlink(missing_ok=True)
+    if out.exists() and not overwrite and not partial.exists():
+        raise ConvertError(f"{out} exists; pass --overwrite to replace it (it stays in place until the new store is complete)")
+    return partial
+
+
+def _options(src, fmt: str, key_format: str, strip_prefix, conf_th, min_boxes, max_boxes, box_tol: float, feat_dim,
+             image_sizes, unknown_size: bool, soft_labels: bool) -> tuple[KeyMapper, Options, str]:
+    """The key mapper, the checked ``Options`` and the box selection in words."""
+    try:
+        keys = KeyMapper(key_format, strip_prefix)
+        paths = S.expand_sources(list(src))
+        policy, selection = box_policy(fmt, paths, conf_th, min_boxes, max_boxes)
+    except (ValueError, FileNotFoundError) as err:
+        raise ConvertError(str(err)) from None
+    opts = Options(key_format, tuple(strip_prefix), *policy, float(box_tol),
+                   feat_dim, Path(image_sizes) if image_sizes else None, unknown_size, bool(soft_labels))
+    if not 0 <= opts.box_tol < 0.5:
+        raise ConvertError(f"--box-tol {opts.box_tol}: expected a fraction of the image side in [0, 0.5)")
+    return keys, opts, selection
+
+
+def _store_meta(fmt: str, source, opts: Options, unknown_size: bool, names, soft_label_names) -> dict:
+    """The store's ``meta`` attribute: how it was made (a resumed conversion must match it)."""
+    meta = {"converter": "data_modules.convert.features", "version": 1, "format": fmt,
+            "sources": [str(Path(p).resolve()) for p in getattr(source, "paths", [])],
+            "key_format": opts.key_format, "strip_prefix": list(opts.strip_prefix), "conf_th": opts.conf_th,
+            "min_boxes": opts.min_boxes, "max_boxes": opts.max_boxes, "box_tol": opts.box_tol,
+            "image_sizes": str(opts.image_sizes.resolve()) if opts.image_sizes else ("unknown (1 x 1)" if unknown_size else None),
+            **source.settings()}
+    if not opts.soft_labels:  # only when not the default: unfinished stores of earlier versions still resume
+        meta["soft_labels"] = "dropped (--no-soft-labels)"
+    if names is not None:
+        meta["soft_label_names"] = str(Path(soft_label_names).resolve())
+    return meta
+
+
+class _ResumeSkip:
+    """Which records a resumed conversion passes over: those reported before, and — records come
+    in a fixed order and images are committed in that order — while every record is already in
+    the store, the part done before the interruption."""
+
+    def __init__(self, reported: set, keys: KeyMapper, writer: RegionFeatureWriter):
+        self.reported, self.keys, self.writer = reported, keys, writer
+        self.before_resume_point = writer.resumed > 0
+
+    def __call__(self, raw_id: str, where: str) -> bool:
+        if where in self.reported:
+            return True
+        if self.before_resume_point:
+            try:
+                if self.keys(raw_id) in self.writer:
+                    return True
+            except Reject:
+                pass
+            self.before_resume_point = False
+        return False
+
+
+def _convert_records(source, skip: _ResumeSkip, keys: KeyMapper, writer: RegionFeatureWriter, opts: Options,
+                     dim: int, sizes, stats: ConvertSummary, rep, bar) -> None:
+    """Every record of ``source`` into the store, or into the report (``rep``) with its reason."""
+    examined = swapped = 0
+    for rec in _read(source.records(skip)):
+        if bar is not None:
+            bar.update(rec.advance)
+        if rec.skipped:
+            continue
+        key = None
+        try:
+            key = keys(rec.id)
+            _add_image(rec, key, writer, opts, dim, sizes, stats)
+        except Reject as err:
+            reason = str(err)
+            rep.write(json.dumps({"id": rec.id, "key": key, "where": rec.where, "reason": reason}) + "\n")
+            rep.flush()
+            stats.rejected += 1
+            stats.add_reason(reason, rec.where, f"{writer.path}: image {key!r}" if key else "")
+            swapped += _SWAP_HINT in reason
+        examined += 1
+        if examined <= 20 and swapped >= 5:
+            raise ConvertError(f"{rec.where}: the boxes of {swapped} of the first {examined} "
+                               f"images fit only with {_SWAP_HINT.split(' look')[0]} swapped: give the column order "
+                               "with --tsv-fields (e.g. image_id,image_h,image_w,num_boxes,boxes,features) and --restart")
+
+
+def _add_image(rec, key: str, writer: RegionFeatureWriter, opts: Options, dim: int, sizes,
+               stats: ConvertSummary) -> None:
+    """One record's image into the store under ``key``, or ``Reject`` saying why not."""
+    if key in writer:
+        raise Reject(f"duplicate: key {key!r} was already converted from an earlier record")
+    feats, boxes, w, h, n_source, n_clipped, soft = prepare(rec, opts, dim, sizes, key)
+    if soft is None and writer.has_soft_labels and opts.soft_labels:
+        raise Reject(f"no soft_labels, but the images converted before have them ({writer.soft_label_dim} "
+                     "classes per region) and a store keeps them for every image or none: "
+                     "--no-soft-labels leaves them out of every image")
+    if soft is not None and writer.has_soft_labels is False:
+        soft = None  # the first image had none: so has the store
+        stats.soft_labels_ignored += 1
+    try:
+        writer.add(key, feats, boxes, w, h, soft_labels=soft)
+    except ValueError as err:
+        hint = " (--no-soft-labels leaves them out)" if "soft_labels" in str(err) and soft is not None else ""
+        raise Reject(str(err) + hint) from None
+    stats.converted += 1
+    stats.clipped_boxes += n_clipped
+    stats.add_image(key, n_source, len(feats))
 
 
 def _describe_soft_labels(stats: ConvertSummary, writer: RegionFeatureWriter, opts: Options, names, names_path) -> None:

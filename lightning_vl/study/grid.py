@@ -85,105 +85,139 @@ def _check_keys(entry: dict, allowed: set, where: str) -> None:
 
 def expand(raw: dict, tasks: Optional[list[str]] = None, seeds: Optional[list[int]] = None,
            source: str = "study") -> Study:
-    """The cells of a study (``tasks`` / ``seeds`` override the grid's axes)."""
+    """The cells of a study (``tasks`` / ``seeds`` override the grid's axes): the run cells of
+    ``runs`` first, then the branch cells of ``branches``, each hanging off its run cell."""
     if not isinstance(raw, dict) or "study" not in raw:
         raise ValueError(f"{source}: a study needs a 'study:' name, 'tasks', 'stack' and 'runs'")
     # `--tasks` narrows every cell to those tasks, a run entry's own `tasks` and a ticket branch's
     # `source` included; a transfer's source run is kept when one of its targets is asked for
     narrowed = tasks is not None
     tasks = _list(tasks if tasks is not None else raw.get("tasks"), [])
-    seed_spec = seeds if seeds is not None else raw.get("seeds")
-
-    def seeds_of(task: str) -> list[int]:
-        """``seeds`` is a list, or per task: ``{nlvr2: [0, 1, 2], default: [0]}``."""
-        if isinstance(seed_spec, dict):
-            return [int(s) for s in _list(seed_spec.get(task, seed_spec.get("default")), [0])]
-        return [int(s) for s in _list(seed_spec, [0])]
-
     unknown = [t for t in tasks if t not in TASK_INFO]
     if unknown or not tasks:
         raise ValueError(f"{source}: tasks {unknown or tasks} — expected some of {', '.join(TASK_NAMES)}")
     stack = [str(s) for s in raw.get("stack") or []]
     if not stack:
         raise ValueError(f"{source}: 'stack' must list the config files of a task's command ({{task}} substituted)")
-    common = {"stack": stack, "args": [str(a) for a in raw.get("args") or []]}
-    cells: list[Cell] = []
-    runs: dict[tuple, str] = {}  # (task, run name, seed, rewind) -> cell id
+    grid = _Grid(source, {"stack": stack, "args": [str(a) for a in raw.get("args") or []]},
+                 seeds if seeds is not None else raw.get("seeds"), tasks, narrowed)
+    run_entries = raw.get("runs") or []
+    _check_runs(run_entries, source)
+    for entry in run_entries:
+        grid.add_runs(entry)
+    for i, entry in enumerate(raw.get("branches") or []):
+        grid.add_branches(entry, run_entries, f"{source}: branches[{i}]")
+    ids = [c.id for c in grid.cells]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{source}: two cells of the grid are the same command")
+    return Study(str(raw["study"]), grid.cells, raw=raw)
 
-    def run_name(entry: dict) -> str:
-        return str(entry.get("name") or entry["method"])
 
-    def run_cell(task: str, seed: int, entry: dict, rewind: int) -> str:
-        name = run_name(entry)
+def _run_name(entry: dict) -> str:
+    """A run entry's name: its ``name``, else its method."""
+    return str(entry.get("name") or entry["method"])
+
+
+def _check_runs(run_entries: list, source: str) -> None:
+    """Every run entry has known keys and a method, and a name of its own."""
+    for i, entry in enumerate(run_entries):
+        _check_keys(entry, RUN_KEYS, f"{source}: runs[{i}]")
+        if "method" not in entry:
+            raise ValueError(f"{source}: runs[{i}] needs a method")
+    names = [_run_name(e) for e in run_entries]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{source}: runs named {twice} more than once; give each run of one method its own 'name'")
+
+
+@dataclass
+class _Grid:
+    """The cells of a study as ``expand`` adds them; a run cell is made once, however many
+    branches hang off it."""
+
+    source: str
+    common: dict  # stack and args, shared by every cell
+    seed_spec: object  # a list of seeds, or per task: {nlvr2: [0, 1, 2], default: [0]}
+    tasks: list[str]
+    narrowed: bool  # --tasks was given
+    cells: list[Cell] = field(default_factory=list)
+    runs: dict[tuple, str] = field(default_factory=dict)  # (task, run name, seed, rewind) -> cell id
+
+    def seeds_of(self, task: str) -> list[int]:
+        if isinstance(self.seed_spec, dict):
+            return [int(s) for s in _list(self.seed_spec.get(task, self.seed_spec.get("default")), [0])]
+        return [int(s) for s in _list(self.seed_spec, [0])]
+
+    def run_cell(self, task: str, seed: int, entry: dict, rewind: int) -> str:
+        """The id of the run cell of ``entry`` on ``task``, made if it is not yet."""
+        name = _run_name(entry)
         key = (task, name, seed, rewind)
-        if key in runs:
-            return runs[key]
+        if key in self.runs:
+            return self.runs[key]
         named = {"name": name} if name != entry["method"] else {}  # unnamed runs keep their cell ids
-        spec = {**common, "kind": "run", "task": task, "seed": seed, **named, "method": entry["method"],
+        spec = {**self.common, "kind": "run", "task": task, "seed": seed, **named, "method": entry["method"],
                 "target_sparsity": float(entry.get("target_sparsity", IMP_DEFAULTS["target_sparsity"])),
                 "rewind_step": int(rewind), "schedule": entry.get("schedule", IMP_DEFAULTS["schedule"]),
                 "rate": float(entry.get("rate", IMP_DEFAULTS["rate"])),
                 "extra": [str(a) for a in entry.get("args") or []]}
         cell = Cell(_cell_id(spec), "run", task, f"{task} {name} seed {seed}"
                     + (f" rewind {rewind}" if rewind else ""), spec)
-        cells.append(cell)
-        runs[key] = cell.id
+        self.cells.append(cell)
+        self.runs[key] = cell.id
         return cell.id
 
-    run_entries = raw.get("runs") or []
-    for i, entry in enumerate(run_entries):
-        _check_keys(entry, RUN_KEYS, f"{source}: runs[{i}]")
-        if "method" not in entry:
-            raise ValueError(f"{source}: runs[{i}] needs a method")
-    names = [run_name(e) for e in run_entries]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ValueError(f"{source}: runs named {twice} more than once; give each run of one method its own 'name'")
-    for entry in run_entries:  # a run entry's own `tasks` narrows the grid's (e.g. the pre-training run only)
-        for task in _list(entry.get("tasks"), tasks):
+    def add_runs(self, entry: dict) -> None:
+        """A run entry's cells: per task (its own ``tasks`` narrow the grid's), seed and rewind step."""
+        for task in _list(entry.get("tasks"), self.tasks):
             if task not in TASK_INFO:
-                raise ValueError(f"{source}: runs: task {task!r} is not a task")
-            if narrowed and task not in tasks:
-                continue  # a kept transfer's source run is still made, by its branch below
-            for seed in seeds_of(task):
+                raise ValueError(f"{self.source}: runs: task {task!r} is not a task")
+            if self.narrowed and task not in self.tasks:
+                continue  # a kept transfer's source run is still made, by its branch
+            for seed in self.seeds_of(task):
                 for rewind in _list(entry.get("rewind_steps"), [0]):
-                    run_cell(task, seed, entry, int(rewind))
-    for i, entry in enumerate(raw.get("branches") or []):
-        where = f"{source}: branches[{i}]"
+                    self.run_cell(task, seed, entry, int(rewind))
+
+    def add_branches(self, entry: dict, run_entries: list, where: str) -> None:
+        """A branch entry's cells: per source task, seed, level (``at``) and target, each hanging
+        off the run cell it branches from (made here if the runs did not make it)."""
         _check_keys(entry, BRANCH_KEYS, where)
         if entry.get("kind") not in BRANCH_KINDS:
             raise ValueError(f"{where}: kind must be one of {', '.join(BRANCH_KINDS)}")
         parent_name = entry.get("from", "imp")
-        template = next((e for e in run_entries if run_name(e) == parent_name), None)
+        template = next((e for e in run_entries if _run_name(e) == parent_name), None)
         if template is None:
+            names = [_run_name(e) for e in run_entries]
             raise ValueError(f"{where}: from: {parent_name!r} names no entry of 'runs' (their names: {names})")
-        sources = _list(entry.get("source"), []) or tasks
-        for src in sources:
+        for src in _list(entry.get("source"), []) or self.tasks:
             if src not in TASK_INFO:
                 raise ValueError(f"{where}: source {src!r} is not a task")
-            if entry["kind"] == "transfer":  # default: every other task of the grid
-                targets = [t for t in _list(entry.get("to"), tasks) if t != src]
-            else:
-                targets = [None] if not narrowed or src in tasks else []
+            targets = self.branch_targets(entry, src)
             if not targets:
                 continue
-            for seed in [int(s) for s in _list(entry.get("seeds"), seeds_of(src))]:
-                parent = run_cell(src, seed, template, 0)
+            for seed in [int(s) for s in _list(entry.get("seeds"), self.seeds_of(src))]:
+                parent = self.run_cell(src, seed, template, 0)
                 for at in _list(entry.get("at"), []):
                     level = level_of(float(at), template)
                     for target in targets:
-                        spec = {**common, "kind": "branch", "name": entry.get("name", entry["kind"]),
-                                "branch_kind": entry["kind"], "task": src, "seed": seed, "level": level,
-                                "sparsity": float(at), "source_cell": parent, "init": entry.get("init"),
-                                "strategy": entry.get("strategy"), "to": target,
-                                "extra": [str(a) for a in entry.get("args") or []]}
-                        label = (f"{src} r{level:02d} {entry.get('name', entry['kind'])}"
-                                 + (f" → {target}" if target else "") + f" seed {seed}")
-                        cells.append(Cell(_cell_id(spec), "branch", src, label, spec, (parent,)))
-    ids = [c.id for c in cells]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{source}: two cells of the grid are the same command")
-    return Study(str(raw["study"]), cells, raw=raw)
+                        self.cells.append(self.branch_cell(entry, src, seed, level, float(at), parent, target))
+
+    def branch_targets(self, entry: dict, src: str) -> list[Optional[str]]:
+        """A transfer's target tasks (default: every other task of the grid); [None] for a branch
+        that stays on its source task, [] when ``--tasks`` leaves the source out."""
+        if entry["kind"] == "transfer":
+            return [t for t in _list(entry.get("to"), self.tasks) if t != src]
+        return [None] if not self.narrowed or src in self.tasks else []
+
+    def branch_cell(self, entry: dict, src: str, seed: int, level: int, sparsity: float, parent: str,
+                    target: Optional[str]) -> Cell:
+        spec = {**self.common, "kind": "branch", "name": entry.get("name", entry["kind"]),
+                "branch_kind": entry["kind"], "task": src, "seed": seed, "level": level,
+                "sparsity": sparsity, "source_cell": parent, "init": entry.get("init"),
+                "strategy": entry.get("strategy"), "to": target,
+                "extra": [str(a) for a in entry.get("args") or []]}
+        label = (f"{src} r{level:02d} {entry.get('name', entry['kind'])}"
+                 + (f" → {target}" if target else "") + f" seed {seed}")
+        return Cell(_cell_id(spec), "branch", src, label, spec, (parent,))
 
 
 def level_of(sparsity: float, run: dict) -> int:
