@@ -4,22 +4,26 @@ encoder, and nothing more ("standardise, don't abstract": each model stays one r
 
 A backbone
 
-* owns its sizes (a config dataclass given as ``--model.backbone.init_args.*`` or, for UNITER, the
-  historical ``--model.uniter.*``) and registers its parameters under its own ``prefix`` in the
-  task module (``uniter.*``, ``lxmert.*``): the names masks, run folders and released checkpoints use;
+* owns its sizes: a config dataclass (``config_class``), its only constructor argument, given as
+  ``--model.backbone.init_args.config.*`` or, for UNITER, the historical ``--model.uniter.*``; it
+  registers its parameters under its own ``prefix`` in the task module (``uniter.*``, ``lxmert.*``):
+  the names masks, run folders and released checkpoints use;
 * encodes a batch (the data modules' region-feature batches: ``input_ids``, ``img_feat``,
-  ``img_pos_feat``, ``attn_masks`` …) into a :class:`BackboneOutput`, with the adversarial seam's
-  ``txt_delta`` (added to the word embeddings) and ``img_delta`` (added to the raw region features);
+  ``img_pos_feat``, ``attn_masks``, ``gather_index`` …) into a :class:`BackboneOutput`, with the
+  adversarial seam's ``txt_delta`` (added to the word embeddings) and ``img_delta`` (added to the
+  raw region features);
 * names its prunable weights, each with its :class:`PrunableGroup` (stream, layer, part), for a
   requested set of parts (``encoder`` always; ``pooler``, the visual feature encoder … as options);
-* loads its released weights and the controls θ'_0 (text-only weights, e.g. BERT's, in the language
-  layers) and θ''_0 (its own weights shuffled within each tensor), each with a :class:`LoadReport`;
-* grows its embedding tables for a task (extra token types, extra word rows).
+* reads its released weights and the controls θ'_0 (text-only weights, e.g. BERT's, in the language
+  layers) and θ''_0 (its own weights shuffled within each tensor) into a state dict the task module
+  loads with its :class:`~lightning_vl.model.checkpoints.LoadReport`;
+* grows its embedding tables for a task (extra token types, extra word rows), and freezes what a
+  task never uses (the pooler, the region mask embedding), so DDP needs no unused-parameter search.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Optional
+from typing import ClassVar, Literal, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -27,17 +31,19 @@ from torch import nn
 Stream = Literal["text", "image", "cross", "joint"]
 
 
-@dataclass(frozen=True)
-class PrunableGroup:
+class PrunableGroup(NamedTuple):
     """Where a prunable weight sits: ``stream`` (``joint`` for a single-stream encoder such as
     UNITER's; ``text`` / ``image`` / ``cross`` for LXMERT's language, object-relationship and
     cross-modality encoders), ``layer`` (its index in that stream; -1 outside the layers: pooler,
     feature encoder) and ``part`` (``query``, ``key``, ``value``, ``attn_out``, ``ffn_in``,
-    ``ffn_out``, ``pooler``, ``visual_fc`` …).
+    ``ffn_out``, ``pooler``, ``visual_fc`` …). A plain tuple, so masks store it as one
+    (``lightning_vl.pruning.Mask.groups``) and read it back without this module.
 
     Example:
         >>> PrunableGroup("joint", 3, "query").label
         'joint.3.query'
+        >>> PrunableGroup("joint", 3, "query") == ("joint", 3, "query")
+        True
     """
 
     stream: str
@@ -53,10 +59,17 @@ class PrunableGroup:
 class BackboneOutput:
     """What a backbone hands the heads.
 
-    ``sequence`` (R, L, H): every position's last hidden state, text first (UNITER: its gathered
-    joint sequence; LXMERT: the language output then the vision output); ``sequence_mask`` (R, L):
-    1 where ``sequence`` is a real token or region; ``pooled`` (R, H) or None: the pooled [CLS]
-    (computed only when the head reads it, see ``Backbone.forward``'s ``pool``).
+    ``sequence`` (R, L, H): every position's last hidden state in the batch's joined layout (the
+    data modules' ``gather_index`` order: row i's text tokens at ``[0, txt_lens[i])``, then its
+    regions at ``[txt_lens[i], txt_lens[i] + num_bbs[i])``, then padding), so heads that read regions
+    (RefCOCO+, MRFR/MRC, WRA) work on every backbone; ``sequence_mask`` (R, L): 1 where ``sequence``
+    is a real token or region; ``pooled`` (R, H) or None: the pooled [CLS] (computed only when the
+    head reads it, see ``Backbone.forward``'s ``pool``).
+
+    Example:
+        >>> out = BackboneOutput(torch.zeros(2, 5, 8), torch.ones(2, 5, dtype=torch.long))
+        >>> out.pooled is None
+        True
     """
 
     sequence: torch.Tensor
@@ -64,24 +77,168 @@ class BackboneOutput:
     pooled: Optional[torch.Tensor] = None
 
 
-class Backbone(nn.Module):
-    """The contract (see the module docstring). Subclasses set ``prefix`` and implement the methods.
+@dataclass(frozen=True)
+class HeadSizes:
+    """What a head may know of the backbone it sits on: sizes, never the backbone's config class.
 
-    Raises (in implementations):
-        ValueError: a checkpoint whose shapes do not fit, naming the file, the key and both shapes.
+    Example:
+        >>> HeadSizes(hidden_size=32, num_attention_heads=4).hidden_size
+        32
+    """
+
+    hidden_size: int
+    num_attention_heads: int
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    vocab_size: int = 0  # word rows before a task's extra rows (the MLM and bag-of-words heads)
+    img_dim: int = 0  # region feature size (the MRFR head)
+
+
+class Backbone(nn.Module):
+    """The contract (see the module docstring). Subclasses set ``prefix`` and ``config_class``,
+    take ``config`` (an instance of ``config_class``) as their one constructor argument, keep it as
+    ``self.config``, and implement the methods that raise ``NotImplementedError`` here.
+
+    Example (a task module uses a backbone like this)::
+
+        backbone = UniterModel(UniterConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4))
+        out = backbone(batch, pool=True)                  # BackboneOutput
+        groups = backbone.prunable_groups(("encoder",))  # {"encoder.layer.0.attention.self.query.weight": ...}
     """
 
     prefix: ClassVar[str]  # the attribute the task module registers it under: parameter names' first part
+    config_class: ClassVar[type]  # the sizes dataclass; ``config`` is an instance of it
 
     @property
     def hidden_size(self) -> int:
+        """The width of ``sequence`` and ``pooled``.
+
+        Example::
+
+            torch.zeros(rows, backbone.hidden_size)  # a pooled-sized tensor
+
+        Raises:
+            NotImplementedError: in a backbone without ``head_sizes``.
+        """
+        return self.head_sizes().hidden_size
+
+    def head_sizes(self) -> HeadSizes:
+        """The sizes the task heads are built with.
+
+        Example::
+
+            VqaHead(backbone.head_sizes(), num_labels=3129)
+
+        Raises:
+            NotImplementedError: in a backbone that does not implement it.
+        """
         raise NotImplementedError
 
     def forward(self, batch: dict, txt_delta: Optional[torch.Tensor] = None, img_delta: Optional[torch.Tensor] = None,
                 pool: bool = True) -> BackboneOutput:
+        """Encode a batch. ``txt_delta`` (R, Lt, H) is added to the word embeddings, ``img_delta``
+        (R, N, D) to the raw region features (VILLA's seam); ``pool=False`` skips the pooler.
+
+        Example::
+
+            out = backbone(batch, txt_delta=torch.zeros(*batch["input_ids"].shape, backbone.hidden_size))
+
+        Raises:
+            KeyError: the batch lacks an input the backbone needs.
+        """
         raise NotImplementedError
 
     def prunable_groups(self, parts: tuple[str, ...] = ("encoder",)) -> dict[str, PrunableGroup]:
         """Names (relative to this module: ``encoder.layer.0.attention.self.query.weight``) → group,
-        in a fixed order."""
+        in a fixed order (parts in the order asked, layers ascending).
+
+        Example::
+
+            {f"{backbone.prefix}.{n}": g for n, g in backbone.prunable_groups(("encoder", "pooler")).items()}
+
+        Raises:
+            ValueError: an unknown part, naming the backbone's parts.
+        """
         raise NotImplementedError
+
+    @classmethod
+    def read_init(cls, spec: str, seed: int = 0) -> dict[str, torch.Tensor]:
+        """The state dict (keys prefixed ``<prefix>.``, heads' keys as the file has them) an ``init``
+        value names: a released checkpoint or one of ours, a text-only model's folder (θ'_0), or
+        ``shuffled:<any of these>`` (θ''_0: every ``<prefix>.*`` tensor permuted, seeded). The task
+        module loads it non-strictly and reports what was loaded, missing and unexpected.
+
+        Example::
+
+            state = UniterModel.read_init("shuffled:pretrained/uniter-base.pt", seed=1)
+
+        Raises:
+            FileNotFoundError: no such file or folder, or a folder without weights.
+            ValueError: a file that is not plain tensors, or a folder without the expected weights.
+        """
+        raise NotImplementedError
+
+    def grow_embeddings(self, type_rows_from: list[int], extra_word_rows: int,
+                        state: Optional[dict[str, torch.Tensor]] = None) -> None:
+        """Grow the token-type table by one row per ``type_rows_from`` entry (new row k copies row
+        ``type_rows_from[k - old]``) and the word table by ``extra_word_rows`` fresh rows; idempotent.
+        With ``state`` (a checkpoint about to be loaded), grow only if its tables already have the
+        grown sizes (our own checkpoints, UNITER's VCR second stage), so that they load.
+
+        Example::
+
+            backbone.grow_embeddings([1], 0)  # NLVR2: a third type, a copy of the image type
+
+        Raises:
+            ValueError: growth requested of a backbone that has no such tables (this default).
+        """
+        if type_rows_from or extra_word_rows:
+            raise ValueError(f"{type(self).__name__} cannot grow its embedding tables "
+                             f"({len(type_rows_from)} type rows, {extra_word_rows} word rows asked)")
+
+    def freeze_unused(self, pooled: bool, region_masks: bool) -> None:
+        """Freeze the pooler when the head reads no ``pooled``, and the region mask embedding when
+        the task masks no regions (only pre-training's MRM does).
+
+        Example::
+
+            backbone.freeze_unused(pooled=head.uses_pooler, region_masks=spec.trains_mask_embedding)
+
+        Raises:
+            NotImplementedError: in a backbone that does not implement it.
+        """
+        raise NotImplementedError
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        """The word table (the MLM decoder ties to it; its rows bound the tokenizer).
+
+        Raises:
+            NotImplementedError: in a backbone that does not implement it.
+        """
+        raise NotImplementedError
+
+    @property
+    def img_dim(self) -> int:
+        """The region feature size the backbone reads (checked against the data's).
+
+        Raises:
+            NotImplementedError: in a backbone that does not implement it.
+        """
+        raise NotImplementedError
+
+    def pretraining_ties(self) -> dict[str, nn.Parameter]:
+        """The backbone parameters pre-training heads share: ``img_projection`` (H, D), MRFR's
+        transposed output weight (UNITER: ``img_linear.weight``), and ``region_mask`` (the MRM mask
+        embedding, which pre-training touches every step). Empty: the heads keep their own.
+
+        Example::
+
+            head.feat_regress.weight = backbone.pretraining_ties()["img_projection"]
+
+        Raises:
+            Nothing: the default has no ties.
+        """
+        return {}

@@ -1,6 +1,7 @@
-"""Loading initial weights into a task module: released UNITER checkpoints and our own files.
+"""Reading initial weights for a task module, and loading them with a report (``LoadReport``).
 
-``init`` accepts:
+The backbone decides what an ``init`` value means (``Backbone.read_init``); the readers here are the
+shared parts. UNITER's (``UniterModel.read_init``) accepts:
 
 * a plain UNITER state dict (``uniter-base.pt``; fp16 or fp32; pre-training heads such as
   ``cls.*`` / ``itm_output.*`` are reported and ignored) — θ_0 of the study;
@@ -23,9 +24,6 @@ import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
-
-TYPE_TABLE = "uniter.embeddings.token_type_embeddings.weight"
-WORD_TABLE = "uniter.embeddings.word_embeddings.weight"
 
 
 @dataclass
@@ -50,30 +48,21 @@ class LoadReport:
 SHUFFLED = "shuffled:"
 
 
-def read_init(spec: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """The state dict an ``init`` value names (see the module docstring)."""
-    if spec.startswith(SHUFFLED):
-        return shuffle_core(read_init(spec[len(SHUFFLED):], seed), seed)
-    path = Path(spec)
-    if path.is_dir():
-        return read_bert_directory(path)
-    return read_state_dict(path)
-
-
-def shuffle_core(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-    """Permute the values inside every ``uniter.*`` tensor: same value distribution per layer,
-    structure destroyed (the study's θ''_0 control)."""
+def shuffle_prefixed(state: dict[str, torch.Tensor], seed: int, prefix: str) -> dict[str, torch.Tensor]:
+    """Permute the values inside every ``<prefix>.*`` tensor (the backbone's): same value
+    distribution per layer, structure destroyed (the study's θ''_0 control); in the state's order,
+    from one generator seeded ``seed``."""
     g = torch.Generator().manual_seed(seed)
     out = dict(state)
     for k, v in state.items():
-        if k.startswith("uniter.") and v.is_floating_point():
+        if k.startswith(prefix + ".") and v.is_floating_point():
             flat = v.reshape(-1)
             out[k] = flat[torch.randperm(flat.numel(), generator=g)].reshape(v.shape)
     return out
 
 
-def read_bert_directory(path: Path) -> dict[str, torch.Tensor]:
-    """BERT weights (HuggingFace layout) renamed ``bert.*`` → ``uniter.*`` as UNITER's
+def read_bert_directory(path: Path, prefix: str = "uniter") -> dict[str, torch.Tensor]:
+    """BERT weights (HuggingFace layout) renamed ``bert.*`` → ``<prefix>.*`` as UNITER's
     ``convert_ckpt.py`` does; ``cls.*`` and the position-id buffer are left for the report."""
     if (path / "model.safetensors").is_file():
         from safetensors.torch import load_file
@@ -89,11 +78,11 @@ def read_bert_directory(path: Path) -> dict[str, torch.Tensor]:
     out = {}
     for k, v in raw.items():
         if k.startswith("bert."):
-            k = "uniter." + k[len("bert."):]
+            k = f"{prefix}." + k[len("bert."):]
         elif k.startswith(core):
-            k = "uniter." + k
+            k = f"{prefix}." + k
         out[k] = v.float() if v.is_floating_point() else v
-    if not any(k.startswith("uniter.encoder.") for k in out):
+    if not any(k.startswith(f"{prefix}.encoder.") for k in out):
         raise ValueError(f"{path} holds no BERT encoder weights (expected keys like bert.encoder.layer.0...)")
     return out
 

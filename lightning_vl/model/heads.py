@@ -1,8 +1,10 @@
-"""Task heads on the UNITER core, one small module per head family.
+"""Task heads on a backbone, one small module per head family.
 
-Parameter names inside each head are UNITER's (``nlvr2_output``, ``attn1.in_proj_weight``, ...);
-the task module stores the head under ``head.``, and checkpoint loading maps UNITER's top-level
-head keys onto it. Heads are never pruned.
+A head is built from sizes (``HeadSizes``: hidden size, heads count, dropouts …; never a backbone's
+config) and reads a ``BackboneOutput``: ``forward(output, batch)``. Parameter names inside each
+head are UNITER's (``nlvr2_output``, ``attn1.in_proj_weight``, ...); the task module stores the head
+under ``head.``, and checkpoint loading maps UNITER's top-level head keys onto it. Heads are never
+pruned.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .uniter import UniterConfig
+from .backbone import BackboneOutput, HeadSizes
 
 
 class AttentionPool(nn.Module):
@@ -34,13 +36,13 @@ class Nlvr2PairedHead(nn.Module):
 
     uses_pooler = True
 
-    def __init__(self, config: UniterConfig, num_labels: Optional[int] = None):
+    def __init__(self, config: HeadSizes, num_labels: Optional[int] = None):
         super().__init__()
         self.nlvr2_output = nn.Linear(2 * config.hidden_size, 2)
 
-    def forward(self, sequence_output, pooled_output, batch) -> torch.Tensor:
-        n_pairs = pooled_output.size(0) // 2
-        return self.nlvr2_output(pooled_output.reshape(n_pairs, -1))
+    def forward(self, output: BackboneOutput, batch: dict) -> torch.Tensor:
+        n_pairs = output.pooled.size(0) // 2
+        return self.nlvr2_output(output.pooled.reshape(n_pairs, -1))
 
 
 class Nlvr2PairedAttnHead(nn.Module):
@@ -49,7 +51,7 @@ class Nlvr2PairedAttnHead(nn.Module):
 
     uses_pooler = False  # reads whole sequences; the core's pooler gets no gradient
 
-    def __init__(self, config: UniterConfig, num_labels: Optional[int] = None):
+    def __init__(self, config: HeadSizes, num_labels: Optional[int] = None):
         super().__init__()
         h, heads = config.hidden_size, config.num_attention_heads
         drop_attn, drop = config.attention_probs_dropout_prob, config.hidden_dropout_prob
@@ -59,10 +61,10 @@ class Nlvr2PairedAttnHead(nn.Module):
         self.attn_pool = AttentionPool(h, drop_attn)
         self.nlvr2_output = nn.Linear(2 * h, 2)
 
-    def forward(self, sequence_output, pooled_output, batch) -> torch.Tensor:
-        rows, length, hidden = sequence_output.shape
-        left, right = sequence_output.reshape(rows // 2, 2 * length, hidden).chunk(2, dim=1)
-        pad = (batch["attn_masks"] == 0).reshape(rows // 2, 2 * length)
+    def forward(self, output: BackboneOutput, batch: dict) -> torch.Tensor:
+        rows, length, hidden = output.sequence.shape
+        left, right = output.sequence.reshape(rows // 2, 2 * length, hidden).chunk(2, dim=1)
+        pad = (output.sequence_mask == 0).reshape(rows // 2, 2 * length)
         left_pad, right_pad = pad.chunk(2, dim=1)
         l2r, _ = self.attn1(left, right, right, key_padding_mask=right_pad, need_weights=False)
         r2l, _ = self.attn2(right, left, left, key_padding_mask=left_pad, need_weights=False)
@@ -83,7 +85,7 @@ class VqaHead(nn.Module):
 
     uses_pooler = True
 
-    def __init__(self, config: UniterConfig, num_labels: Optional[int] = None):
+    def __init__(self, config: HeadSizes, num_labels: Optional[int] = None):
         super().__init__()
         if not num_labels:
             raise ValueError("the VQA-style head needs the label strings (model.labels): the CLI copies them from "
@@ -91,8 +93,8 @@ class VqaHead(nn.Module):
         h = config.hidden_size
         self.vqa_output = _mlp(h, 2 * h, num_labels, nn.GELU)
 
-    def forward(self, sequence_output, pooled_output, batch) -> torch.Tensor:
-        return self.vqa_output(pooled_output)
+    def forward(self, output: BackboneOutput, batch: dict) -> torch.Tensor:
+        return self.vqa_output(output.pooled)
 
 
 class VcrHead(nn.Module):
@@ -100,13 +102,13 @@ class VcrHead(nn.Module):
 
     uses_pooler = True
 
-    def __init__(self, config: UniterConfig, num_labels: Optional[int] = None):
+    def __init__(self, config: HeadSizes, num_labels: Optional[int] = None):
         super().__init__()
         h = config.hidden_size
         self.vcr_output = _mlp(h, 2 * h, 2, nn.ReLU)
 
-    def forward(self, sequence_output, pooled_output, batch) -> torch.Tensor:
-        return self.vcr_output(pooled_output)
+    def forward(self, output: BackboneOutput, batch: dict) -> torch.Tensor:
+        return self.vcr_output(output.pooled)
 
 
 def region_outputs(sequence_output: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,13 +134,13 @@ class RefExpHead(nn.Module):
 
     uses_pooler = False
 
-    def __init__(self, config: UniterConfig, num_labels: Optional[int] = None, layers: int = 2):
+    def __init__(self, config: HeadSizes, num_labels: Optional[int] = None, layers: int = 2):
         super().__init__()
         h = config.hidden_size
         self.re_output = _mlp(h, h, 1, nn.GELU) if layers == 2 else nn.Linear(h, 1)
 
-    def forward(self, sequence_output, pooled_output, batch) -> torch.Tensor:
-        regions, pad = region_outputs(sequence_output, batch)
+    def forward(self, output: BackboneOutput, batch: dict) -> torch.Tensor:
+        regions, pad = region_outputs(output.sequence, batch)
         scores = self.re_output(regions).squeeze(-1)
         return scores.masked_fill(pad, -1e4)
 
@@ -146,7 +148,7 @@ class RefExpHead(nn.Module):
 class RefExpLinearHead(RefExpHead):
     """``mlp1``: the RefCOCO / RefCOCOg configs' single Linear(H→1)."""
 
-    def __init__(self, config: UniterConfig, num_labels: Optional[int] = None):
+    def __init__(self, config: HeadSizes, num_labels: Optional[int] = None):
         super().__init__(config, num_labels, layers=1)
 
 
@@ -156,7 +158,7 @@ class RankHead(nn.Module):
 
     uses_pooler = True
 
-    def __init__(self, config: UniterConfig, num_labels: Optional[int] = None):
+    def __init__(self, config: HeadSizes, num_labels: Optional[int] = None):
         super().__init__()
         self.rank_output = nn.Linear(config.hidden_size, 1)
 
@@ -170,8 +172,8 @@ class RankHead(nn.Module):
         state["rank_output.bias"] = state["itm_output.bias"][1:2].clone()
         return state
 
-    def forward(self, sequence_output, pooled_output, batch) -> torch.Tensor:
-        return self.rank_output(pooled_output).squeeze(-1)
+    def forward(self, output: BackboneOutput, batch: dict) -> torch.Tensor:
+        return self.rank_output(output.pooled).squeeze(-1)
 
 
 def init_head_weights(head: nn.Module, std: float) -> None:

@@ -5,15 +5,40 @@ Module and parameter names match the released checkpoints (``uniter.embeddings.*
 ``uniter-base.pt`` loads without renaming. The encoder and pooler are transformers' own BERT layers
 (post-LN, erf-GELU), which have exactly UNITER's names and maths; what BERT lacks — the image
 embedder and the text+region join by ``gather_index`` — is written here.
+
+``UniterModel`` is the project's first backbone (``lightning_vl.model.backbone.Backbone``, prefix
+``uniter``): it reads a batch, names its prunable weights with their groups, reads UNITER / BERT /
+shuffled initial weights and grows its type and word tables as UNITER's task models do.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEncoder, BertPooler
+
+from .backbone import Backbone, BackboneOutput, HeadSizes, PrunableGroup
+from .checkpoints import SHUFFLED, read_bert_directory, read_state_dict, shuffle_prefixed
+
+TYPE_TABLE = "embeddings.token_type_embeddings.weight"  # relative to the backbone
+WORD_TABLE = "embeddings.word_embeddings.weight"
+
+# The prunable parts of an encoder layer: BERT-Tickets' six Linear weights, module path → part.
+LAYER_PARTS = {
+    "attention.self.query": "query",
+    "attention.self.key": "key",
+    "attention.self.value": "value",
+    "attention.output.dense": "attn_out",
+    "intermediate.dense": "ffn_in",
+    "output.dense": "ffn_out",
+}
+# The opt-in parts outside the layers: --imp.prunable name → (relative weight name, group part).
+EXTRA_PARTS = {"pooler": ("pooler.dense.weight", "pooler"),
+               "img_linear": ("img_embeddings.img_linear.weight", "img_linear")}
 
 
 @dataclass
@@ -102,8 +127,15 @@ class UniterImageEmbeddings(nn.Module):
         return self.dropout(self.LayerNorm(transformed_im + transformed_pos + type_embeddings))
 
 
-class UniterModel(nn.Module):
-    """The UNITER core: embeddings, join, encoder and pooler (pooler applied by the heads)."""
+class UniterModel(Backbone):
+    """The UNITER core: embeddings, join, encoder and pooler; the ``uniter`` backbone.
+
+    Called with a batch (a dict) it is the seam's ``forward`` (a ``BackboneOutput``); called with
+    tensors it is UNITER's own ``forward`` (``encode``: the last layer's sequence), as before.
+    """
+
+    prefix = "uniter"
+    config_class = UniterConfig
 
     def __init__(self, config: UniterConfig):
         super().__init__()
@@ -113,6 +145,7 @@ class UniterModel(nn.Module):
         self.encoder = BertEncoder(config.to_bert_config())
         self.pooler = BertPooler(config.to_bert_config())
         self.apply(self.init_weights)
+        self._built_sizes = (config.type_vocab_size, config.vocab_size)
 
     def init_weights(self, module: nn.Module) -> None:
         """UNITER's init: N(0, 0.02) for Linear/Embedding (padding rows too), zero bias, unit LN."""
@@ -155,7 +188,29 @@ class UniterModel(nn.Module):
         self.embeddings.word_embeddings = new
         self.config.vocab_size = num_words
 
-    def forward(
+    def forward(self, batch, *args, txt_delta=None, img_delta=None, pool: bool = True, **kwargs):
+        """``forward(batch, txt_delta=None, img_delta=None, pool=True) -> BackboneOutput`` (the seam:
+        ``sequence_mask`` is the batch's ``attn_masks``), or ``forward(input_ids, position_ids, …)``
+        → the sequence (``encode``, UNITER's signature).
+
+        Example::
+
+            out = core(batch)                       # BackboneOutput(sequence, sequence_mask, pooled)
+            seq = core(ids, pos, feat, boxes, attn, gather)  # a tensor
+
+        Raises:
+            KeyError: a batch without ``input_ids``, ``position_ids`` or ``attn_masks``.
+        """
+        if not isinstance(batch, dict):
+            return self.encode(batch, *args, txt_delta=txt_delta, img_delta=img_delta, **kwargs)
+        seq = self.encode(
+            batch["input_ids"], batch["position_ids"], batch.get("img_feat"), batch.get("img_pos_feat"),
+            batch["attn_masks"], batch.get("gather_index"), txt_type_ids=batch.get("txt_type_ids"),
+            img_type_ids=batch.get("img_type_ids"), img_masks=batch.get("img_masks"),
+            txt_delta=txt_delta, img_delta=img_delta)
+        return BackboneOutput(seq, batch["attn_masks"], self.pooler(seq) if pool else None)
+
+    def encode(
         self,
         input_ids,
         position_ids,
@@ -192,19 +247,111 @@ class UniterModel(nn.Module):
         dtype = next(self.parameters()).dtype
         return (1.0 - attn_masks[:, None, None, :].to(dtype)) * -10000.0
 
+    # the rest of the seam (lightning_vl.model.backbone.Backbone) ---------------------------------
+    def head_sizes(self) -> HeadSizes:
+        """UNITER's sizes for the heads (the config's vocab and type sizes before any growth)."""
+        c = self.config
+        return HeadSizes(c.hidden_size, c.num_attention_heads, c.hidden_dropout_prob, c.attention_probs_dropout_prob,
+                         c.layer_norm_eps, c.initializer_range, c.vocab_size, c.img_dim)
+
+    def prunable_groups(self, parts: tuple[str, ...] = ("encoder",)) -> dict[str, PrunableGroup]:
+        """``encoder``: the 6 Linear weights of every layer (stream ``joint``); ``pooler`` and
+        ``img_linear`` opt in (layer -1).
+
+        Example:
+            >>> core = UniterModel(UniterConfig(num_hidden_layers=1, hidden_size=8, num_attention_heads=2,
+            ...                                 intermediate_size=8, vocab_size=4, img_dim=4))
+            >>> list(core.prunable_groups(("pooler",)).items())
+            [('pooler.dense.weight', PrunableGroup(stream='joint', layer=-1, part='pooler'))]
+
+        Raises:
+            ValueError: an unknown part, naming encoder, pooler and img_linear.
+        """
+        out: dict[str, PrunableGroup] = {}
+        for part in parts:
+            if part == "encoder":
+                for i in range(self.config.num_hidden_layers):
+                    for path, name in LAYER_PARTS.items():
+                        out[f"encoder.layer.{i}.{path}.weight"] = PrunableGroup("joint", i, name)
+            elif part in EXTRA_PARTS:
+                name, group = EXTRA_PARTS[part]
+                out[name] = PrunableGroup("joint", -1, group)
+            else:
+                raise ValueError(f"unknown prunable part {part!r}; expected encoder, pooler, img_linear")
+        return out
+
+    @classmethod
+    def read_init(cls, spec: str, seed: int = 0) -> dict[str, torch.Tensor]:
+        """A UNITER state dict (released ``.pt``, ours, IMP's ``init.pt``), a HuggingFace BERT folder
+        renamed ``bert.*`` → ``uniter.*`` (θ'_0; the image embedder stays at init), or
+        ``shuffled:<any of these>`` (θ''_0). See ``lightning_vl.model.checkpoints``.
+
+        Example::
+
+            UniterModel.read_init("pretrained/bert-base-cased")  # a folder: θ'_0
+
+        Raises:
+            FileNotFoundError: no such file; a folder without model.safetensors / pytorch_model.bin.
+            ValueError: not a state dict of plain tensors; a folder without BERT encoder weights.
+        """
+        if spec.startswith(SHUFFLED):
+            return shuffle_prefixed(cls.read_init(spec[len(SHUFFLED):], seed), seed, cls.prefix)
+        path = Path(spec)
+        return read_bert_directory(path, cls.prefix) if path.is_dir() else read_state_dict(path)
+
+    def grow_embeddings(self, type_rows_from: list[int], extra_word_rows: int,
+                        state: Optional[dict[str, torch.Tensor]] = None) -> None:
+        """UNITER's ``init_type_embedding`` / ``init_word_embedding`` for a task (see
+        ``extend_type_embeddings`` and ``extend_word_embeddings``); rows are counted from the sizes
+        the model was built with, so growing twice changes nothing.
+
+        Example::
+
+            core.grow_embeddings([0, 0], 81)  # VCR: 4 types, 81 object-reference words
+
+        Raises:
+            Nothing of its own.
+        """
+        types = self._built_sizes[0] + len(type_rows_from)
+        words = self._built_sizes[1] + extra_word_rows
+        if state is not None:
+            t, w = state.get(f"{self.prefix}.{TYPE_TABLE}"), state.get(f"{self.prefix}.{WORD_TABLE}")
+            if not ((t is not None and t.shape[0] == types != self.config.type_vocab_size) or (
+                    w is not None and w.shape[0] == words != self.config.vocab_size)):
+                return
+        self.extend_type_embeddings(types, type_rows_from)
+        self.extend_word_embeddings(words)
+
+    def freeze_unused(self, pooled: bool, region_masks: bool) -> None:
+        """Freeze the pooler (``pooled`` False) and the MRM mask embedding (``region_masks`` False).
+
+        Example::
+
+            core.freeze_unused(pooled=False, region_masks=False)  # NLVR2's paired-attn head
+
+        Raises:
+            Nothing of its own.
+        """
+        if not region_masks:
+            self.img_embeddings.mask_embedding.requires_grad_(False)  # only MRM masks regions
+        if not pooled:
+            self.pooler.requires_grad_(False)
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    @property
+    def img_dim(self) -> int:
+        return self.config.img_dim
+
+    def pretraining_ties(self) -> dict[str, nn.Parameter]:
+        """``img_projection``: ``img_linear.weight`` (MRFR's output); ``region_mask``: the MRM mask
+        embedding."""
+        return {"img_projection": self.img_embeddings.img_linear.weight,
+                "region_mask": self.img_embeddings.mask_embedding.weight}
+
 
 def encoder_linear_names(config: UniterConfig, prefix: str = "uniter.") -> list[str]:
     """The 6 Linear weights of every encoder layer: BERT-Tickets' prunable set (72 at base size)."""
-    parts = (
-        "attention.self.query",
-        "attention.self.key",
-        "attention.self.value",
-        "attention.output.dense",
-        "intermediate.dense",
-        "output.dense",
-    )
-    return [
-        f"{prefix}encoder.layer.{i}.{p}.weight"
-        for i in range(config.num_hidden_layers)
-        for p in parts
-    ]
+    return [f"{prefix}encoder.layer.{i}.{p}.weight" for i in range(config.num_hidden_layers) for p in LAYER_PARTS]

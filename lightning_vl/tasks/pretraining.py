@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import Metric, MetricCollection
 
-from lightning_vl.model.uniter import UniterConfig, UniterModel
+from lightning_vl.model.backbone import Backbone, BackboneOutput, HeadSizes
 
 from .optimal_transport import ot_loss
 
@@ -53,7 +53,7 @@ def _transform(hidden: int, eps: float) -> nn.Sequential:
 class PredictionTransform(nn.Module):
     """BERT's MLM transform: ``dense`` → GELU → ``LayerNorm``."""
 
-    def __init__(self, config: UniterConfig):
+    def __init__(self, config: HeadSizes):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -66,7 +66,7 @@ class LanguagePredictions(nn.Module):
     """``cls.predictions``: transform, then the decoder (weight tied to the word embeddings, no
     bias of its own) plus a separate ``bias``."""
 
-    def __init__(self, config: UniterConfig):
+    def __init__(self, config: HeadSizes):
         super().__init__()
         self.transform = PredictionTransform(config)
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -79,7 +79,7 @@ class LanguagePredictions(nn.Module):
 class MaskedLanguageHead(nn.Module):
     """``cls`` (BERT's ``BertOnlyMLMHead``)."""
 
-    def __init__(self, config: UniterConfig):
+    def __init__(self, config: HeadSizes):
         super().__init__()
         self.predictions = LanguagePredictions(config)
 
@@ -91,7 +91,7 @@ class RegionFeatureRegression(nn.Module):
     """``feat_regress``: ``net`` then ``F.linear(·, weight.T, bias)``; ``weight`` is the image
     embedding's ``img_linear.weight`` (H, D), tied."""
 
-    def __init__(self, config: UniterConfig):
+    def __init__(self, config: HeadSizes):
         super().__init__()
         self.net = _transform(config.hidden_size, config.layer_norm_eps)
         self.weight = nn.Parameter(torch.zeros(config.hidden_size, config.img_dim))
@@ -104,7 +104,7 @@ class RegionFeatureRegression(nn.Module):
 class RegionClassification(nn.Module):
     """``region_classifier``: Linear–GELU–LN–Linear(H→C) (keys ``net.0``, ``net.2``, ``net.3``)."""
 
-    def __init__(self, config: UniterConfig, num_classes: int):
+    def __init__(self, config: HeadSizes, num_classes: int):
         super().__init__()
         self.net = nn.Sequential(*_transform(config.hidden_size, config.layer_norm_eps),
                                  nn.Linear(config.hidden_size, num_classes))
@@ -132,7 +132,7 @@ class PretrainingHeads(nn.Module):
 
     uses_pooler = True
 
-    def __init__(self, config: UniterConfig, num_labels: Optional[int] = None, summaries: bool = False,
+    def __init__(self, config: HeadSizes, num_labels: Optional[int] = None, summaries: bool = False,
                  ot_weight: float = 0.1, tie_word_embeddings: bool = True, summary_targets: str = "classes"):
         super().__init__()
         h = config.hidden_size
@@ -150,17 +150,22 @@ class PretrainingHeads(nn.Module):
             width = config.vocab_size if summary_targets == "words" else (num_labels or 0)
             self.summary_output = nn.Linear(h, width + MAX_COUNT + 1)
         self.num_labels = num_labels or 0
-        self._core: tuple[UniterModel, ...] = ()
+        self._region_mask: tuple[nn.Parameter, ...] = ()
 
-    def tie_to(self, core: UniterModel) -> None:
+    def tie_to(self, core: Backbone) -> None:
         """Share the MLM decoder with the word embeddings (unless ``tie_word_embeddings`` is off)
-        and MRFR's weight with ``img_linear``."""
+        and MRFR's weight with the backbone's region projection (UNITER: ``img_linear``), when it
+        has one (``Backbone.pretraining_ties``)."""
+        ties = core.pretraining_ties()
         if self.tie_word_embeddings:
-            self.cls.predictions.decoder.weight = core.embeddings.word_embeddings.weight
-        self.feat_regress.weight = core.img_embeddings.img_linear.weight
-        self._core = (core,)  # not a submodule: the core is the task module's
+            self.cls.predictions.decoder.weight = core.word_embeddings.weight
+        if "img_projection" in ties:
+            self.feat_regress.weight = ties["img_projection"]
+        if "region_mask" in ties:
+            self._region_mask = (ties["region_mask"],)  # not a submodule's: the core is the task module's
 
-    def forward(self, sequence_output: torch.Tensor, pooled_output: torch.Tensor, batch: dict) -> dict:
+    def forward(self, output: BackboneOutput, batch: dict) -> dict:
+        sequence_output, pooled_output = output.sequence, output.pooled
         if batch["objective"] == "joint":  # mix: row — one forward pass, each objective on its rows
             parts = {}
             for name, part in batch["parts"].items():
@@ -211,9 +216,7 @@ class PretrainingHeads(nn.Module):
     def _touch(self, pooled_output: torch.Tensor) -> torch.Tensor:
         """0 × every head parameter, the pooled output and the MRM mask embedding: each step uses
         one objective, so without this DDP would find parameters without gradients (and fail)."""
-        params = list(self.parameters())
-        if self._core:
-            params.append(self._core[0].img_embeddings.mask_embedding.weight)
+        params = list(self.parameters()) + list(self._region_mask)
         touched = sum(p.reshape(-1)[0] for p in params if p.requires_grad)
         return 0.0 * (touched + pooled_output.reshape(-1)[0])
 
@@ -342,6 +345,6 @@ def outputs_and_batch(out: dict, batch: dict) -> tuple:
     return out, batch
 
 
-def summaries_head(config: UniterConfig, num_labels: Optional[int] = None, **options) -> PretrainingHeads:
+def summaries_head(config: HeadSizes, num_labels: Optional[int] = None, **options) -> PretrainingHeads:
     """The head variant ``uniter+summaries``: UNITER's heads plus the demo's [CLS] objectives."""
     return PretrainingHeads(config, num_labels, summaries=True, **options)

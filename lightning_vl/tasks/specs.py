@@ -6,7 +6,7 @@ generator — is the task's ``TaskInfo`` in the torch-free ``lightning_vl.tasks.
 Nothing else branches on task names (``tests/test_task_registry.py`` looks for stray ones).
 
 Batches follow one contract per task (written by the data modules in ``data_modules/``): every
-batch has UNITER's inputs, ``ids`` and ``targets``; task keys are listed with each loss below.
+batch has the backbones' inputs (UNITER's), ``ids`` and ``targets``; task keys are listed with each loss below.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_vl.model.heads import (Nlvr2PairedAttnHead, Nlvr2PairedHead, RankHead, RefExpHead, RefExpLinearHead,
                                       VcrHead, VqaHead)
-from lightning_vl.model.uniter import UniterConfig
+from lightning_vl.model.backbone import HeadSizes
 
 from .metrics import GroundingAccuracy, RetrievalRecall, SoftScore, VcrAccuracy
 from .names import STUDY_TASKS, TASK_NAMES, TaskInfo, task_info
@@ -33,7 +33,7 @@ from .pretraining import PretrainingHeads, outputs_and_batch, pretraining_loss, 
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
-    heads: dict[str, Callable[[UniterConfig, Optional[int]], nn.Module]]
+    heads: dict[str, Callable[[HeadSizes, Optional[int]], nn.Module]]
     default_head: str
     # loss of a batch; None where a batch has no training signal (retrieval's full evaluation)
     loss: Callable[[torch.Tensor, dict], Optional[torch.Tensor]]

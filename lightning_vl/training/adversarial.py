@@ -1,9 +1,10 @@
 """Adversarial training of a task model, as VILLA fine-tunes UNITER (zhegan27/VILLA
 ``train_vqa_adv.py`` and its ``model/model.py``; Gan et al., NeurIPS 2020).
 
-Perturbations live at the embedding seam of the core (``UniterModel.forward(txt_delta=,
-img_delta=)``): ``δ_txt`` is added to the word embeddings before the position/type sum and
-LayerNorm, ``δ_img`` to the raw region features before ``img_linear``. Per training batch
+Perturbations live at the backbone's embedding seam (``Backbone.forward(batch, txt_delta=,
+img_delta=)``, ``lightning_vl.model.backbone``), so every backbone gets adversarial training: ``δ_txt``
+(R, L_text, H) is added to the word embeddings (UNITER: before the position/type sum and LayerNorm),
+``δ_img`` (R, N, D) to the raw region features (UNITER: before ``img_linear``). Per training batch
 (FreeLB-style):
 
 1. a clean forward with gradient (train mode: dropout on);
@@ -155,12 +156,12 @@ def adversarial_loss(module, batch: dict, cfg: AdversarialConfig,
                      unscale: float = 1.0) -> tuple[torch.Tensor, dict]:
     """The loss whose parameter gradients are FreeLB's accumulated ones, and what it is made of.
 
-    ``module``: a ``VLModule``; ``scale``/``unscale``: the mixed-precision loss scale (δ's gradient
+    ``module``: a ``VLModule`` (any backbone); ``scale``/``unscale``: the mixed-precision loss scale (δ's gradient
     is taken of the scaled loss, then divided by the scale, as VILLA does with apex)."""
     task = module.spec.name
     clean = module(batch)
     ids = batch["input_ids"]
-    hidden = module.uniter.config.hidden_size
+    hidden = module.backbone.hidden_size
     txt_valid = (ids != 0).unsqueeze(-1).to(torch.float32)
     img = batch.get("img_feat")
     img_valid = None

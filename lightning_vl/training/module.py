@@ -1,7 +1,8 @@
-"""``VLModule``: the UNITER core plus one task head, trained with UNITER's fine-tuning recipe.
+"""``VLModule``: a backbone (``lightning_vl.model.backbone``; UNITER by default) plus one task head,
+trained with UNITER's fine-tuning recipe.
 
-State-dict keys: ``uniter.*`` (UNITER's released names) and ``head.*`` (UNITER's head names under
-``head.``). The optimizer follows UNITER: AdamW with betas (0.9, 0.98), eps 1e-6, weight decay
+State-dict keys: ``<prefix>.*`` (the backbone's: ``uniter.*``, UNITER's released names) and ``head.*``
+(UNITER's head names under ``head.``). The optimizer follows UNITER: AdamW with betas (0.9, 0.98), eps 1e-6, weight decay
 0.01 except for parameters whose name contains ``bias``/``LayerNorm.weight``, an optional head
 learning-rate multiplier, and linear warm-up then linear decay over the fit's optimizer steps.
 Gradient clipping is the Trainer's ``gradient_clip_val``.
@@ -9,17 +10,20 @@ Gradient clipping is the Trainer's ``gradient_clip_val``.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
+from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 
-from lightning_vl.model.checkpoints import TYPE_TABLE, WORD_TABLE, load_into, map_head_keys, read_init
+from lightning_vl.model.backbone import Backbone, PrunableGroup
+from lightning_vl.model.checkpoints import load_into, map_head_keys
 from lightning_vl.model.heads import init_head_weights
-from lightning_vl.model.uniter import UniterConfig, UniterModel, encoder_linear_names
+from lightning_vl.model.uniter import UniterConfig, UniterModel
 from lightning_vl.tasks.names import DEFAULT_TASK
 from lightning_vl.tasks.specs import get_task
 
@@ -46,18 +50,39 @@ def warmup_linear(step: int, warmup: int, total: int) -> float:
     return max((total - step) / (total - warmup), 1e-8)
 
 
+def build_backbone(spec: Union[Backbone, dict]) -> Backbone:
+    """A backbone from ``--model.backbone`` (LightningCLI gives it built) or from the
+    ``{"class_path", "init_args": {"config": {...}}}`` a checkpoint's hyper-parameters hold.
+
+    Raises:
+        ValueError: a class path that names no ``Backbone``.
+    """
+    if isinstance(spec, Backbone):
+        return spec
+    module, _, name = spec["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Backbone)):
+        raise ValueError(f"model.backbone.class_path {spec['class_path']!r} is not a Backbone subclass")
+    config = (spec.get("init_args") or {}).get("config") or {}
+    return cls(config if isinstance(config, cls.config_class) else cls.config_class(**config))
+
+
 class VLModule(pl.LightningModule):
-    """A UNITER task model.
+    """A task model: a backbone and one task head.
 
     Args:
         task: a name from ``lightning_vl.tasks.names.TASK_NAMES``.
-        uniter: the core's sizes (``configs/model/uniter-*.yaml``).
+        uniter: UNITER's sizes (``configs/model/uniter-*.yaml``), the backbone when ``backbone`` is None.
+        backbone: another backbone (``--model.backbone`` with a ``class_path``, e.g.
+            ``lightning_vl.model.lxmert.LxmertBackbone``, and ``init_args.config.*``); None = UNITER
+            with ``uniter``'s sizes, so UNITER commands and run identities are as before.
         head: head variant of the task (NLVR2: ``paired-attn`` or ``paired``); None = the default.
         head_options: keyword arguments of the head (pre-training: ``ot_weight``, ``summaries``).
         labels: label strings in index order (VQA/GQA answers). The CLI copies them from the data
             module; they are saved with every checkpoint, so predictions can be decoded.
-        init: weights to start from: a released UNITER checkpoint, one of ours, a HuggingFace BERT
-            directory, or ``shuffled:<any of these>`` (see ``checkpoints``); None = random init.
+        init: weights to start from, as the backbone reads them (``Backbone.read_init``; UNITER: a
+            released checkpoint, one of ours, a HuggingFace BERT directory, or ``shuffled:<any of
+            these>``); None = random init.
         init_seed: seed of the permutation for ``shuffled:`` inits.
         mask: a mask file (a ticket) to fine-tune with; pruned weights are kept at zero.
         lr: peak learning rate. head_lr_mult: multiplier for the head's learning rate.
@@ -69,6 +94,7 @@ class VLModule(pl.LightningModule):
         self,
         task: str = DEFAULT_TASK,
         uniter: UniterConfig = UniterConfig(),
+        backbone: Optional[Backbone] = None,
         head: Optional[str] = None,
         head_options: Optional[dict] = None,
         labels: Optional[list[str]] = None,
@@ -84,7 +110,14 @@ class VLModule(pl.LightningModule):
         adversarial: AdversarialConfig = AdversarialConfig(),
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["backbone"])
+        if backbone is not None:  # kept as plain data, so checkpoints load with weights_only=True
+            backbone = build_backbone(backbone)
+            self.hparams["backbone"] = {"class_path": f"{type(backbone).__module__}.{type(backbone).__qualname__}",
+                                        "init_args": {"config": asdict(backbone.config)}}
+        core = backbone if backbone is not None else UniterModel(uniter)
+        self._prefix = core.prefix
+        self._sizes_option = "model.uniter" if backbone is None else "model.backbone.init_args.config"
         self.spec = get_task(task)
         if isinstance(adversarial, dict):
             adversarial = AdversarialConfig(**adversarial)
@@ -96,31 +129,32 @@ class VLModule(pl.LightningModule):
         if labels is not None and fixed is not None and list(labels) != fixed:
             raise ValueError(f"task {task!r} has the labels {fixed} in this order, the data gave {list(labels)}")
         self.labels = list(labels) if labels is not None else fixed
-        self.uniter = UniterModel(uniter)
-        self.head = self.spec.heads[head](uniter, len(self.labels) if self.labels else None, **(head_options or {}))
-        init_head_weights(self.head, uniter.initializer_range)
+        self.add_module(core.prefix, core)  # self.uniter: the names masks and released files use
+        sizes = core.head_sizes()
+        self.head = self.spec.heads[head](sizes, len(self.labels) if self.labels else None, **(head_options or {}))
+        init_head_weights(self.head, sizes.initializer_range)
         # parameters fine-tuning never uses are frozen, so DDP needs no unused-parameter search
-        if not self.spec.trains_mask_embedding:
-            self.uniter.img_embeddings.mask_embedding.requires_grad_(False)  # only MRM masks regions
-        if not self.head.uses_pooler:
-            self.uniter.pooler.requires_grad_(False)
-        self._type_rows = uniter.type_vocab_size + len(self.spec.type_rows_from)
-        self._word_rows = uniter.vocab_size + self.spec.extra_word_rows
+        core.freeze_unused(pooled=self.head.uses_pooler, region_masks=self.spec.trains_mask_embedding)
+        self._words = sizes.vocab_size  # the word rows before the task's extra rows
         if init:
             self.load_initial_weights(init)
         self._extend_tables()
         if hasattr(self.head, "tie_to"):  # pre-training heads share the word and image embeddings
-            self.head.tie_to(self.uniter)
-        core = {p.data_ptr() for p in self.uniter.parameters()}
+            self.head.tie_to(self.backbone)
+        core = {p.data_ptr() for p in self.backbone.parameters()}
         self._tied_head_keys = {f"head.{k}" for k, p in self.head.named_parameters(remove_duplicate=False)
                                 if p.data_ptr() in core}
         num_labels = len(self.labels) if self.labels else None
         self.val_metrics = self.spec.metrics(num_labels).clone(prefix="val/")
         self.test_metrics = self.spec.metrics(num_labels).clone(prefix="test/")
 
-    def _extend_tables(self) -> None:
-        self.uniter.extend_type_embeddings(self._type_rows, self.spec.type_rows_from)
-        self.uniter.extend_word_embeddings(self._word_rows)
+    @property
+    def backbone(self) -> Backbone:
+        """The backbone, registered under its ``prefix`` (``self.uniter`` for UNITER)."""
+        return getattr(self, self._prefix)
+
+    def _extend_tables(self, state: Optional[dict] = None) -> None:
+        self.backbone.grow_embeddings(self.spec.type_rows_from, self.spec.extra_word_rows, state)
 
     # the lottery runner's interface (lightning_vl.lottery.Prunable) ---------------------------
     @property
@@ -145,33 +179,24 @@ class VLModule(pl.LightningModule):
     def training_loss(self, batch: dict) -> torch.Tensor:
         return self.spec.loss(self(batch), batch)
 
+    def prunable_groups(self, include: tuple[str, ...] = ("encoder",)) -> dict[str, PrunableGroup]:
+        """The prunable set, parameter name → group (``Backbone.prunable_groups`` under the
+        backbone's prefix; UNITER: ``encoder`` = the 6 Linear weights per layer, ``pooler`` and
+        ``img_linear`` opt-in). Heads are never prunable."""
+        return {f"{self._prefix}.{k}": g for k, g in self.backbone.prunable_groups(tuple(include)).items()}
+
     def prunable_parameter_names(self, include: tuple[str, ...] = ("encoder",)) -> list[str]:
-        """Parameter names of the prunable set; ``encoder`` = the 6 Linear weights per layer,
-        ``pooler`` and ``img_linear`` opt-in. Heads are never prunable."""
-        names = []
-        cfg = self.uniter.config
-        for part in include:
-            if part == "encoder":
-                names += encoder_linear_names(cfg)
-            elif part == "pooler":
-                names.append("uniter.pooler.dense.weight")
-            elif part == "img_linear":
-                names.append("uniter.img_embeddings.img_linear.weight")
-            else:
-                raise ValueError(f"unknown prunable part {part!r}; expected encoder, pooler, img_linear")
-        return names
+        """The names of ``prunable_groups``, in its order."""
+        return list(self.prunable_groups(include))
 
     def load_initial_weights(self, path: str) -> None:
-        state = read_init(path, seed=self.hparams.init_seed)
+        state = type(self.backbone).read_init(path, seed=self.hparams.init_seed)
         adapt = getattr(self.head, "adapt_init_state", None)
         if adapt is not None:  # e.g. the retrieval head starts from UNITER's ITM head
             state = adapt(state)
         state = map_head_keys(state, self)
-        types, words = state.get(TYPE_TABLE), state.get(WORD_TABLE)
-        if (types is not None and types.shape[0] == self._type_rows != self.uniter.config.type_vocab_size) or (
-                words is not None and words.shape[0] == self._word_rows != self.uniter.config.vocab_size):
-            # already extended (our own checkpoints, UNITER's VCR 2nd stage): extend first, then load
-            self._extend_tables()
+        # already extended (our own checkpoints, UNITER's VCR 2nd stage): extend first, then load
+        self._extend_tables(state)
         report = load_into(self, state, str(path))
         rank_zero_info(report.summary())
         self.init_report = report
@@ -183,26 +208,27 @@ class VLModule(pl.LightningModule):
         destroy_at_exit()  # a gloo group alive at exit can abort the process
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         tokenizer = getattr(datamodule, "tokenizer", None)
-        rows = self.uniter.embeddings.word_embeddings.num_embeddings
+        sizes = self._sizes_option
+        rows = self.backbone.word_embeddings.num_embeddings
         if tokenizer is not None and len(tokenizer) + self.spec.extra_word_rows > rows:
             extra = f" plus {self.spec.extra_word_rows} task tokens" if self.spec.extra_word_rows else ""
             raise ValueError(
                 f"tokenizer {getattr(datamodule, 'tokenizer_path', '')} has {len(tokenizer)} tokens{extra}, more "
-                f"than the model's {rows} word embeddings (model.uniter.vocab_size)"
+                f"than the model's {rows} word embeddings ({sizes}.vocab_size)"
             )
         data_dim = getattr(datamodule, "img_dim", None)
-        if data_dim is not None and data_dim != self.uniter.config.img_dim:
+        if data_dim is not None and data_dim != self.backbone.img_dim:
             raise ValueError(
                 f"the data's region features are {data_dim}-d (data.init_args.img_dim) but the model's image "
-                f"embedding takes {self.uniter.config.img_dim}-d features (model.uniter.img_dim); set both to the "
+                f"embedding takes {self.backbone.img_dim}-d features ({sizes}.img_dim); set both to the "
                 f"store's feature size")
         extra = self.spec.extra_word_rows
         if tokenizer is not None and extra:
-            words = self._word_rows - extra  # model.uniter.vocab_size, before the task's rows were appended
+            words = self._words  # model.uniter.vocab_size, before the task's rows were appended
             if len(tokenizer) != words:
                 raise ValueError(
                     f"task {self.spec.name!r} appends {extra} word rows after the model's {words} words "
-                    f"(model.uniter.vocab_size), but tokenizer {getattr(datamodule, 'tokenizer_path', '')} has "
+                    f"({sizes}.vocab_size), but tokenizer {getattr(datamodule, 'tokenizer_path', '')} has "
                     f"{len(tokenizer)} tokens; expected exactly {words}, so that the task's tokens (ids from "
                     f"len(tokenizer) on) are the appended rows (an old demo world? `make demo` regenerates it "
                     "with its vocabulary padded to the model's vocab_size)")
@@ -235,21 +261,8 @@ class VLModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------------
     def forward(self, batch: dict, txt_delta=None, img_delta=None) -> torch.Tensor:
-        seq = self.uniter(
-            batch["input_ids"],
-            batch["position_ids"],
-            batch.get("img_feat"),
-            batch.get("img_pos_feat"),
-            batch["attn_masks"],
-            batch.get("gather_index"),
-            txt_type_ids=batch.get("txt_type_ids"),
-            img_type_ids=batch.get("img_type_ids"),
-            img_masks=batch.get("img_masks"),
-            txt_delta=txt_delta,
-            img_delta=img_delta,
-        )
-        pooled = self.uniter.pooler(seq) if self.head.uses_pooler else None
-        return self.head(seq, pooled, batch)
+        out = self.backbone(batch, txt_delta=txt_delta, img_delta=img_delta, pool=self.head.uses_pooler)
+        return self.head(out, batch)
 
     @staticmethod
     def _batch_size(batch: dict) -> int:
