@@ -6,8 +6,9 @@ For masks A and B (kept sets, ``True`` = kept) over N prunable weights:
 * **overlap coefficient** ``|A∩B| / min(|A|, |B|)`` — 1 when the sparser ticket lies inside the other;
 * **normalised Hamming distance** ``|A⊕B| / N`` — the fraction of weights the masks disagree on;
 
-each overall, per **layer type** (Q, K, V, attention-output, FFN-in, FFN-out of the UNITER
-encoder; anything else, e.g. the pooler or ``img_linear``, is ``other``) and per **layer index**,
+each overall, per **layer type** (Q, K, V, attention-output, FFN-in, FFN-out: the ``part`` of each
+tensor's group; anything else, e.g. the pooler or ``img_linear``, is ``other``) and per **layer**
+(the group's layer index; ``text.3``-style for a two-stream backbone's streams),
 each beside its **chance level**: what two independent random masks with the same densities
 ``pa = |A|/N``, ``pb = |B|/N`` (of that group of weights) would score. For uniformly random kept sets of
 fixed sizes, ``E|A∩B| = |A|·|B| / N`` exactly (hypergeometric), so
@@ -26,6 +27,10 @@ Memory: every count is taken tensor by tensor with bool operations and ``count_n
 tensor-sized bool temporary at a time, no float or int copy of a mask); masks read from files stay
 bit-packed (``PackedMask``, 1 bit per weight) and are unpacked one tensor at a time: three
 UNITER-base masks (85M weights each) compare in ~8 s on 2 cores, ~50 MB above the bare interpreter.
+
+Groups come from the masks (``Mask.groups``: recorded by the run, or UNITER's derived from the names
+for masks saved before groups existed, ``lightning_vl.pruning.mask.legacy_group``); nothing here reads
+a parameter name.
 
 ``lightning-vl overlap A=runs/…/round_07/mask.pt B=… [--out reports/overlap]`` writes the CSVs,
 a markdown summary and the IoU heat map (``main``).
@@ -46,37 +51,38 @@ import torch
 
 from lightning_vl.pruning.mask import FORMAT as MASK_FORMAT  # noqa: F401 (re-exported)
 from lightning_vl.pruning.mask import VERSION as MASK_VERSION  # noqa: F401 (re-exported)
-from lightning_vl.pruning.mask import PackedMask
+from lightning_vl.pruning.mask import PackedMask, layer_key, legacy_group
 
 from .common import csv_text, markdown_table, sparsity_text, write_text
 
-LAYER_TYPES = {
-    "attention.self.query": "Q",
-    "attention.self.key": "K",
-    "attention.self.value": "V",
-    "attention.output.dense": "attention-output",
-    "intermediate.dense": "FFN-in",
-    "output.dense": "FFN-out",
-}
+PART_TYPES = {"query": "Q", "key": "K", "value": "V", "attn_out": "attention-output", "ffn_in": "FFN-in",
+              "ffn_out": "FFN-out"}  # a group's part → its layer type
 TYPE_ORDER = ("Q", "K", "V", "attention-output", "FFN-in", "FFN-out", "other")
 OTHER = "other"
 METRICS = ("iou", "overlap", "hamming")
 METRIC_NAMES = {"iou": "IoU of kept weights", "overlap": "overlap coefficient", "hamming": "normalised Hamming distance"}
-_ENCODER_WEIGHT = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.(.+)\.weight$")
-_ENCODER_LAYER = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
+
+
+def group_type(group: tuple) -> str:
+    """A group's layer type: ``("joint", 3, "query")`` → ``Q``; parts outside ``PART_TYPES`` → ``other``."""
+    return PART_TYPES.get(group[2], OTHER)
+
+
+def group_layer(group: tuple) -> Union[int, str]:
+    """A group's layer: its index (``text.3`` for a stream other than ``joint``), else ``other``."""
+    return layer_key(group)
 
 
 def layer_type(name: str) -> str:
-    """``uniter.encoder.layer.3.attention.self.query.weight`` → ``Q``; see ``LAYER_TYPES``; anything
-    else (pooler, ``img_linear``, biases, LayerNorms) → ``other``."""
-    m = _ENCODER_WEIGHT.search(name)
-    return LAYER_TYPES.get(m.group(2), OTHER) if m else OTHER
+    """The layer type of a parameter of a mask without recorded groups (``legacy_group``):
+    ``uniter.encoder.layer.3.attention.self.query.weight`` → ``Q``; pooler, biases … → ``other``."""
+    return group_type(legacy_group(name))
 
 
 def layer_index(name: str) -> Union[int, str]:
-    """The encoder layer a parameter belongs to (``…encoder.layer.3.…`` → 3), else ``other``."""
-    m = _ENCODER_LAYER.search(name)
-    return int(m.group(1)) if m else OTHER
+    """The layer of a parameter of a mask without recorded groups (``…encoder.layer.3.…`` → 3)."""
+    m = legacy_group(name)
+    return m[1] if m[1] >= 0 else OTHER
 
 
 # chance levels -------------------------------------------------------------------------------------
@@ -171,6 +177,14 @@ class MaskMismatch(ValueError):
 
 
 # masks read from files -----------------------------------------------------------------------------
+def _groups(mask) -> dict[str, tuple]:
+    """The mask's groups (``Mask``/``PackedMask``), or UNITER's derived from a plain mapping's names."""
+    groups = getattr(mask, "groups", None)
+    if isinstance(groups, Mapping):
+        return dict(groups)
+    return {k: legacy_group(k) for k in mask.keys()}
+
+
 def _shapes(mask) -> dict[str, tuple[int, ...]]:
     shapes = getattr(mask, "shapes", None)
     if isinstance(shapes, Mapping):
@@ -220,10 +234,12 @@ class OverlapAnalysis:
 
     def __init__(self, labels: Sequence[str], shapes: Mapping[str, tuple[int, ...]],
                  kept: Mapping[str, Mapping[str, int]], both: Mapping[tuple[str, str], Mapping[str, int]],
-                 sources: Optional[Mapping[str, str]] = None):
+                 sources: Optional[Mapping[str, str]] = None, groups: Optional[Mapping[str, tuple]] = None):
         self.labels = list(labels)
         self.shapes = dict(shapes)
         self.names = list(self.shapes)
+        # name → (stream, layer, part), from the masks; UNITER's from the names when not given
+        self.group_of = {n: tuple((groups or {}).get(n) or legacy_group(n)) for n in self.names}
         self.kept = {lab: dict(kept[lab]) for lab in self.labels}
         self._both = {k: dict(v) for k, v in both.items()}
         self.sources = dict(sources or {})
@@ -249,23 +265,26 @@ class OverlapAnalysis:
                         tb = tensors[j].to(tensors[i].device)
                         both[(a, labels[j])][name] = int(torch.count_nonzero(torch.logical_and(tensors[i], tb)))
                 del tensors
-        return cls(labels, shapes, kept, both, sources)
+        return cls(labels, shapes, kept, both, sources, _groups(masks[labels[0]]))
 
     # counts ----------------------------------------------------------------------------------------
     def _names(self, by: str = "overall", group=None) -> list[str]:
         if by == "overall":
             return self.names
-        key = {"type": layer_type, "layer": layer_index}[by]
-        return [n for n in self.names if key(n) == group]
+        key = {"type": group_type, "layer": group_layer}[by]
+        return [n for n in self.names if key(self.group_of[n]) == group]
 
     def groups(self, by: str) -> list:
         """The groups present: layer types in ``TYPE_ORDER`` or layer indices (then ``other``)."""
         if by == "type":
-            present = {layer_type(n) for n in self.names}
+            present = {group_type(g) for g in self.group_of.values()}
             return [t for t in TYPE_ORDER if t in present]
         if by == "layer":
-            present = {layer_index(n) for n in self.names}
-            return sorted(i for i in present if i != OTHER) + ([OTHER] if OTHER in present else [])
+            present = {group_layer(g) for g in self.group_of.values()}
+            ints = sorted(i for i in present if isinstance(i, int))
+            streams = sorted((i for i in present if isinstance(i, str) and i != OTHER),
+                             key=lambda k: (k.split(".")[0], int(k.split(".")[1])))
+            return ints + streams + ([OTHER] if OTHER in present else [])
         if by == "overall":
             return [None]
         raise ValueError(f"by must be overall, type or layer, got {by!r}")

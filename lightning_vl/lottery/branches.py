@@ -101,6 +101,8 @@ class BranchRunner:
         kind = BRANCH_KINDS[cfg.kind]
         kind.check(cfg, source, self.module_init())
         mask = kind.mask(cfg, source)
+        if set(mask.keys()) == set(source.mask.keys()):  # a branch's mask records its source's groups
+            mask = mask.with_groups(source.mask.recorded_groups)
         notes = kind.start(self.module, source)
         if self.is_zero:
             mask.save(self.folder.path / "mask.pt")

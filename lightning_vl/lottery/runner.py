@@ -29,7 +29,7 @@ from lightning_vl.pruning.distributed import barrier, broadcast_mask
 from .config import ImpConfig
 from .fitting import MakeTrainer, calibrate, check_sparsity, fit_and_score, state_of
 from .folder import RunFolder, RunSettingsChanged
-from .prunable import Prunable
+from .prunable import Prunable, prunable_groups
 from .report import WandbRun, progress_line, write_summary
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,9 @@ class LotteryRunner:
         self.command = command
         self.strategy = cfg.strategy()
         self.levels = cfg.levels
-        self.names = module.prunable_parameter_names(tuple(cfg.prunable))
+        self.groups = prunable_groups(module, tuple(cfg.prunable))  # recorded in every mask saved
+        self.names = list(self.groups) if self.groups is not None else module.prunable_parameter_names(
+            tuple(cfg.prunable))
         self.is_zero = rank_zero_only.rank == 0  # the global rank once a Trainer exists
         self.wandb = WandbRun(cfg.wandb, cfg.wandb_project, module.task_name, f"{module.task_name}/{folder.path.name}",
                               f"{module.task_name}-{folder.path.name}", cfg.method, [cfg.method, cfg.schedule],
@@ -121,6 +123,7 @@ class LotteryRunner:
 
     def _dense_mask(self) -> Mask:
         mask = Mask.ones_like({n: self.module.get_parameter(n).detach().cpu() for n in self.names})
+        mask = mask.with_groups(self.groups)
         if self.is_zero:
             mask.save(self.folder.mask_path(0))
         return mask
@@ -188,7 +191,7 @@ class LotteryRunner:
         nxt = mask
         if self.is_zero:
             nxt = self.strategy.prune(self._pruning_inputs(level), mask, sparsity)
-        return broadcast_mask(nxt)
+        return broadcast_mask(nxt).with_groups(self.groups)
 
     def _pruning_inputs(self, level: int) -> PruningInputs:
         """The strategy computes its inputs from what the run offers (``LevelRun``)."""

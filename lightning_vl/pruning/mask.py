@@ -1,16 +1,24 @@
 """A pruning mask: one bool tensor per prunable parameter, keyed by its state-dict name.
 
 ``True`` means *kept*. The object validates itself (bool dtype, known names, matching shapes),
-reports sparsity globally and per tensor, and saves bit-packed (1 bit per weight) with an
+reports sparsity globally, per tensor and per layer, and saves bit-packed (1 bit per weight) with an
 atomic write, so masks are small files that load without the code that made them
-(``torch.load(weights_only=True)`` of plain tensors and strings).
+(``torch.load(weights_only=True)`` of plain tensors, strings and ints).
+
+Each tensor has a **group**: ``(stream, layer, part)``, the backbone's ``PrunableGroup``
+(``lightning_vl.model.backbone``) as a plain tuple, e.g. ``("joint", 3, "query")``. A run's masks
+record them (the file's optional ``groups`` entry), so overlap, per-layer sparsity and reports
+read groups from the mask and know nothing of parameter names. Masks saved before groups existed
+have none: ``legacy_group`` derives UNITER's from the names, here and nowhere else.
 """
 from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -18,11 +26,76 @@ import torch
 from lightning_vl.io import atomic_torch_save
 
 FORMAT = "lightning-vl/mask"
-VERSION = 1
+VERSION = 1  # ``groups`` is optional: files with and without it are version 1 and read both ways
+
+Group = tuple  # (stream: str, layer: int, part: str); -1 = outside the layers
+_LEGACY_LAYER = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
+_LEGACY_PARTS = {"attention.self.query.weight": "query", "attention.self.key.weight": "key",
+                 "attention.self.value.weight": "value", "attention.output.dense.weight": "attn_out",
+                 "intermediate.dense.weight": "ffn_in", "output.dense.weight": "ffn_out"}
+_LEGACY_EXTRA = {"pooler.dense.weight": "pooler", "img_embeddings.img_linear.weight": "img_linear"}
+
+
+def legacy_group(name: str) -> Group:
+    """The group of a parameter of a mask saved without groups (UNITER's names, the only backbone
+    then): ``…encoder.layer.3.attention.self.query.weight`` → ``("joint", 3, "query")``; the pooler
+    and ``img_linear`` → layer -1; anything else in a layer, or outside → part ``other``.
+
+    Example:
+        >>> legacy_group("uniter.encoder.layer.3.output.dense.weight")
+        ('joint', 3, 'ffn_out')
+        >>> legacy_group("uniter.pooler.dense.weight")
+        ('joint', -1, 'pooler')
+    """
+    m = _LEGACY_LAYER.search(name)
+    if m:
+        return ("joint", int(m.group(1)), _LEGACY_PARTS.get(name[m.end():], "other"))
+    for suffix, part in _LEGACY_EXTRA.items():
+        if name == suffix or name.endswith("." + suffix):
+            return ("joint", -1, part)
+    return ("joint", -1, "other")
+
+
+def _checked_groups(groups: Mapping, names: Iterable[str], source: str) -> dict[str, Group]:
+    names = list(names)
+    missing = [n for n in names if n not in groups]
+    if missing or len(groups) != len(names):
+        extra = [n for n in groups if n not in set(names)]
+        raise ValueError(f"{source}: the groups do not match the tensors (no group for {missing[:3]}, "
+                         f"groups of no tensor {extra[:3]})")
+    out = {}
+    for n in names:
+        g = tuple(groups[n])
+        if len(g) != 3 or not isinstance(g[0], str) or not isinstance(g[1], int) or not isinstance(g[2], str):
+            raise ValueError(f"{source}: the group of {n!r} is {groups[n]!r}, expected (stream, layer, part)")
+        out[n] = g
+    return out
+
+
+def layer_key(group: Group):
+    """The layer a group counts in for per-layer figures: the index for a ``joint`` stream (UNITER),
+    ``"<stream>.<index>"`` for the others (LXMERT's ``text.3``), ``other`` outside the layers."""
+    stream, layer, _ = group
+    if layer < 0:
+        return "other"
+    return layer if stream == "joint" else f"{stream}.{layer}"
 
 
 class Mask:
-    def __init__(self, tensors: Mapping[str, torch.Tensor]):
+    """The kept weights, tensor by tensor, with each tensor's group (see the module docstring).
+
+    Example::
+
+        mask = Mask({"uniter.encoder.layer.0.output.dense.weight": keep},
+                    groups={"uniter.encoder.layer.0.output.dense.weight": ("joint", 0, "ffn_out")})
+        mask.group_sparsity()  # {0: 0.7}
+
+    Raises:
+        ValueError: no tensors; groups that do not cover exactly the tensors, or are no triples.
+        TypeError: a tensor that is not bool.
+    """
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], groups: Optional[Mapping[str, Group]] = None):
         if not tensors:
             raise ValueError("a Mask needs at least one tensor")
         for name, t in tensors.items():
@@ -30,6 +103,21 @@ class Mask:
                 got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
                 raise TypeError(f"mask for {name!r} must be a bool tensor, got {got}")
         self._tensors: dict[str, torch.Tensor] = dict(tensors)
+        self._groups = None if groups is None else _checked_groups(groups, self._tensors, "mask")
+
+    @property
+    def groups(self) -> dict[str, Group]:
+        """Name → (stream, layer, part): the recorded groups, or UNITER's derived from the names."""
+        return dict(self._groups) if self._groups is not None else {n: legacy_group(n) for n in self._tensors}
+
+    @property
+    def recorded_groups(self) -> Optional[dict[str, Group]]:
+        """The groups the mask records; None for a mask saved before groups existed."""
+        return None if self._groups is None else dict(self._groups)
+
+    def with_groups(self, groups: Optional[Mapping[str, Group]]) -> "Mask":
+        """The same tensors recording ``groups`` (None: as they are)."""
+        return self if groups is None else Mask(self._tensors, groups)
 
     # construction -----------------------------------------------------------------------------
     @classmethod
@@ -62,7 +150,7 @@ class Mask:
         return all(torch.equal(self[k].cpu(), other[k].cpu()) for k in self)
 
     def to(self, device: torch.device | str) -> "Mask":
-        return Mask({k: v.to(device) for k, v in self._tensors.items()})
+        return Mask({k: v.to(device) for k, v in self._tensors.items()}, self._groups)
 
     # statistics -------------------------------------------------------------------------------
     @property
@@ -79,16 +167,30 @@ class Mask:
         return 1.0 - self.num_kept / self.num_total
 
     def layer_sparsity(self) -> dict[str, float]:
+        """Per tensor (name → fraction removed); per layer is ``group_sparsity``."""
         return {k: 1.0 - int(t.sum()) / t.numel() for k, t in self._tensors.items()}
 
+    def group_sparsity(self, by: str = "layer") -> dict:
+        """Fraction removed per layer (``layer_key`` of the groups: 0, 1, … or ``text.0``…, then
+        ``other``) or per ``part``, from the groups, never from names."""
+        kept: dict = {}
+        total: dict = {}
+        for name, group in self.groups.items():
+            key = layer_key(group) if by == "layer" else group[2]
+            kept[key] = kept.get(key, 0) + int(self._tensors[name].sum())
+            total[key] = total.get(key, 0) + self._tensors[name].numel()
+        return {k: 1.0 - kept[k] / total[k] for k in total}
+
     def report(self) -> dict:
-        """A JSON-ready summary: global counts and per-tensor sparsity."""
+        """A JSON-ready summary: global counts, per-tensor and per-layer sparsity (layer keys as
+        strings)."""
         return {
             "sparsity": self.sparsity,
             "kept": self.num_kept,
             "total": self.num_total,
             "tensors": len(self),
             "per_tensor": self.layer_sparsity(),
+            "per_layer": {str(k): v for k, v in self.group_sparsity("layer").items()},
         }
 
     # checks -----------------------------------------------------------------------------------
@@ -115,17 +217,21 @@ class Mask:
 
     # persistence ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Bit-packed representation: 1 bit per weight, plain tensors only."""
+        """Bit-packed representation: 1 bit per weight, plain tensors only; ``groups`` (name →
+        [stream, layer, part]) when the mask records them."""
         packed, shapes = {}, {}
         for k, t in self._tensors.items():
             packed[k] = torch.from_numpy(np.packbits(t.detach().cpu().numpy().reshape(-1)))
             shapes[k] = list(t.shape)
-        return {"format": FORMAT, "version": VERSION, "shapes": shapes, "packed": packed}
+        state = {"format": FORMAT, "version": VERSION, "shapes": shapes, "packed": packed}
+        if self._groups is not None:
+            state["groups"] = {k: list(g) for k, g in self._groups.items()}
+        return state
 
     @classmethod
     def from_state_dict(cls, state: Mapping, source: str = "mask") -> "Mask":
         packed = PackedMask(state, source)
-        return cls({k: packed[k] for k in packed})
+        return cls({k: packed[k] for k in packed}, packed.recorded_groups)
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_torch_save(self.state_dict(), path)
@@ -133,7 +239,7 @@ class Mask:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Mask":
         packed = PackedMask.load(path)
-        return cls({k: packed[k] for k in packed})
+        return cls({k: packed[k] for k in packed}, packed.recorded_groups)
 
 
 class PackedMask:
@@ -148,7 +254,8 @@ class PackedMask:
     Raises:
         FileNotFoundError: ``load`` of a path that is not a file.
         ValueError: the file is empty, torn or not a torch file; not a lightning-vl mask; another
-            format version; a tensor's packed bits do not match its shape; no tensors.
+            format version; a tensor's packed bits do not match its shape; no tensors; groups that
+            do not cover exactly the tensors.
     """
 
     def __init__(self, state: Mapping, source: str = "mask"):
@@ -169,6 +276,14 @@ class PackedMask:
             self._packed[k] = packed.numpy()
         if not self.shapes:
             raise ValueError(f"{source}: the mask has no tensors")
+        groups = state.get("groups")
+        self.recorded_groups = None if groups is None else _checked_groups(groups, self.shapes, source)
+
+    @property
+    def groups(self) -> dict[str, Group]:
+        """Name → (stream, layer, part), as ``Mask.groups``."""
+        return dict(self.recorded_groups) if self.recorded_groups is not None else {
+            n: legacy_group(n) for n in self.shapes}
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PackedMask":
