@@ -92,6 +92,28 @@ def with_step_counted_bar(trainer):
     return trainer
 
 
+class VLArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser, whose dumps (``--print_config``, ``config.yaml``, the run identity)
+    leave out ``model.backbone`` while it is None (UNITER from ``--model.uniter``): the resolved
+    configuration of every UNITER command stays as it was before backbones were selectable.
+
+    Example:
+        ``lightning-vl fit --config … --print_config`` shows no ``backbone:`` line unless one is given.
+
+    Raises:
+        Whatever ``LightningArgumentParser.dump`` raises.
+    """
+
+    def dump(self, cfg, *args: Any, **kwargs: Any) -> str:
+        keys = [k for k in ("model.backbone", *(f"{c}.model.backbone" for c in ("fit", "validate", "test", "predict")))
+                if cfg.get(k, "") is None]
+        if keys:
+            cfg = cfg.clone()
+            for key in keys:
+                del cfg[key]
+        return super().dump(cfg, *args, **kwargs)
+
+
 class VLCli(LightningCLI):
     """LightningCLI for UNITER on the project's tasks, with the two lottery commands beside Trainer's.
 
@@ -122,6 +144,7 @@ class VLCli(LightningCLI):
         if command is not None and kwargs.get("run", True):
             raise ValueError(f"VLCli(command={command!r}) parses the lottery command's own arguments: pass run=False")
         self.command = command
+        kwargs.setdefault("parser_class", VLArgumentParser)
         super().__init__(*args, **kwargs)
 
     @override
