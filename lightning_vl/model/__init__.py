@@ -1,4 +1,4 @@
-"""The models: one readable file per backbone (``uniter.py``), the task heads on top of it
+"""The models: the backbone contract (``backbone.py``), one readable file per backbone (``uniter.py``), the task heads on top of it
 (``heads.py``), reading released weights (``checkpoints.py``) and writing them back in a released
 layout (``export.py``). A second backbone goes here as one more file beside ``uniter.py``.
 
