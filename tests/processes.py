@@ -86,14 +86,20 @@ def kill_group(pgid: int, stacks: bool = False) -> list[str]:
     the descriptions."""
     members = group_members(pgid)
     described = [describe(pid) for pid in members]
-    if stacks:  # frozen, then all aborted at once: no launcher reacts to a rank's death by killing the others
-        for sig in (signal.SIGSTOP, signal.SIGABRT, signal.SIGCONT):
-            for pid in members:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-        deadline = time.time() + 3
-        while group_members(pgid) and time.time() < deadline:
-            time.sleep(0.05)
+    if stacks:
+        # all frozen first, so no launcher reacts to a rank's end by killing the others; then one at a
+        # time, the launched processes before the one that started them, each dumping its stacks
+        # alone (two dumps written at once into one log interleave)
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        for pid in sorted(members, key=lambda p: p == pgid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGABRT)
+                os.kill(pid, signal.SIGCONT)
+            deadline = time.time() + 3
+            while pid in group_members(pgid) and time.time() < deadline:
+                time.sleep(0.02)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
     deadline = time.time() + 10
