@@ -4,9 +4,12 @@
 for every Trainer it builds. What is silenced, and where it comes from in ``pytorch_lightning``:
 
 - the device banner, "GPU available: …" / "TPU available: …" (``trainer/setup.py:_log_device_info``,
-  ``rank_zero_info``): shown once per command, repeats dropped;
+  ``rank_zero_info``): shown once per command when it reports an accelerator, never when it says
+  there is none ("GPU available: False, used: False", "TPU available: False, using: 0 TPU cores");
 - "`Trainer.fit` stopped: `max_steps=N` reached." (``loops/fit_loop.py``, ``rank_zero_info``), the
-  normal end of a fit counted in steps: shown once per command, repeats dropped;
+  normal end of every fit counted in steps (each round's line says its steps): never shown;
+- "Seed set to N" (``lightning_fabric/utilities/seed.py``), printed at every seeding: never shown
+  (the seed is in the run's ``config.yaml``);
 - the "💡 Tip: … litlogger / litmodels" adverts (``trainer/connectors/logger_connector/`` and
   ``callback_connector.py``, ``rank_zero_info``): never shown;
 - the notice that ``tensorboardX`` is not installed and ``logger=True`` falls back to ``CSVLogger``
@@ -27,8 +30,9 @@ from collections.abc import Iterator
 
 RANK_ZERO_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
 
-ONCE_PREFIXES = ("GPU available:", "TPU available:", "HPU available:", "`Trainer.fit` stopped:")
-NEVER_PREFIXES = ("💡 Tip:",)
+ONCE_PREFIXES = ("GPU available:", "TPU available:", "HPU available:")
+NEVER_PREFIXES = ("💡 Tip:", "`Trainer.fit` stopped:", "Seed set to ", "GPU available: False, used: False",
+                  "TPU available: False, using: 0 TPU cores", "HPU available: False, using: 0 HPUs")
 IGNORED_WARNINGS = (  # (message regex, category)
     (r"Starting from v1\.9\.0, `tensorboardX` has been removed as a dependency", UserWarning),
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),

@@ -51,7 +51,7 @@ def test_prune_command_runs_rounds_writes_files_and_resumes(demo_world, tmp_path
     assert all(0.0 <= float(r["val/acc"]) <= 1.0 for r in rows)
     assert "round 2/2 · sparsity 20.0% · val acc" in done.output
     # a quiet console: Lightning's device banner once for the command (four Trainers), its adverts never
-    assert done.output.count("GPU available:") == 1 and "💡" not in done.output
+    assert "GPU available:" not in done.output and "💡" not in done.output  # no accelerator, no banner; no adverts
     assert "tensorboardX" not in done.output and "LeafSpec" not in done.output
     # and a summary at the end: what was found, where, and what to run next
     summary = done.output[done.output.index("done: imp on nlvr2 · dense (round 0) val acc"):]

@@ -20,11 +20,14 @@ def test_notices_once_adverts_never_and_the_filter_is_removed_afterwards(caplog)
     caplog.set_level(logging.INFO, logger="pytorch_lightning")
     with quiet_console():
         for _ in range(3):
-            RANK_ZERO.info("GPU available: False, used: False")
+            RANK_ZERO.info("GPU available: True (cuda), used: True")
+            RANK_ZERO.info("TPU available: False, using: 0 TPU cores")
             RANK_ZERO.info("💡 Tip: For seamless cloud logging and experiment tracking, try installing litlogger")
             RANK_ZERO.info("`Trainer.fit` stopped: `max_steps=300` reached.")
+            RANK_ZERO.info("Seed set to 0")
             RANK_ZERO.info("round 1/7 · sparsity 10.0% · val acc 0.6")
-    assert caplog.text.count("GPU available") == 1 and caplog.text.count("max_steps=300") == 1
+    assert caplog.text.count("GPU available: True") == 1  # an accelerator's banner, once
+    assert "TPU available" not in caplog.text and "max_steps=300" not in caplog.text and "Seed set" not in caplog.text
     assert "💡" not in caplog.text and caplog.text.count("round 1/7") == 3
     assert not [f for f in RANK_ZERO.filters if isinstance(f, OncePerCommand)]
     caplog.clear()
