@@ -50,7 +50,7 @@ def test_prune_command_runs_rounds_writes_files_and_resumes(demo_world, tmp_path
     assert [round(float(r["sparsity"]), 3) for r in rows] == [0.0, 0.1, 0.2]
     assert all(0.0 <= float(r["val/acc"]) <= 1.0 for r in rows)
     assert "round 2/2 · sparsity 20.0% · val acc" in done.output
-    # a quiet console: Lightning's device banner once for the command (four Trainers), its adverts never
+    # a quiet console: no device banner without an accelerator (four Trainers), no adverts
     assert "GPU available:" not in done.output and "💡" not in done.output  # no accelerator, no banner; no adverts
     assert "tensorboardX" not in done.output and "LeafSpec" not in done.output
     # and a summary at the end: what was found, where, and what to run next
