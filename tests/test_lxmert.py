@@ -350,3 +350,26 @@ def test_tiny_config_fits_the_demo_world():
     backbone = LxmertBackbone(tiny).eval()
     out = backbone(make_batch(dim=tiny.visual_feat_dim))
     assert out.sequence.shape[-1] == tiny.hidden_size == backbone.hidden_size
+
+
+# -- the merged contract ---------------------------------------------------------------------------------
+def test_head_sizes_are_the_built_sizes():
+    backbone, _ = backbone_and_reference()
+    sizes = backbone.head_sizes()
+    assert (sizes.hidden_size, sizes.num_attention_heads, sizes.vocab_size, sizes.img_dim) == (16, 2, 40, 12)
+    assert sizes.layer_norm_eps == 1e-12 and sizes.initializer_range == 0.02
+    backbone.grow_embeddings([1], 5)
+    assert backbone.head_sizes().vocab_size == 40 and backbone.hidden_size == 16  # the rows before the task's
+
+
+def test_the_cli_reads_the_lxmert_configs(capsys):
+    from lightning_vl.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(ROOT / "configs/task/nlvr2.yaml"), "--config", str(ROOT / "configs/model/lxmert-tiny.yaml"),
+              "--config", str(ROOT / "configs/demo.yaml"), "--config", str(ROOT / "configs/demo/nlvr2.yaml"),
+              "--print_config"])
+    assert exit_.value.code in (0, None)
+    model = yaml.safe_load(capsys.readouterr().out)["model"]
+    assert model["backbone"]["class_path"] == "lightning_vl.model.lxmert.LxmertBackbone"
+    assert LxmertBackboneConfig(**model["backbone"]["init_args"]["config"]) == LxmertBackboneConfig(**sizes("lxmert-tiny.yaml"))

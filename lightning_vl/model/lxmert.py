@@ -31,8 +31,10 @@ import torch
 from torch import nn
 from transformers import LxmertConfig, LxmertModel
 
-from .backbone import Backbone, BackboneOutput, PrunableGroup
-from .checkpoints import SHUFFLED, LoadReport, load_into, read_state_dict
+from .backbone import Backbone, BackboneOutput, HeadSizes, PrunableGroup
+from .checkpoints import (
+    SHUFFLED, LoadReport, load_into, read_bert_directory, read_state_dict, shuffle_prefixed,
+)
 
 TYPE_TABLE = "embeddings.token_type_embeddings.weight"  # relative to the backbone
 WORD_TABLE = "embeddings.word_embeddings.weight"
@@ -186,9 +188,23 @@ class LxmertBackbone(Backbone):
         self.hf_model.training = mode  # its children already follow; keep its own flag in step
         return self
 
-    @property
-    def hidden_size(self) -> int:
-        return self.config.hidden_size
+    def head_sizes(self) -> HeadSizes:
+        """LXMERT's sizes for the heads: the word rows and region feature size as built (before a
+        task's growth); LXMERT's LayerNorms use BERT's eps, 1e-12.
+
+        Example:
+            >>> cfg = LxmertBackboneConfig(vocab_size=16, hidden_size=8, num_attention_heads=2, intermediate_size=16,
+            ...                            l_layers=1, x_layers=1, r_layers=1, visual_feat_dim=6)
+            >>> sizes = LxmertBackbone(cfg).head_sizes()
+            >>> sizes.hidden_size, sizes.vocab_size, sizes.img_dim
+            (8, 16, 6)
+
+        Raises:
+            Nothing of its own.
+        """
+        c = self.config
+        return HeadSizes(c.hidden_size, c.num_attention_heads, c.hidden_dropout_prob, c.attention_probs_dropout_prob,
+                         1e-12, c.initializer_range, self._built_sizes[1], c.visual_feat_dim)
 
     @property
     def word_embeddings(self) -> nn.Embedding:
@@ -465,27 +481,6 @@ def prunable_groups_for(config: LxmertBackboneConfig, parts: tuple[str, ...] = (
     return out
 
 
-def shuffle_prefixed(state: dict[str, torch.Tensor], seed: int, prefix: str) -> dict[str, torch.Tensor]:
-    """θ''_0: the values inside every floating ``<prefix>.*`` tensor permuted (same values per
-    tensor, structure destroyed), in the state's order from one generator seeded ``seed``.
-
-    Example:
-        >>> out = shuffle_prefixed({"lxmert.w": torch.arange(4.0)}, 0, "lxmert")
-        >>> sorted(out["lxmert.w"].tolist())
-        [0.0, 1.0, 2.0, 3.0]
-
-    Raises:
-        Nothing of its own.
-    """
-    g = torch.Generator().manual_seed(seed)
-    out = dict(state)
-    for k, v in state.items():
-        if k.startswith(prefix + ".") and v.is_floating_point():
-            flat = v.reshape(-1)
-            out[k] = flat[torch.randperm(flat.numel(), generator=g)].reshape(v.shape)
-    return out
-
-
 def weights_source(spec: str) -> Path:
     """The file an ``init`` value reads (a folder's weights file), for messages.
 
@@ -541,22 +536,12 @@ def read_folder(path: Path, prefix: str = "lxmert") -> dict[str, torch.Tensor]:
     file = weights_source(str(path))
     if file == path:
         raise FileNotFoundError(f"{path} has neither {' nor '.join(WEIGHT_FILES)}")
-    raw = read_weights_file(file)
-    roots = ("embeddings.", "encoder.", "pooler.")
+    if model_type == "bert":  # θ'_0: the shared reader, bert.* → <prefix>.* (checkpoints.read_bert_directory)
+        return read_bert_directory(path, prefix)
     if model_type == "lxmert":
         # LxmertModel saves bare keys; LxmertForPreTraining / ForQuestionAnswering already say lxmert.*
-        return {(f"{prefix}.{k}" if k.startswith(roots) else k): v for k, v in raw.items()}
-    if model_type == "bert":
-        out = {}
-        for k, v in raw.items():
-            if k.startswith("bert."):
-                k = f"{prefix}.{k[len('bert.'):]}"
-            elif k.startswith(roots):
-                k = f"{prefix}.{k}"
-            out[k] = v
-        if not any(k.startswith(f"{prefix}.encoder.layer.") for k in out):
-            raise ValueError(f"{file} holds no BERT encoder weights (expected keys like bert.encoder.layer.0...)")
-        return out
+        roots = ("embeddings.", "encoder.", "pooler.")
+        return {(f"{prefix}.{k}" if k.startswith(roots) else k): v for k, v in read_weights_file(file).items()}
     raise ValueError(f"{config}: model_type {model_type!r}; expected 'lxmert' (θ_0) or 'bert' (θ'_0)")
 
 
