@@ -79,6 +79,23 @@ def _mlp(hidden: int, inner: int, out: int, act: type[nn.Module]) -> nn.Sequenti
     return nn.Sequential(nn.Linear(hidden, inner), act(), nn.LayerNorm(inner, eps=1e-12), nn.Linear(inner, out))
 
 
+class Nlvr2PairedMlpHead(nn.Module):
+    """NLVR2 ``paired-mlp``: LXMERT's released NLVR2 classifier — the pooled outputs of the (left,
+    right) rows concatenated, then ``logit_fc`` = Linear(2H→2H)–GELU–LN–Linear(2H→2) (LXMERT's
+    names and layout, keys ``logit_fc.0`` / ``.2`` / ``.3``)."""
+
+    uses_pooler = True
+
+    def __init__(self, config: HeadSizes, num_labels: Optional[int] = None):
+        super().__init__()
+        h = 2 * config.hidden_size
+        self.logit_fc = _mlp(h, h, 2, nn.GELU)
+
+    def forward(self, output: BackboneOutput, batch: dict) -> torch.Tensor:
+        n_pairs = output.pooled.size(0) // 2
+        return self.logit_fc(output.pooled.reshape(n_pairs, -1))
+
+
 class VqaHead(nn.Module):
     """VQA / GQA / SNLI-VE: ``vqa_output`` = Linear(H→2H)–GELU–LN–Linear(2H→A) on the pooled
     [CLS] (UNITER's VE model keeps the ``vqa_output`` names with A = 3)."""

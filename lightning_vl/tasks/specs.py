@@ -21,8 +21,8 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_vl.model.heads import (Nlvr2PairedAttnHead, Nlvr2PairedHead, RankHead, RefExpHead, RefExpLinearHead,
-                                      VcrHead, VqaHead)
+from lightning_vl.model.heads import (Nlvr2PairedAttnHead, Nlvr2PairedHead, Nlvr2PairedMlpHead, RankHead, RefExpHead,
+                                      RefExpLinearHead, VcrHead, VqaHead)
 from lightning_vl.model.backbone import HeadSizes
 
 from .metrics import GroundingAccuracy, RetrievalRecall, SoftScore, VcrAccuracy
@@ -163,7 +163,7 @@ TASKS: dict[str, TaskSpec] = {
     ),
     "nlvr2": TaskSpec(
         name="nlvr2",
-        heads={"paired-attn": Nlvr2PairedAttnHead, "paired": Nlvr2PairedHead},
+        heads={"paired-attn": Nlvr2PairedAttnHead, "paired": Nlvr2PairedHead, "paired-mlp": Nlvr2PairedMlpHead},
         default_head="paired-attn", loss=cross_entropy, metrics=accuracy,
         metric_inputs=logits_and_targets, monitor="val/acc",
         type_rows_from=[1],  # 3 types: right-image regions get a copy of the image type
