@@ -7,6 +7,9 @@ TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
 TASK ?= nlvr2
+# the demo model: configs/model/$(BACKBONE)-tiny.yaml, starting from the demo's θ_0 $(DEMO_DIR)/$(BACKBONE)-tiny.pt
+# (uniter: make pretrain; lxmert: make pretrain-lxmert)
+BACKBONE ?= uniter
 # PRUNE, SPARSITY, SCHEDULE: empty = the lottery's defaults (ImpConfig, lightning_vl/lottery/config.py)
 PRUNE ?=
 SPARSITY ?=
@@ -32,10 +35,10 @@ export TOKENIZERS_PARALLELISM ?= false
 # so any python3 reads it, before the venv exists); `=`: asked only by the recipes that use it
 TASK_NAMES = $(shell $(PYTHON) -m lightning_vl.tasks.names)
 
-.PHONY: install demo pretrain prune branch finetune study report overlap features data test bench clean help check-task
+.PHONY: install demo pretrain pretrain-lxmert check-backbone prune branch finetune study report overlap features data test bench clean help check-task
 
 help:
-	@echo "make prune TASK=<task> [PRUNE=<strategy>] [SPARSITY=<target>] [SCHEDULE=linear|geometric] [REWIND=0] [INIT=ckpt]"
+	@echo "make prune TASK=<task> [BACKBONE=uniter|lxmert] [PRUNE=<strategy>] [SPARSITY=<target>] [SCHEDULE=linear|geometric] [REWIND=0] [INIT=ckpt]"
 	@echo "  (strategies, their options and the defaults: lightning-vl prune --help, or python -m lightning_vl.pruning)"
 	@echo "make branch FROM=runs/<task>/<run>/round_NN KIND=random|shuffle|reinit|ticket|transfer [TO=<task> (transfer)] [INIT=<init>|none (reinit)] [STRATEGY=global|layerwise] [SEED=0]"
 	@echo "make finetune TASK=<task> [MASK=round_NN/mask.pt] [INIT=ckpt]"
@@ -106,11 +109,38 @@ $(PRETRAINED): $(DEMO_DIR)/.complete $(PRETRAIN_CODE)
 	if [ $$tx -ne 0 ]; then tail -n 25 $(DEMO_DIR)/pretraining/text.log; echo "text-only pre-training failed (exit $$tx)"; fi; \
 	test $$vl -eq 0 -a $$tx -eq 0 && touch $@
 
-prune: check-task pretrain
+# LXMERT's demo θ_0: LXMERT-tiny pre-trained on the demo world through the seam with the demo's
+# recipe plus a region objective (MRFR; configs/demo/pretrain-lxmert.yaml), from a random init
+DEMO_LXMERT := $(DEMO_DIR)/lxmert-tiny.pt
+
+pretrain-lxmert: $(DEMO_LXMERT)
+
+$(DEMO_LXMERT): $(DEMO_DIR)/.complete $(PRETRAIN_CODE) configs/model/lxmert-tiny.yaml configs/demo/pretrain-lxmert.yaml
+	@$(LOCK); mkdir -p $(DEMO_DIR)/pretraining; \
+	echo "pre-training the demo's LXMERT θ_0 ($(PRETRAIN_STEPS) steps, one thread)"; \
+	OMP_NUM_THREADS=1 $(BIN)/lightning-vl fit --config configs/task/pretrain.yaml --config configs/model/lxmert-tiny.yaml \
+	  --config configs/demo.yaml --config configs/demo/pretrain.yaml --config configs/demo/pretrain-lxmert.yaml \
+	  --trainer.enable_checkpointing false --trainer.logger CSVLogger --trainer.logger.save_dir $(DEMO_DIR)/pretraining \
+	  --trainer.callbacks+=lightning_vl.model.export.ExportWeights --trainer.callbacks.path $@ \
+	  --trainer.callbacks.layout uniter --model.init null --trainer.logger.name lxmert \
+	  --data.init_args.num_workers $(PRETRAIN_WORKERS) \
+	  --trainer.max_steps $(PRETRAIN_STEPS) --trainer.val_check_interval $(PRETRAIN_STEPS) \
+	  --model.warmup_steps $$(( $(PRETRAIN_STEPS) / 10 )) $(PRETRAIN_ARGS)
+
+# the demo model of BACKBONE and what builds its θ_0; UNITER's commands are exactly as before
+# (configs/demo.yaml already names data/demo/uniter-tiny.pt)
+MODEL_CONFIG = configs/model/$(BACKBONE)-tiny.yaml
+MODEL_PRETRAIN = $(if $(filter uniter,$(BACKBONE)),pretrain,pretrain-$(BACKBONE))
+MODEL_INIT = $(if $(filter uniter,$(BACKBONE)),,--model.init $(DEMO_DIR)/$(BACKBONE)-tiny.pt)
+
+check-backbone:
+	@test -f $(MODEL_CONFIG) || { echo "unknown BACKBONE=$(BACKBONE): no $(MODEL_CONFIG) (uniter or lxmert)"; exit 2; }
+
+prune: check-task check-backbone $(MODEL_PRETRAIN)
 	$(BIN)/lightning-vl prune \
-	  --config configs/task/$(TASK).yaml --config configs/model/uniter-tiny.yaml --config configs/demo.yaml --config configs/demo/$(TASK).yaml \
+	  --config configs/task/$(TASK).yaml --config $(MODEL_CONFIG) --config configs/demo.yaml --config configs/demo/$(TASK).yaml \
 	  $(if $(PRUNE),--imp.method $(PRUNE)) $(if $(SPARSITY),--imp.target_sparsity $(SPARSITY)) $(if $(SCHEDULE),--imp.schedule $(SCHEDULE)) \
-	  --imp.rewind_step $(REWIND) --imp.root $(RUNS) $(if $(INIT),--model.init $(INIT)) $(ARGS)
+	  --imp.rewind_step $(REWIND) --imp.root $(RUNS) $(MODEL_INIT) $(if $(INIT),--model.init $(INIT)) $(ARGS)
 
 # a branch of a trained round: the source run's settings (KIND=transfer: TO's files of the same stack)
 branch: pretrain
@@ -131,10 +161,10 @@ report: $(STAMP)
 overlap: $(STAMP)
 	$(BIN)/lightning-vl overlap $(MASKS) --out $(or $(OUT),reports/overlap)
 
-finetune: check-task pretrain
+finetune: check-task check-backbone $(MODEL_PRETRAIN)
 	$(BIN)/lightning-vl fit \
-	  --config configs/task/$(TASK).yaml --config configs/model/uniter-tiny.yaml --config configs/demo.yaml --config configs/demo/$(TASK).yaml \
-	  $(if $(INIT),--model.init $(INIT)) $(if $(MASK),--model.mask $(MASK)) $(ARGS)
+	  --config configs/task/$(TASK).yaml --config $(MODEL_CONFIG) --config configs/demo.yaml --config configs/demo/$(TASK).yaml \
+	  $(MODEL_INIT) $(if $(INIT),--model.init $(INIT)) $(if $(MASK),--model.mask $(MASK)) $(ARGS)
 
 features: $(STAMP)
 	@test -n "$(SRC)" -a -n "$(OUT)" || { echo "usage: make features SRC=<path...> FORMAT=<format> OUT=<store.h5>"; exit 2; }

@@ -373,3 +373,10 @@ def test_the_cli_reads_the_lxmert_configs(capsys):
     model = yaml.safe_load(capsys.readouterr().out)["model"]
     assert model["backbone"]["class_path"] == "lightning_vl.model.lxmert.LxmertBackbone"
     assert LxmertBackboneConfig(**model["backbone"]["init_args"]["config"]) == LxmertBackboneConfig(**sizes("lxmert-tiny.yaml"))
+
+
+def test_a_uniter_checkpoint_is_refused(tmp_path):
+    torch.save({"uniter.encoder.layer.0.output.dense.weight": torch.zeros(2, 2), "cls.bias": torch.zeros(2)},
+               tmp_path / "uniter-tiny.pt")
+    with pytest.raises(ValueError, match="holds no LXMERT weights.*uniter"):
+        LxmertBackbone.read_init(str(tmp_path / "uniter-tiny.pt"))

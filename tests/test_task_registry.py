@@ -243,3 +243,19 @@ def test_each_task_demo_data_is_written_by_its_generator(task, generated):
 def test_prepare_knows_the_registry_tasks():
     problems = differences("data_modules/prepare.py:tasks() (configs/task/*.yaml)", prepare_tasks())
     assert not problems, "\n".join(problems)
+
+
+def test_make_chooses_the_demo_backbone():
+    """``BACKBONE=lxmert``: LXMERT-tiny's config and θ_0 (data/demo/lxmert-tiny.pt, built by
+    pretrain-lxmert); the default keeps UNITER's command; an unknown backbone is refused."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    common = ["make", "-n", "prune", "TASK=nlvr2", f"PYTHON={sys.executable}"]
+    lxmert = subprocess.run(common + ["BACKBONE=lxmert"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "--config configs/model/lxmert-tiny.yaml" in lxmert and "--model.init data/demo/lxmert-tiny.pt" in lxmert
+    assert "--trainer.callbacks.path data/demo/lxmert-tiny.pt" in lxmert or (ROOT / "data/demo/lxmert-tiny.pt").exists()
+    uniter = subprocess.run(common, cwd=ROOT, capture_output=True, text=True).stdout
+    assert "--config configs/model/uniter-tiny.yaml" in uniter and "lxmert-tiny" not in uniter
+    bad = subprocess.run(["make", "-s", "prune", "BACKBONE=vilt", f"PYTHON={sys.executable}"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown BACKBONE=vilt" in bad.stdout + bad.stderr

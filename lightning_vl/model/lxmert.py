@@ -317,7 +317,8 @@ class LxmertBackbone(Backbone):
 
         Raises:
             FileNotFoundError: no such file; a folder without config.json or weights.
-            ValueError: a file that is not plain tensors; a folder of another model type.
+            ValueError: a file that is not plain tensors or holds no ``lxmert.*`` weights (a UNITER
+                checkpoint); a folder of another model type.
         """
         if spec.startswith(SHUFFLED):
             return shuffle_prefixed(cls.read_init(spec[len(SHUFFLED):], seed), seed, cls.prefix)
@@ -326,7 +327,13 @@ class LxmertBackbone(Backbone):
             return read_folder(path, cls.prefix)
         raw = read_weights_file(path)
         backbone_roots = ("embeddings.", "encoder.", "pooler.")
-        return {(f"{cls.prefix}.{k}" if k.startswith(backbone_roots) else k): v for k, v in raw.items()}
+        state = {(f"{cls.prefix}.{k}" if k.startswith(backbone_roots) else k): v for k, v in raw.items()}
+        if not any(k.startswith(f"{cls.prefix}.") for k in state):
+            # e.g. the demo's uniter-tiny.pt (configs/demo.yaml's init) given to an LXMERT: nothing would load
+            other = sorted({k.split(".", 1)[0] for k in state})[:4]
+            raise ValueError(f"{path} holds no LXMERT weights (no {cls.prefix}.* keys; it has {', '.join(other)} …): "
+                             f"give an LXMERT checkpoint (the demo's: data/demo/lxmert-tiny.pt) or --model.init null")
+        return state
 
     def load(self, spec: str, seed: int = 0) -> LoadReport:
         """Load an ``init`` value (see ``read_init``) into this backbone alone; keys outside
