@@ -242,3 +242,33 @@ class Backbone(nn.Module):
             Nothing: the default has no ties.
         """
         return {}
+
+
+TYPE_TABLE = "embeddings.token_type_embeddings.weight"  # BERT-style tables, relative to the backbone
+WORD_TABLE = "embeddings.word_embeddings.weight"
+
+
+def grow_bert_tables(backbone: Backbone, built: tuple[int, int], type_rows_from: list[int], extra_word_rows: int,
+                     state: Optional[dict[str, torch.Tensor]] = None) -> None:
+    """``Backbone.grow_embeddings`` for a backbone with BERT-style embedding tables (UNITER, LXMERT):
+    rows are counted from the sizes it was ``built`` with (types, words), so growing twice changes
+    nothing; with ``state``, only if the checkpoint's tables already have the grown sizes. The
+    backbone's own ``extend_type_embeddings(rows, copy_from)`` and ``extend_word_embeddings(rows)``
+    do the growing.
+
+    Example::
+
+        grow_bert_tables(core, (2, 28996), [0, 0], 81)  # VCR: 4 types, 81 object-reference words
+
+    Raises:
+        Nothing of its own.
+    """
+    types = built[0] + len(type_rows_from)
+    words = built[1] + extra_word_rows
+    if state is not None:
+        t, w = state.get(f"{backbone.prefix}.{TYPE_TABLE}"), state.get(f"{backbone.prefix}.{WORD_TABLE}")
+        if not ((t is not None and t.shape[0] == types != backbone.config.type_vocab_size) or (
+                w is not None and w.shape[0] == words != backbone.config.vocab_size)):
+            return
+    backbone.extend_type_embeddings(types, type_rows_from)
+    backbone.extend_word_embeddings(words)

@@ -31,13 +31,11 @@ import torch
 from torch import nn
 from transformers import LxmertConfig, LxmertModel
 
-from .backbone import Backbone, BackboneOutput, HeadSizes, PrunableGroup
+from .backbone import Backbone, BackboneOutput, HeadSizes, PrunableGroup, grow_bert_tables
 from .checkpoints import (
     SHUFFLED, LoadReport, load_into, read_bert_directory, read_state_dict, shuffle_prefixed,
 )
 
-TYPE_TABLE = "embeddings.token_type_embeddings.weight"  # relative to the backbone
-WORD_TABLE = "embeddings.word_embeddings.weight"
 
 # A language or object-relationship layer (transformers' LxmertLayer, BERT's names): module → part.
 LAYER_PARTS = {
@@ -417,15 +415,7 @@ class LxmertBackbone(Backbone):
         Raises:
             Nothing of its own.
         """
-        types = self._built_sizes[0] + len(type_rows_from)
-        words = self._built_sizes[1] + extra_word_rows
-        if state is not None:
-            t, w = state.get(f"{self.prefix}.{TYPE_TABLE}"), state.get(f"{self.prefix}.{WORD_TABLE}")
-            if not ((t is not None and t.shape[0] == types != self.config.type_vocab_size) or (
-                    w is not None and w.shape[0] == words != self.config.vocab_size)):
-                return
-        self.extend_type_embeddings(types, type_rows_from)
-        self.extend_word_embeddings(words)
+        grow_bert_tables(self, self._built_sizes, type_rows_from, extra_word_rows, state)
 
     def freeze_unused(self, pooled: bool, region_masks: bool) -> None:
         """Freeze the pooler when no head reads ``pooled`` (LXMERT has no region mask embedding).
