@@ -28,7 +28,8 @@ import logging
 import warnings
 from collections.abc import Iterator
 
-RANK_ZERO_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
+RANK_ZERO_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
+                     "lightning_fabric.utilities.seed")  # the last logs "Seed set to N" itself
 
 ONCE_PREFIXES = ("GPU available:", "TPU available:", "HPU available:")
 NEVER_PREFIXES = ("💡 Tip:", "`Trainer.fit` stopped:", "Seed set to ", "GPU available: False, used: False",

@@ -18,13 +18,14 @@ def rows(*metrics, monitor="val/acc"):
 
 def test_notices_once_adverts_never_and_the_filter_is_removed_afterwards(caplog):
     caplog.set_level(logging.INFO, logger="pytorch_lightning")
+    caplog.set_level(logging.INFO, logger="lightning_fabric")
     with quiet_console():
         for _ in range(3):
             RANK_ZERO.info("GPU available: True (cuda), used: True")
             RANK_ZERO.info("TPU available: False, using: 0 TPU cores")
             RANK_ZERO.info("💡 Tip: For seamless cloud logging and experiment tracking, try installing litlogger")
             RANK_ZERO.info("`Trainer.fit` stopped: `max_steps=300` reached.")
-            RANK_ZERO.info("Seed set to 0")
+            logging.getLogger("lightning_fabric.utilities.seed").info("Seed set to 0")  # Fabric's own logger
             RANK_ZERO.info("round 1/7 · sparsity 10.0% · val acc 0.6")
     assert caplog.text.count("GPU available: True") == 1  # an accelerator's banner, once
     assert "TPU available" not in caplog.text and "max_steps=300" not in caplog.text and "Seed set" not in caplog.text
