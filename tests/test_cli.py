@@ -11,6 +11,7 @@ from lightning_vl.pruning import Mask
 from lightning_vl.cli import main
 
 from . import processes
+from .test_tasks_demo import nlvr2_world_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,12 +20,7 @@ def cli_args(world, tmp_path, *extra):
     return [
         "--config", "configs/task/nlvr2.yaml", "--config", "configs/model/uniter-tiny.yaml",
         "--config", "configs/demo.yaml", "--config", "configs/demo/nlvr2.yaml",
-        "--model.init", str(world / "uniter-tiny.pt"),
-        "--data.init_args.train_file", str(world / "nlvr2/train.json"),
-        "--data.init_args.val_file", str(world / "nlvr2/dev.json"),
-        "--data.init_args.test_file", str(world / "nlvr2/test.json"),
-        "--data.init_args.features", str(world / "features.h5"),
-        "--data.init_args.tokenizer", str(world / "tokenizer"),
+        *nlvr2_world_args(world),
         "--data.init_args.batch_size", "8",
         "--trainer.max_steps", "6", "--trainer.val_check_interval", "3",
         "--trainer.enable_progress_bar", "false",

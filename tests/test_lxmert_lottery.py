@@ -13,6 +13,8 @@ from lightning_vl.cli import main
 from lightning_vl.model.lxmert import LxmertBackboneConfig, prunable_groups_for
 from lightning_vl.pruning import Mask
 
+from .test_tasks_demo import nlvr2_world_args
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -20,12 +22,7 @@ def lxmert_args(world: Path, tmp_path: Path, *extra: str) -> list[str]:
     return [
         "--config", str(ROOT / "configs/task/nlvr2.yaml"), "--config", str(ROOT / "configs/model/lxmert-tiny.yaml"),
         "--config", str(ROOT / "configs/demo.yaml"), "--config", str(ROOT / "configs/demo/nlvr2.yaml"),
-        "--model.init", "null",
-        "--data.init_args.train_file", str(world / "nlvr2/train.json"),
-        "--data.init_args.val_file", str(world / "nlvr2/dev.json"),
-        "--data.init_args.test_file", str(world / "nlvr2/test.json"),
-        "--data.init_args.features", str(world / "features.h5"),
-        "--data.init_args.tokenizer", str(world / "tokenizer"),
+        *nlvr2_world_args(world), "--model.init", "null",  # a random LXMERT (the last --model.init wins)
         "--data.init_args.batch_size", "8",
         "--trainer.max_steps", "4", "--trainer.val_check_interval", "4",
         "--trainer.enable_progress_bar", "false",
