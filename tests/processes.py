@@ -5,7 +5,8 @@ command starts — the ranks Lightning's launchers start included. A command sti
 deadline is diagnosed and killed: each process of its group is named (its rank, from the
 ``LOCAL_RANK`` / ``NODE_RANK`` it was started with, its state and the kernel call it waits in),
 Python prints every thread's stack (``PYTHONFAULTHANDLER`` and ``SIGABRT``, core dumps off), then
-the whole group gets ``SIGKILL`` and the test fails with that description and the output's tail.
+the whole group gets ``SIGKILL`` and the test fails with that description, the output's tail and
+the start of each process's stacks (each cut from the output on its own, so none crowds out another).
 A command that ends while processes of its group still run after a short grace has left orphans:
 they are killed and the test fails too.
 """
@@ -81,35 +82,59 @@ def describe(pid: int) -> str:
             f"{command[:160]}")
 
 
-def kill_group(pgid: int, stacks: bool = False) -> list[str]:
-    """Describe, optionally dump the Python stacks of, then SIGKILL every process of the group;
-    the descriptions."""
+STACK_CHARS = 3000  # of each process's stacks in a timeout's message (innermost frames first)
+
+
+def _stacks_text(raw: str) -> str:
+    """One process's faulthandler dump, without the list of extension modules, its start kept."""
+    kept = [line for line in raw.splitlines() if line.strip() and not line.startswith("Extension modules:")]
+    text = "\n".join(kept)
+    return text if len(text) <= STACK_CHARS else text[:STACK_CHARS] + "\n  […]"
+
+
+def kill_group(pgid: int, log: Path | None = None) -> tuple[list[str], list[str]]:
+    """Describe every process of the group, then SIGKILL them all; with ``log`` (the group's output
+    file) each one first dumps its Python stacks there, read back one process at a time.
+
+    Returns:
+        The descriptions, and per process the start of its stacks (empty without ``log``).
+    """
     members = group_members(pgid)
     described = [describe(pid) for pid in members]
-    if stacks:
+    stacks: list[str] = []
+    if log is not None:
         # all frozen first, so no launcher reacts to a rank's end by killing the others; then one at a
         # time, the launched processes before the one that started them, each dumping its stacks
-        # alone (two dumps written at once into one log interleave)
+        # alone (two dumps written at once into one log interleave). Each dump is cut from the log
+        # on its own, so a long dump of one process cannot push another's out of the message.
         for pid in members:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)
         for pid in sorted(members, key=lambda p: p == pgid):
+            before = log.stat().st_size if log.exists() else 0
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGABRT)
                 os.kill(pid, signal.SIGCONT)
             deadline = time.time() + 3
             while pid in group_members(pgid) and time.time() < deadline:
                 time.sleep(0.02)
+            with open(log, "rb") as out:
+                out.seek(before)
+                dump = out.read().decode(errors="replace")
+            stacks.append(f"--- Python stacks of pid {pid} ---\n{_stacks_text(dump) or '(none printed)'}")
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
     deadline = time.time() + 10
     while group_members(pgid) and time.time() < deadline:
         time.sleep(0.05)
-    return described
+    return described, stacks
 
 
-def _tail(log: Path, chars: int = 4000) -> str:
-    return log.read_text(errors="replace")[-chars:] if log.exists() else ""
+def _tail(log: Path, chars: int = 4000, end: int | None = None) -> str:
+    if not log.exists():
+        return ""
+    text = log.read_bytes()[:end].decode(errors="replace")
+    return text[-chars:]
 
 
 @contextlib.contextmanager
@@ -140,15 +165,16 @@ def wait(proc: subprocess.Popen, log: Path, timeout: float) -> Finished:
     try:
         code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        described = kill_group(proc.pid, stacks=True)
+        printed = log.stat().st_size if log.exists() else 0  # the output before the stacks
+        described, stacks = kill_group(proc.pid, log)
         proc.wait()
         raise ProcessTimeout(
             f"still running after {timeout:.0f} s, killed: {len(described)} process(es)\n  " + "\n  ".join(described)
-            + f"\n--- output (tail, Python stacks last) ---\n{_tail(log, 8000)}") from None
+            + f"\n--- output (tail) ---\n{_tail(log, 3000, end=printed)}\n" + "\n".join(stacks)) from None
     deadline = time.time() + (ORPHAN_GRACE_S if code == 0 else 2.0)
     while group_members(proc.pid) and time.time() < deadline:
         time.sleep(0.1)
-    left = kill_group(proc.pid) if group_members(proc.pid) else []
+    left = kill_group(proc.pid)[0] if group_members(proc.pid) else []
     if left:
         raise ProcessesLeftBehind(f"exit status {code}, but {len(left)} of its processes were still running "
                                   "(killed):\n  " + "\n  ".join(left) + f"\n--- output (tail) ---\n{_tail(log)}")

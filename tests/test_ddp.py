@@ -111,6 +111,7 @@ def test_a_rank_forked_while_another_thread_holds_a_lock_hangs_and_is_killed_nam
             processes.wait(proc, log, timeout=3)
         message = str(failed.value)
         assert message.count("waiting in futex") == 2, message  # each rank named, blocked on a lock
+        assert message.count("--- Python stacks of pid") == 3, message  # the launcher's and each rank's
         assert message.count("in setup") == 2, message  # both stuck in the callback taking the lock (their stacks)
         assert not processes.group_members(proc.pid)  # nothing survives
 
