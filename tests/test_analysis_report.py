@@ -81,6 +81,28 @@ def test_report_writes_every_table_and_figure_and_links_them(tmp_path):
     assert t.cell("VQA", "refcoco+").text() == "70.00" and t.cell("pre-training", "vqa").text().startswith("69.30")
 
 
+def test_report_shows_other_backbones_beside_uniter_and_keeps_them_out_of_table1(tmp_path):
+    uniter = [rec(t, row, s, m - (0.02 * s * 10 if row == "random" else 0.0), seed)
+              for t in ("vqa", "nlvr2") for row in ("imp", "random") for s in (0.0, 0.7) for seed in (0, 1)
+              for m in [0.75 + 0.001 * seed]]
+    lxmert = [{**r, "metric": r["metric"] - 0.2, "backbone": "lxmert", "path": "lx/" + r["path"]}
+              for r in uniter if r["task"] == "vqa"]
+    index = write_report(uniter + lxmert, tmp_path / "r")
+    text = index.read_text()
+    assert f"{len(uniter + lxmert)} records" in text and "The main tables are UNITER's (16 records); LXMERT's 8" in text
+    section = text[text.index("## Backbones"):text.index("## Mask overlap")]
+    assert "### UNITER at 70% sparsity" in section and "### LXMERT at 70% sparsity (published Table 3's form)" in section
+    assert "| LXMERT (dense) | 55.05 ± 0.07 (n=2) |" in section  # VQA only: the backbones' tasks are LXMERT's
+    assert "NLVR2" not in section and "figures/backbones.png" in section
+    assert (tmp_path / "r" / "figures" / "backbones.png").read_bytes()[:8] == PNG
+    table1_md = (tmp_path / "r" / "tables" / "table1.md").read_text()
+    assert "55.05" not in table1_md and "75.05" in table1_md  # Table 1 is UNITER's alone
+    for path in linked_files(index):
+        assert path.is_file(), path
+    alone = write_report(uniter, tmp_path / "u").read_text()
+    assert "## Backbones" not in alone
+
+
 def test_report_sections_without_records_say_so(tmp_path):
     index = write_report([rec("nlvr2", "imp", 0.0, 0.8), rec("nlvr2", "imp", 0.1, 0.79)], tmp_path / "r")
     text = index.read_text()

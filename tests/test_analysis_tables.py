@@ -272,3 +272,53 @@ def test_table_csv_and_markdown(tmp_path):
     assert float(dense["mean"]) == pytest.approx(70.64) and float(dense["std"]) == pytest.approx(0.06)
     assert dense["n"] == "3"
     assert t.to_markdown().splitlines()[0].startswith("|  | VQA | GQA |")
+
+
+# the published Table 3 (LXMERT at 70%): dense, 99%, ticket, random pruning (mean ± std of 3 runs)
+PAPER_LXMERT = {"vqa": ((69.95, 0.03), 69.25, (69.29, 0.10), (65.22, 0.05)),
+                "gqa": ((59.91, 0.07), 59.31, (59.40, 0.17), (47.88, 0.55)),
+                "nlvr2": ((74.90, 0.26), 74.15, (74.03, 0.71), (51.38, 0.45))}
+
+
+def lxmert_table3_records():
+    out = []
+    for task, (dense, _, imp, rnd) in PAPER_LXMERT.items():
+        out += three_runs(task, "imp", 0.0, *dense, backbone="lxmert")
+        out += three_runs(task, "imp", 0.7, *imp, backbone="lxmert")
+        out += three_runs(task, "random", 0.7, *rnd, backbone="lxmert")
+        out += three_runs(task, "imp", 0.8, imp[0] - 3.0, 0.1, backbone="lxmert")  # no longer a ticket
+    return out
+
+
+def test_backbone_table_gives_the_published_table3_from_its_runs():
+    from lightning_vl.analysis.tables import backbone_table
+
+    t = backbone_table(lxmert_table3_records(), "lxmert")
+    assert t.name == "backbone_lxmert" and "70%" in t.title and "Table 3" in t.title
+    assert t.columns == ["vqa", "gqa", "nlvr2"]
+    for task, (dense, ninety_nine, imp, rnd) in PAPER_LXMERT.items():
+        for label, (mean, std) in (("LXMERT (dense)", dense), ("lottery ticket (IMP)", imp), ("random pruning", rnd)):
+            cell = t.cell(label, task)
+            assert cell.n == 3 and cell.mean == pytest.approx(mean) and cell.std == pytest.approx(std)
+        assert t.cell("99%", task).mean == pytest.approx(ninety_nine, abs=0.01)  # the paper rounds 0.99 × dense
+        assert t.cell("highest relaxed ticket", task) == "70%"  # NLVR2 74.03 ± 0.71 passes by mean + std
+        assert t.cell("IMP there", task).mean == pytest.approx(imp[0])
+    gap = t.cell("ticket − random", "gqa")
+    assert gap.startswith("+11.52") and "(+20.9 std)" in gap  # (59.40 − 47.88) / 0.55
+    assert t.records_used == 27  # dense, ticket and random of 3 tasks × 3 seeds; "there" = the same 70% runs
+
+
+def test_backbone_tables_keep_backbones_apart_and_say_when_one_has_no_runs():
+    from lightning_vl.analysis.tables import backbone_table, backbones, main_backbone
+
+    uniter = three_runs("vqa", "imp", 0.0, 80.0, 0.1) + three_runs("vqa", "imp", 0.7, 10.0, 0.1)
+    records = lxmert_table3_records() + uniter
+    assert backbones(records) == ["uniter", "lxmert"] and main_backbone(records) == "uniter"
+    assert main_backbone(lxmert_table3_records()) == "lxmert"
+    t = backbone_table(records, "uniter")
+    assert t.columns == ["vqa"] and t.cell("UNITER (dense)", "vqa").mean == pytest.approx(80.0)
+    assert t.cell("highest relaxed ticket", "vqa") == "none"  # 10% at 70% is no ticket
+    assert backbone_table(records, "lxmert").cell("LXMERT (dense)", "vqa").mean == pytest.approx(69.95)
+    empty = backbone_table(records, "vilt")
+    assert empty.empty and "No ViLT records." in empty.to_markdown() and "30%" in empty.title
+    assert normalise(uniter)[0].backbone == "uniter"  # records from before the seam name none: UNITER's

@@ -293,3 +293,11 @@ def test_a_killed_worker_leaves_no_command_running(demo_world, tmp_path, command
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
             os.killpg(first.pid, signal.SIGKILL)
+
+
+def test_records_name_the_backbone_of_their_run():
+    from lightning_vl.study.index import backbone_name
+
+    assert backbone_name({"model": {"backbone": {"class_path": "lightning_vl.model.lxmert.LxmertBackbone"}}}) == "lxmert"
+    assert backbone_name({"model": {"backbone": "my_lab.models.ViltBackbone"}}) == "vilt"
+    assert backbone_name({"model": {"task": "vqa"}}) == backbone_name({}) == "uniter"  # run folders from before the seam

@@ -5,6 +5,7 @@ state; safe on clusters and in tests).
   (BERT θ'_0, shuffled θ''_0, OMP/LAMP/SNIP, …), mean line and ±std band over runs, and a
   horizontal line at 99% of the dense mean
 * ``accuracy_grid``    the same for every task, one panel each
+* ``backbones_figure`` IMP vs random pruning per backbone and task (the published Figure 4's analogue)
 * ``rewind_figure``    accuracy vs sparsity per rewind step, one task
 * ``transfer_heatmap`` a transfer matrix (``tables.transfer_matrix``)
 * ``matrix_heatmap``   any annotated labels × labels heat map (the mask-overlap figure uses it)
@@ -105,6 +106,38 @@ def accuracy_grid(records, path: Union[str, os.PathLike], tasks: Optional[Sequen
                    ncol=min(4, len(handles)), fontsize=8, frameon=False)
     fig.suptitle("Accuracy vs sparsity (mean ± std over runs)", fontsize=12)
     fig.tight_layout(rect=(0, 0.06 + 0.02 * math.ceil(len(handles) / 4), 1, 0.96))
+    return save_figure(fig, path)
+
+
+def backbones_figure(records, path: Union[str, os.PathLike], tasks: Optional[Sequence[str]] = None,
+                     fraction: float = 0.99) -> Path:
+    """The published Figure 4's analogue, backbones side by side: one row of panels per backbone
+    (UNITER first), one column per task, IMP and random pruning (mean ± std over runs, rewind step
+    0) with the line at ``fraction`` of that backbone's dense mean. A backbone with no runs of a
+    task shows "no records" there."""
+    from .common import ordered_tasks
+    from .tables import backbone_name, backbones
+
+    records = normalise(records)
+    names = backbones(records) or ["(none)"]
+    tasks = list(tasks) if tasks is not None else ordered_tasks(r.task for r in records)
+    tasks = tasks or ["(none)"]
+    fig = _figure(3.8 * len(tasks), 3.0 * len(names) + 0.9)
+    handles: dict[str, object] = {}
+    for i, backbone in enumerate(names):
+        mine = [r for r in records if r.backbone == backbone]
+        for j, task in enumerate(tasks):
+            ax = fig.add_subplot(len(names), len(tasks), i * len(tasks) + j + 1)
+            _draw_accuracy(ax, mine, task, fraction, legend=False, rows=("imp", "random"))
+            ax.set_title(f"{backbone_name(backbone)} — {ax.get_title()}", fontsize=9)
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                key = "99% line" if "of dense" in lab else lab
+                handles.setdefault(key, (h, f"{fraction:.0%} of dense" if key == "99% line" else lab))
+    if handles:
+        fig.legend([h for h, _ in handles.values()], [lab for _, lab in handles.values()], loc="lower center",
+                   ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle("IMP vs random pruning per backbone (mean ± std over runs)", fontsize=12)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
     return save_figure(fig, path)
 
 

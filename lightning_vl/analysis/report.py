@@ -4,11 +4,14 @@
 
     reports/
       index.md                    all tables (markdown) and figures (relative links), one section each
-      tables/<name>.csv  .md  .long.csv   table1, table2, table3, table3_tickets, transfer_<s>, rewind_<task>
-      figures/accuracy_<task>.png  accuracy_all.png  rewind_<task>.png  transfer_<s>.png
+      tables/<name>.csv  .md  .long.csv   table1, table2, table3, table3_tickets, transfer_<s>, rewind_<task>,
+                                          backbone_<name> (LXMERT, ViLT: the published Tables 3 and 4)
+      figures/accuracy_<task>.png  accuracy_all.png  rewind_<task>.png  transfer_<s>.png  backbones.png
       overlap/                    with ``overlaps``: pairwise/per_type/per_layer CSVs, overlap.md, overlap_iou.png
 
-Sections without records say so. Its command is ``lightning-vl report`` (``study/command.py``): from
+Tables 1-3, transfer and rewinding are about one backbone (UNITER when it has records); with runs of
+other backbones a "Backbones" section shows each in the published Tables 3 and 4's form and their
+curves side by side. Sections without records say so. Its command is ``lightning-vl report`` (``study/command.py``): from
 run folders (``--runs``) or from a saved JSON list or JSON lines of records (``--records``).
 """
 from __future__ import annotations
@@ -23,8 +26,8 @@ from lightning_vl.tasks.names import PRETRAINING_TASK
 
 from .common import ordered_tasks, slug, sparsity_text, task_name, write_text
 from .overlap import OverlapAnalysis
-from .tables import (Record, Table, normalise, rewind_steps, rewind_table, table1, table2, table3, transfer_matrix,
-                     transfer_sparsities)
+from .tables import (Record, Table, backbone_name, backbone_table, backbones, main_backbone, normalise, rewind_steps,
+                     rewind_table, table1, table2, table3, transfer_matrix, transfer_sparsities)
 
 
 def _write_table(table: Table, tables_dir: Path) -> dict[str, Path]:
@@ -53,17 +56,24 @@ def write_report(records: Iterable[Union[Mapping, Record]], out_dir: Union[str, 
     columns (default: the tasks present, in the study's order)."""
     from . import figures
 
-    records = normalise(records)
+    every = normalise(records)
+    main = main_backbone(every)
+    records = [r for r in every if r.backbone == main]  # Tables 1-3, transfer, rewinding: one backbone
+    others = [b for b in backbones(every) if b != main]
     root = Path(out_dir)
     tables_dir, figures_dir = root / "tables", root / "figures"
     all_tasks = list(tasks) if tasks is not None else [t for t in ordered_tasks(r.task for r in records)]
     downstream = [t for t in all_tasks if t != PRETRAINING_TASK]
     failed = sum(1 for r in records if not r.ok)
     md = ["# lightning-vl report\n",
-          f"{len(records)} records over {len(all_tasks)} task(s)"
+          f"{len(every)} records over {len(all_tasks)} task(s)"
           + (f" ({', '.join(task_name(t) for t in all_tasks)})" if all_tasks else "")
           + (f"; {failed} without a metric (failed or missing), left out of every number" if failed else "")
           + ". Metrics in percent, mean ± sample std (n = runs) where several runs exist; — = no record.\n"]
+    if others:
+        md.append(f"The main tables are {backbone_name(main)}'s ({len(records)} records); "
+                  + ", ".join(f"{backbone_name(b)}'s {sum(1 for r in every if r.backbone == b)}" for b in others)
+                  + " are in the Backbones section.\n")
 
     # Table 1 and the accuracy curves
     t1 = table1(records, downstream if tasks is not None else None, fraction=fraction, criterion=criterion)
@@ -114,6 +124,20 @@ def write_report(records: Iterable[Union[Mapping, Record]], out_dir: Union[str, 
         md += _table_section(rt, _write_table(rt, tables_dir), root, level="###")
         p = figures.rewind_figure(records, t, figures_dir / f"rewind_{slug(t)}.png", fraction=fraction)
         md.append(f"\n![{rt.title}]({_rel(p, root)})\n")
+
+    # the other backbones: the published Tables 3 (LXMERT) and 4 (ViLT), and Figure 4's analogue
+    if others:
+        md.append("\n## Backbones\n")
+        shown = [b for b in backbones(every) if b in others or b == main]
+        bb_tasks = [t for t in ordered_tasks(r.task for r in every if r.backbone in others) if t != PRETRAINING_TASK]
+        if tasks is not None:
+            bb_tasks = [t for t in bb_tasks if t in tasks]
+        for b in shown:
+            bt = backbone_table(every, b, bb_tasks, fraction=fraction, criterion=criterion)
+            md += _table_section(bt, _write_table(bt, tables_dir), root, level="###")
+        p = figures.backbones_figure([r for r in every if r.backbone in shown], figures_dir / "backbones.png",
+                                     bb_tasks, fraction=fraction)
+        md.append(f"\n![IMP vs random pruning per backbone]({_rel(p, root)})\n")
 
     # mask overlap
     md.append("\n## Mask overlap\n")

@@ -78,6 +78,7 @@ class Record:
     source_task: Optional[str] = None
     monitor: Optional[str] = None
     path: Optional[str] = None
+    backbone: str = "uniter"
 
     @property
     def key(self) -> float:
@@ -119,7 +120,8 @@ class Record:
         rewind = d.get("rewind_step") or 0
         return cls(task=d["task"], row=d["row"], sparsity=float(s), metric=None if metric is None else float(metric),
                    level=None if level is None else int(level), seed=d.get("seed"), rewind_step=int(rewind),
-                   training=training, source_task=d.get("source_task"), monitor=d.get("monitor"), path=d.get("path"))
+                   training=training, source_task=d.get("source_task"), monitor=d.get("monitor"), path=d.get("path"),
+                   backbone=str(d.get("backbone") or "uniter"))
 
 
 def normalise(records: Iterable[Union[Mapping, Record]]) -> list[Record]:
@@ -462,6 +464,98 @@ def table3(records: Iterable[Union[Mapping, Record]], tasks: Optional[Sequence[s
                  records_used=sum(1 for r in used if r.ok), notes=notes + _failed_note(used))
 
 
+# the other backbones (the published paper's Tables 3 and 4) ----------------------------------------
+BACKBONE_NAMES = {"uniter": "UNITER", "lxmert": "LXMERT", "vilt": "ViLT"}
+# the published table of each backbone and the sparsity it reports (AAAI 2022, Tables 3 and 4);
+# UNITER's row of the same form is for comparison at the sparsity of LXMERT's
+PUBLISHED_TABLES = {"lxmert": ("Table 3", 0.7), "vilt": ("Table 4", 0.3), "uniter": ("", 0.7)}
+
+
+def backbone_name(backbone: str) -> str:
+    return BACKBONE_NAMES.get(backbone, backbone)
+
+
+def backbones(records: Iterable[Union[Mapping, Record]]) -> list[str]:
+    """The backbones of the records: UNITER first, then in order of appearance."""
+    seen = list(dict.fromkeys(r.backbone for r in normalise(records)))
+    return sorted(seen, key=lambda b: (b != "uniter", seen.index(b)))
+
+
+def main_backbone(records: Iterable[Union[Mapping, Record]]) -> Optional[str]:
+    """The backbone the study's main tables (1, 2, transfer, rewinding) are about: UNITER, the
+    paper's main testbed, when it has records; else the one with the most records."""
+    counts = Counter(r.backbone for r in normalise(records))
+    if not counts:
+        return None
+    return "uniter" if "uniter" in counts else counts.most_common(1)[0][0]
+
+
+def backbone_table(records: Iterable[Union[Mapping, Record]], backbone: str,
+                   tasks: Optional[Sequence[str]] = None, sparsity: Optional[float] = None,
+                   fraction: float = 0.99, criterion: str = "mean+std") -> Table:
+    """One backbone's results in the form of the published paper's Tables 3 (LXMERT, at 70%) and
+    4 (ViLT, at 30%): per task the dense model, 99% of it, the IMP ticket and random pruning at
+    ``sparsity`` (default: the published table's), the gap between them, then the highest sparsity
+    with a relaxed winning ticket (``ticket_sparsity``) and IMP and random pruning there.
+
+    Example:
+        >>> rows = [{"task": "vqa", "row": "imp", "sparsity": 0.0, "level": 0, "metric": 0.70, "backbone": "lxmert"},
+        ...         {"task": "vqa", "row": "imp", "sparsity": 0.7, "level": 7, "metric": 0.695, "backbone": "lxmert"}]
+        >>> backbone_table(rows, "lxmert").cell("lottery ticket (IMP)", "vqa").text()
+        '69.50'
+
+    Raises:
+        ValueError: ``criterion`` is neither ``mean+std`` nor ``mean``.
+    """
+    mine = [r for r in normalise(records) if r.backbone == backbone and r.rewind_step == 0
+            and r.training == "standard"]
+    published, default = PUBLISHED_TABLES.get(backbone, ("", 0.7))
+    key = sparsity_key(default if sparsity is None else sparsity)
+    tasks = _tasks(mine, tasks)
+    name = backbone_name(backbone)
+    labels = (f"{name} (dense)", f"{fraction:.0%}", "lottery ticket (IMP)", "random pruning", "ticket − random",
+              "highest relaxed ticket", "IMP there", "random pruning there")
+    columns: dict[str, list] = {label: [] for label in labels}
+    used: list[Record] = []
+    for t in tasks:
+        dense_recs = dense_records(mine, t)
+        dense = aggregate(_values(dense_recs))
+        imp = _select(mine, task=t, row="imp", key=key)
+        rnd = _select(mine, task=t, row="random", key=key)
+        used += dense_recs + imp + rnd
+        ticket, random = aggregate(_values(imp)), aggregate(_values(rnd))
+        columns[labels[0]].append(dense)
+        columns[labels[1]].append(Cell(None) if dense.missing else Cell(fraction * dense.mean))
+        columns[labels[2]].append(ticket)
+        columns[labels[3]].append(random)
+        if ticket.missing or random.missing:
+            columns[labels[4]].append(MISSING)
+        else:
+            gap = ticket.mean - random.mean
+            spread = max(ticket.std or 0.0, random.std or 0.0)
+            columns[labels[4]].append(f"{gap:+.2f}" + (f" ({gap / spread:+.1f} std)" if spread > 0 else ""))
+        best = ticket_sparsity(mine, t, fraction, criterion)
+        columns[labels[5]].append("none" if best is None else sparsity_text(best))
+        if best is None:
+            columns[labels[6]].append(Cell(None))
+            columns[labels[7]].append(Cell(None))
+        else:
+            imp_best, rnd_best = _select(mine, task=t, row="imp", key=best), _select(mine, task=t, row="random", key=best)
+            used += imp_best + rnd_best
+            columns[labels[6]].append(aggregate(_values(imp_best)))
+            columns[labels[7]].append(aggregate(_values(rnd_best)))
+    rows = [(label, cells) for label, cells in columns.items()]
+    where = f"published {published}'s form" if published else "the form of the published Tables 3 and 4"
+    return Table(f"backbone_{backbone}", f"{name} at {sparsity_text(key)} sparsity ({where})", list(tasks),
+                 [task_name(t) for t in tasks], rows if tasks else [], row_keys=list(labels),
+                 description=(f"{name}'s task-specific IMP tickets (rewind step 0, standard fine-tuning) against its "
+                              f"dense model and random pruning at {sparsity_text(key)}; a relaxed winning ticket keeps "
+                              f"≥ {fraction:.0%} of the dense mean ({criterion}). \"ticket − random\" is in points, "
+                              "and in units of the larger of the two standard deviations."),
+                 records_used=sum(1 for r in {id(r): r for r in used}.values() if r.ok),
+                 notes=([] if tasks else [f"No {name} records."]) + _failed_note(used))
+
+
 # transfer and rewinding ----------------------------------------------------------------------------
 def transfer_sparsities(records: Iterable[Union[Mapping, Record]]) -> list[float]:
     return sorted({r.key for r in normalise(records) if r.row == "transfer"})
@@ -563,6 +657,7 @@ def monitor_of(records: Iterable[Union[Mapping, Record]], task: str) -> str:
     return _monitor(normalise(records), task)
 
 
-__all__ = ["Cell", "Point", "ROW_NAMES", "Record", "STUDY_TASKS", "Table", "aggregate", "average_drop", "dense_cell",
+__all__ = ["BACKBONE_NAMES", "Cell", "PUBLISHED_TABLES", "Point", "ROW_NAMES", "Record", "STUDY_TASKS", "Table",
+           "aggregate", "average_drop", "backbone_name", "backbone_table", "backbones", "dense_cell", "main_backbone",
            "dense_records", "monitor_of", "normalise", "passes", "rewind_steps", "rewind_table", "series",
            "sparsity_key", "table1", "table2", "table3", "ticket_sparsity", "transfer_matrix", "transfer_sparsities"]

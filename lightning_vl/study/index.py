@@ -2,7 +2,7 @@
 and figures take (``lightning_vl.analysis``)::
 
     {"task", "row", "source_task", "sparsity", "level", "seed", "rewind_step", "training",
-     "metric", "monitor", "path"}
+     "backbone", "metric", "monitor", "path"}
 
 ``row`` says what was measured: a lottery run's method (``imp``, ``random``, ``omp``…) for each
 of its rounds, or a branch of a round: ``random`` / ``random-layerwise`` (a random mask),
@@ -44,6 +44,17 @@ def _training(config: dict) -> str:
     return "adversarial" if adversarial and enabled else "standard"
 
 
+def backbone_name(config: dict) -> str:
+    """The backbone a run's ``config.yaml`` names, short: ``lightning_vl.model.lxmert.LxmertBackbone``
+    → ``lxmert``; ``uniter`` when it names none (runs from before the seam)."""
+    backbone = (config.get("model") or {}).get("backbone")
+    path = backbone.get("class_path") if isinstance(backbone, dict) else backbone
+    if not path:
+        return "uniter"
+    name = str(path).rsplit(".", 1)[-1]
+    return (name[:-len("Backbone")] if name.endswith("Backbone") and name != "Backbone" else name).lower()
+
+
 def init_row(init: Optional[str]) -> str:
     """The Table 1 row of a reinit branch's init: ``bert`` (a BERT folder), ``shuffled`` or ``reinit``."""
     if not init:
@@ -78,13 +89,14 @@ def records_of(runs) -> list[dict]:
         imp = config.get("imp") or {}
         seed = config.get("seed_everything")
         training = _training(config)
+        backbone = backbone_name(config)
         for metrics in sorted(run.glob("round_*/metrics.json")):
             result = _json(metrics)
             if not result:
                 continue
             out.append({"task": result.get("task", run.parent.name), "row": result.get("method", imp.get("method")),
                         "source_task": None, "sparsity": result["sparsity"], "level": result["round"], "seed": seed,
-                        "rewind_step": imp.get("rewind_step", 0), "training": training,
+                        "rewind_step": imp.get("rewind_step", 0), "training": training, "backbone": backbone,
                         "metric": _finite(result.get("metric")), "monitor": result.get("monitor"),
                         "path": str(metrics.parent)})
         for metrics in sorted(run.glob("round_*/branches/*/metrics.json")):
@@ -106,6 +118,7 @@ def records_of(runs) -> list[dict]:
                         "sparsity": result["sparsity"], "level": result["source_round"],
                         "seed": branch_config.get("seed_everything", seed), "rewind_step": imp.get("rewind_step", 0),
                         "training": _training(branch_config) if branch_config else training,
+                        "backbone": backbone_name(branch_config) if branch_config else backbone,
                         "metric": _finite(result.get("metric")), "monitor": result.get("monitor"),
                         "path": str(metrics.parent)})
     return out
