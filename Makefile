@@ -122,7 +122,7 @@ $(DEMO_LXMERT): $(DEMO_DIR)/.complete $(PRETRAIN_CODE) configs/model/lxmert-tiny
 	  --config configs/demo.yaml --config configs/demo/pretrain.yaml --config configs/demo/pretrain-lxmert.yaml \
 	  --trainer.enable_checkpointing false --trainer.logger CSVLogger --trainer.logger.save_dir $(DEMO_DIR)/pretraining \
 	  --trainer.callbacks+=lightning_vl.model.export.ExportWeights --trainer.callbacks.path $@ \
-	  --trainer.callbacks.layout uniter --model.init null --trainer.logger.name lxmert \
+	  --trainer.callbacks.layout checkpoint --model.init null --trainer.logger.name lxmert \
 	  --data.init_args.num_workers $(PRETRAIN_WORKERS) \
 	  --trainer.max_steps $(PRETRAIN_STEPS) --trainer.val_check_interval $(PRETRAIN_STEPS) \
 	  --model.warmup_steps $$(( $(PRETRAIN_STEPS) / 10 )) $(PRETRAIN_ARGS)

@@ -328,6 +328,43 @@ def test_tokenizer_check(tmp_path):
     check_tokenizer(load_tokenizer(write_vocab(tmp_path / "cased", ["A", "dog"]), do_lower_case=False), 7)
 
 
+def test_the_task_module_checks_the_datas_tokenizer_against_the_backbone(tmp_path):
+    """VLModule.setup hands the data's tokenizer to the backbone: LXMERT refuses an uncased
+    vocabulary read cased (every capitalised word would be [UNK]) and a vocabulary of another size."""
+    from types import SimpleNamespace
+
+    from data_modules.tokenization import load_tokenizer
+    from lightning_vl.training.module import VLModule
+
+    folder = write_vocab(tmp_path / "uncased", [f"w{i}" for i in range(35)])  # 40 tokens: TINY's vocab_size
+    module = VLModule(task="nlvr2", backbone=LxmertBackbone(tiny_config()))
+
+    def setup_with(tokenizer):
+        datamodule = SimpleNamespace(tokenizer=tokenizer, tokenizer_path=str(folder), img_dim=12)
+        module._trainer = SimpleNamespace(datamodule=datamodule)
+        module.setup("fit")
+
+    setup_with(load_tokenizer(folder, do_lower_case=True))
+    with pytest.raises(ValueError, match=f"tokenizer {folder}.*do_lower_case=True"):
+        setup_with(load_tokenizer(folder, do_lower_case=False))
+    small = write_vocab(tmp_path / "small", ["w0"])
+    with pytest.raises(ValueError, match="6 tokens.*40 word rows"):
+        setup_with(load_tokenizer(small, do_lower_case=True))
+
+
+def test_an_lxmert_exports_as_a_checkpoint_that_inits_the_next_model_and_not_as_bert(tmp_path):
+    from lightning_vl.model.export import export
+    from lightning_vl.training.module import VLModule
+
+    module = VLModule(task="nlvr2", backbone=LxmertBackbone(tiny_config()))
+    written = export(module, tmp_path / "lxmert.pt", "checkpoint")
+    again = VLModule(task="nlvr2", backbone=LxmertBackbone(tiny_config()), init=str(written))
+    for name, value in module.backbone.state_dict().items():
+        assert torch.equal(again.backbone.state_dict()[name], value), name
+    with pytest.raises(ValueError, match="UNITER's text part.*LxmertBackbone.*layout checkpoint"):
+        export(module, tmp_path / "bert", "bert")
+
+
 # -- configs ----------------------------------------------------------------------------------------------
 def sizes(name: str) -> dict:
     model = yaml.safe_load((ROOT / "configs/model" / name).read_text())["model"]["backbone"]

@@ -229,6 +229,19 @@ class Backbone(nn.Module):
         """
         raise NotImplementedError
 
+    def check_tokenizer(self, tokenizer, words: int, source: str = "the tokenizer") -> None:
+        """Refuse a tokenizer this backbone cannot read; ``VLModule.setup`` calls it with the data
+        module's tokenizer and ``words``, the word rows before a task's extra rows. The default
+        checks nothing beyond the task module's own size checks.
+
+        Example::
+
+            backbone.check_tokenizer(datamodule.tokenizer, config.vocab_size, "data/bert-base-uncased")
+
+        Raises:
+            ValueError: in a backbone whose override finds the tokenizer unfit.
+        """
+
     def pretraining_ties(self) -> dict[str, nn.Parameter]:
         """The backbone parameters pre-training heads share: ``img_projection`` (H, D), MRFR's
         transposed output weight (UNITER: ``img_linear.weight``), and ``region_mask`` (the MRM mask

@@ -1,11 +1,13 @@
 """Writing a trained model in a layout other code loads as a released checkpoint.
 
-* ``uniter``: UNITER's released ``.pt`` (``uniter.*`` plus the heads' UNITER names, e.g. ``cls.*``,
-  ``feat_regress.*``, ``region_classifier.*``, ``itm_output.*``) — what ``model.init`` reads like
-  ``uniter-base.pt``, so every task model starts from it (retrieval's rank head from its ITM head);
+* ``checkpoint`` (``uniter`` is its old name): the model's released ``.pt`` — the backbone's own
+  keys (``uniter.*``, ``lxmert.*``) plus the heads' UNITER names, e.g. ``cls.*``, ``feat_regress.*``,
+  ``region_classifier.*``, ``itm_output.*`` — what ``model.init`` reads like ``uniter-base.pt``, so
+  every task model starts from it (retrieval's rank head from its ITM head);
 * ``bert``: a HuggingFace BERT folder (``config.json`` + ``model.safetensors`` with ``bert.*`` and
   ``cls.predictions.*``) of the core's text part — what a text-only model is (the study's θ'_0),
-  read back through ``model.init: <folder>`` as BERT is.
+  read back through ``model.init: <folder>`` as BERT is. UNITER only (an LXMERT's language encoder
+  is not a BERT: it has 9 of BERT's 12 layers and more besides).
 
 ``ExportWeights`` does it at the end of a fit (global rank 0), with a JSON record of the run's
 final metrics beside it.
@@ -20,7 +22,7 @@ import torch
 
 from lightning_vl.io import atomic_torch_save, atomic_write, atomic_write_text, strict_json
 
-LAYOUTS = ("uniter", "bert")
+LAYOUTS = ("checkpoint", "uniter", "bert")  # uniter: checkpoint's name from before other backbones
 
 
 def uniter_state(module) -> dict[str, torch.Tensor]:
@@ -30,6 +32,9 @@ def uniter_state(module) -> dict[str, torch.Tensor]:
 def bert_state(module) -> tuple[dict[str, torch.Tensor], dict]:
     """``bert.*`` (embeddings, encoder, pooler) and ``cls.predictions.*`` of a task module, and the
     matching HuggingFace ``config.json``."""
+    if getattr(module, "uniter", None) is None:
+        raise ValueError(f"the bert export layout writes a UNITER's text part; this model's backbone is "
+                         f"{type(module.backbone).__name__}: use layout checkpoint")
     state = {}
     for k, v in module.released_state_dict().items():
         if k.startswith("uniter.") and not k.startswith("uniter.img_embeddings."):
@@ -49,10 +54,10 @@ def bert_state(module) -> tuple[dict[str, torch.Tensor], dict]:
     return state, config
 
 
-def export(module, path: str | Path, layout: str = "uniter") -> Path:
+def export(module, path: str | Path, layout: str = "checkpoint") -> Path:
     """Write ``module``'s weights to ``path`` in ``layout``; returns the file or folder written."""
     path = Path(path)
-    if layout == "uniter":
+    if layout in ("checkpoint", "uniter"):
         atomic_torch_save(uniter_state(module), path)
         return path
     if layout != "bert":
@@ -72,11 +77,11 @@ class ExportWeights(pl.Callback):
     ``<path>.json`` (or ``<folder>/training.json``): the final logged metrics, steps and recipe.
 
     Args:
-        path: the ``.pt`` file (``uniter``) or the folder (``bert``) to write.
-        layout: ``uniter`` or ``bert``.
+        path: the ``.pt`` file (``checkpoint``) or the folder (``bert``) to write.
+        layout: ``checkpoint`` (or its old name ``uniter``) or ``bert``.
     """
 
-    def __init__(self, path: str, layout: str = "uniter"):
+    def __init__(self, path: str, layout: str = "checkpoint"):
         if layout not in LAYOUTS:
             raise ValueError(f"ExportWeights layout must be one of {LAYOUTS}, got {layout!r}")
         self.path, self.layout = Path(path), layout

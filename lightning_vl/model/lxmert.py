@@ -430,6 +430,14 @@ class LxmertBackbone(Backbone):
         if not pooled:
             self.pooler.requires_grad_(False)
 
+    def check_tokenizer(self, tokenizer, words: int, source: str = "the tokenizer") -> None:
+        """The whole vocabulary, [PAD] = 0 and lower-casing for an uncased one (``check_tokenizer``).
+
+        Raises:
+            ValueError: see the module-level ``check_tokenizer``.
+        """
+        check_tokenizer(tokenizer, words, source=source)
+
     def pretraining_ties(self) -> dict[str, nn.Parameter]:
         """None: LXMERT's region heads keep their own weights."""
         return {}

@@ -202,7 +202,9 @@ class VLModule(pl.LightningModule):
         self.init_report = report
 
     def setup(self, stage: str) -> None:
-        """Refuse a tokenizer whose ids (plus the task's extra tokens) the word table cannot hold."""
+        """Refuse a tokenizer whose ids (plus the task's extra tokens) the word table cannot hold, or
+        that the backbone cannot read (``Backbone.check_tokenizer``: LXMERT wants its whole uncased
+        vocabulary, lower-cased), and region features of another size than the model's."""
         from lightning_vl.pruning.distributed import destroy_at_exit
 
         destroy_at_exit()  # a gloo group alive at exit can abort the process
@@ -216,6 +218,9 @@ class VLModule(pl.LightningModule):
                 f"tokenizer {getattr(datamodule, 'tokenizer_path', '')} has {len(tokenizer)} tokens{extra}, more "
                 f"than the model's {rows} word embeddings ({sizes}.vocab_size)"
             )
+        if tokenizer is not None:
+            self.backbone.check_tokenizer(tokenizer, self._words,
+                                          f"tokenizer {getattr(datamodule, 'tokenizer_path', '') or ''}".strip())
         data_dim = getattr(datamodule, "img_dim", None)
         if data_dim is not None and data_dim != self.backbone.img_dim:
             raise ValueError(
