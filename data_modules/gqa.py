@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from .base import VLDataModule
 from .jsonl import read_json
@@ -68,13 +68,14 @@ def read_gqa_questions(path: str | Path, require_answers: bool = True) -> list[G
 
 class GqaDataModule(AnswerVocabulary, VLDataModule):
     """GQA balanced questions. ``train_file`` / ``val_file`` / ``test_file`` (testdev, the study's
-    column) are ``*_balanced_questions.json``; ``ans2label``: ``{answer: index}`` JSON (e.g. the
+    column) are ``*_balanced_questions.json``; ``train_file`` may list several files, read as one
+    split with disjoint question ids (LXMERT trains on train + val balanced, validating on testdev); ``ans2label``: ``{answer: index}`` JSON (e.g. the
     1,842 answers of train + val). ``image_key`` maps ``{image_id}`` (the ``imageId`` string) to the
     store key. ``batch_size`` counts questions. Other arguments: see ``VLDataModule``."""
 
     def __init__(
         self,
-        train_file: str,
+        train_file: Union[str, list[str]],
         val_file: str,
         ans2label: str,
         test_file: Optional[str] = None,
@@ -83,12 +84,30 @@ class GqaDataModule(AnswerVocabulary, VLDataModule):
     ):
         super().__init__(**kwargs)
         self.set_image_key(image_key, image_key_pattern)
-        self.set_split_files(train_file, val_file, test_file)
+        self.train_files = [train_file] if isinstance(train_file, str) else list(train_file)
+        if not self.train_files:
+            raise ValueError("train_file lists no files")
+        self.set_split_files(" + ".join(self.train_files), val_file, test_file)
         self.ans2label_path = ans2label
         self.out_of_vocabulary: dict[str, int] = {}
 
+    def read_split(self, split: str, path: str) -> list[GqaQuestion]:
+        """The split's questions: the train split's files in order, question ids disjoint."""
+        if split != "train":
+            return read_gqa_questions(path, require_answers=split != "test")
+        questions: list[GqaQuestion] = []
+        first_file: dict[str, str] = {}
+        for file in self.train_files:
+            for q in read_gqa_questions(file):
+                if q.qid in first_file:
+                    raise ValueError(f"question {q.qid!r} is in both {first_file[q.qid]} and {file}; expected "
+                                     "disjoint train files")
+                first_file[q.qid] = file
+                questions.append(q)
+        return questions
+
     def build_dataset(self, split: str, path: str) -> QaDataset:
-        questions = read_gqa_questions(path, require_answers=split != "test")
+        questions = self.read_split(split, path)
         ans2label = self.ans2label
         input_ids = encode_uniter_batch(self.tokenizer, [q.question for q in questions], self.max_txt_len)
         examples, oov = [], 0
@@ -114,7 +133,9 @@ def build_ans2label(init: dict, min_count: int) -> tuple[Path, str]:
     (``min_count`` does not apply); ``init``: the config's ``data.init_args``."""
     from .answers import build_gqa_vocabulary, write_ans2label
 
-    answers = build_gqa_vocabulary([init["train_file"], init["val_file"]])
+    train = init["train_file"]
+    files = list(dict.fromkeys([*([train] if isinstance(train, str) else train), init["val_file"]]))
+    answers = build_gqa_vocabulary(files)
     write_ans2label(init["ans2label"], answers)
     return Path(init["ans2label"]), f"{len(answers)} answers of the train + val balanced questions"
 

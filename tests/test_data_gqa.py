@@ -101,6 +101,19 @@ def test_malformed_files_name_file_question_and_expectation(tmp_path, content, e
         read_gqa_questions(path)
 
 
+def test_several_train_files_are_one_split_with_disjoint_ids(hand_made):
+    """LXMERT's GQA recipe trains on train + val balanced (configs/lxmert/gqa.yaml)."""
+    root, args = hand_made
+    dm = GqaDataModule(**{**args, "train_file": [args["train_file"], args["val_file"]]})
+    assert dm.split_files()["train"] == f"{args['train_file']} + {args['val_file']}"
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    assert [train[i]["id"] for i in range(len(train))] == ["07333408", "07333409", "1", "2"]
+    assert dm.out_of_vocabulary["train"] == 1  # val's "clock" is not in the 2-answer vocabulary
+    with pytest.raises(ValueError, match="is in both"):
+        GqaDataModule(**{**args, "train_file": [args["train_file"], args["train_file"]]}).setup("fit")
+
+
 def test_missing_images_and_bad_image_key(hand_made):
     root, args = hand_made
     with pytest.raises(MissingImageError) as err:
