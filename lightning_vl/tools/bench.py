@@ -1,6 +1,7 @@
-"""``make bench``: what masking costs per training step at UNITER-base size on this machine.
+"""``make bench``: what masking costs per training step at base size on this machine, for each
+backbone (UNITER-base with NLVR2's paired-attn head, LXMERT-base with its paired-mlp head).
 
-Three variants train the same NLVR2 paired-attn model on the same synthetic batch:
+Three variants train the same NLVR2 model on the same synthetic batch:
 ``dense`` (no mask), ``masked`` (our way, as ``MaskedTraining`` does it: bool masks, the pruned
 gradients zeroed before clipping and the optimizer step, ``w *= m`` after it) and ``torch-prune``
 (``torch.nn.utils.prune.custom_from_mask``: a forward pre-hook multiplying every pruned weight by
@@ -27,15 +28,15 @@ from lightning_vl.training.adversarial import AdversarialConfig, adversarial_los
 from lightning_vl.training.module import VLModule
 
 
-def synthetic_batch(pairs: int, txt_len: int, n_boxes: int, cfg: UniterConfig, seed: int = 0) -> dict:
+def synthetic_batch(pairs: int, txt_len: int, n_boxes: int, vocab_size: int, img_dim: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     rows = 2 * pairs
     ltot = txt_len + n_boxes
     gather = torch.arange(ltot).repeat(rows, 1)
     return {
-        "input_ids": torch.randint(1, cfg.vocab_size, (rows, txt_len), generator=g),
+        "input_ids": torch.randint(1, vocab_size, (rows, txt_len), generator=g),
         "position_ids": torch.arange(txt_len)[None],
-        "img_feat": torch.randn(rows, n_boxes, cfg.img_dim, generator=g),
+        "img_feat": torch.randn(rows, n_boxes, img_dim, generator=g),
         "img_pos_feat": torch.rand(rows, n_boxes, 7, generator=g),
         "img_type_ids": torch.tensor([1, 2]).repeat(pairs)[:, None].expand(rows, n_boxes).contiguous(),
         "attn_masks": torch.ones(rows, ltot, dtype=torch.long),
@@ -51,7 +52,7 @@ class Variant:
         self.adversarial = adversarial.resolved(model.spec.name) if adversarial is not None else None
         self.passes: list[int] = []
         self._calls = 0
-        model.uniter.register_forward_hook(self._count)
+        model.backbone.register_forward_hook(self._count)
         self.params = {n: model.get_parameter(n) for n in mask.keys()} if mask else {}
         if torch_prune:
             for n in mask.keys():
@@ -95,7 +96,8 @@ class Variant:
         masking = 0.0
         if self.mask is not None:  # what MaskedTraining.on_before_optimizer_step does
             t = time.perf_counter()
-            names = list(self.mask.keys())
+            names = [k for k in self.mask.keys() if self.params[k].grad is not None]  # as MaskedTraining; LXMERT's
+            # last cross layer's vision side gets no gradient from the pooled [CLS]
             torch._foreach_mul_([self.params[k].grad for k in names], [self.mask[k] for k in names])
             masking += time.perf_counter() - t
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 2.0)
@@ -108,27 +110,35 @@ class Variant:
         self.times.append(time.perf_counter() - start)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", choices=["base", "tiny"], default="base")
-    ap.add_argument("--pairs", type=int, default=4, help="NLVR2 pairs per batch (2 rows each)")
-    ap.add_argument("--txt-len", type=int, default=30)
-    ap.add_argument("--boxes", type=int, default=70)
-    ap.add_argument("--sparsity", type=float, default=0.7)
-    ap.add_argument("--steps", type=int, default=6, help="measured steps per variant")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--out", default="bench/results.json")
-    ap.add_argument("--adversarial-steps", type=int, default=3,
-                    help="also time masked training with VILLA's adversarial steps K (0: skip)")
-    ap.add_argument("--adversarial-modality", default="text", help="text, image, image+text or alter")
-    args = ap.parse_args(argv)
+SIZES = {  # per backbone: base (the released model's) and tiny sizes, and the synthetic batch's shape
+    "uniter": {"txt_len": 30, "boxes": 70, "head": "paired-attn"},
+    "lxmert": {"txt_len": 20, "boxes": 36, "head": "paired-mlp"},  # LXMERT's 20 word-pieces, 36 regions
+}
 
+
+def build(backbone: str, size: str) -> tuple[VLModule, int, int]:
+    """The NLVR2 model of ``backbone`` at ``size``, its vocabulary and region-feature sizes."""
+    head = SIZES[backbone]["head"]
+    if backbone == "uniter":
+        cfg = UniterConfig() if size == "base" else UniterConfig(
+            vocab_size=512, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+            intermediate_size=512, img_dim=128)
+        return VLModule(uniter=cfg, head=head), cfg.vocab_size, cfg.img_dim
+    from lightning_vl.model.lxmert import LxmertBackbone, LxmertBackboneConfig
+
+    cfg = LxmertBackboneConfig() if size == "base" else LxmertBackboneConfig(
+        vocab_size=512, hidden_size=128, num_attention_heads=4, intermediate_size=512, l_layers=3, x_layers=2,
+        r_layers=2, visual_feat_dim=128)
+    return VLModule(backbone=LxmertBackbone(cfg), head=head), cfg.vocab_size, cfg.visual_feat_dim
+
+
+def bench_one(backbone: str, args) -> dict:
+    """Time the variants of one backbone, interleaved; its table printed, its results returned."""
     torch.manual_seed(0)
-    cfg = UniterConfig() if args.size == "base" else UniterConfig(
-        vocab_size=512, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-        intermediate_size=512, img_dim=128)
-    base = VLModule(uniter=cfg)
+    base, vocab, img_dim = build(backbone, args.size)
     base.train()
+    txt_len = args.txt_len or SIZES[backbone]["txt_len"]
+    boxes = args.boxes or SIZES[backbone]["boxes"]
     names = base.prunable_parameter_names()
     dense_mask = Mask.ones_like({n: base.get_parameter(n).detach() for n in names})
     mask = random_prune(dense_mask, args.sparsity, torch.Generator().manual_seed(0))
@@ -140,10 +150,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.adversarial_steps:
         adv = AdversarialConfig(enabled=True, steps=args.adversarial_steps, modality=args.adversarial_modality)
         variants.append(Variant(f"masked+adv K={args.adversarial_steps}", copy.deepcopy(base), mask, False, adv))
-    batch = synthetic_batch(args.pairs, args.txt_len, args.boxes, cfg)
-    print(f"UNITER-{args.size}: {sum(p.numel() for p in base.parameters()):,} params, "
-          f"{mask.num_total:,} prunable at {args.sparsity:.0%} sparsity; batch {2 * args.pairs} rows × "
-          f"{args.txt_len + args.boxes} tokens; {torch.get_num_threads()} threads", flush=True)
+    del base
+    batch = synthetic_batch(args.pairs, txt_len, boxes, vocab, img_dim)
+    label = f"{backbone.upper()}-{args.size}"
+    print(f"{label}: {sum(p.numel() for p in variants[0].model.parameters()):,} params, "
+          f"{mask.num_total:,} prunable in {len(names)} tensors at {args.sparsity:.0%} sparsity; batch "
+          f"{2 * args.pairs} rows × {txt_len + boxes} tokens; {torch.get_num_threads()} threads", flush=True)
     for i in range(args.warmup + args.steps):
         order = variants if i % 2 == 0 else variants[::-1]
         for v in order:
@@ -153,8 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
     for v in variants:  # drop warm-up
         v.times = v.times[args.warmup:]
     dense = statistics.median(variants[0].times)
-    result = {"config": vars(args), "threads": torch.get_num_threads(), "variants": {}}
-    print(f"\n{'variant':<20} {'median step':>12} {'ratio':>8} {'extra memory':>14} {'passes':>7}")
+    result = {"tokens": txt_len + boxes, "prunable_tensors": len(names), "variants": {}}
+    print(f"\n{label:<20} {'median step':>12} {'ratio':>8} {'extra memory':>14} {'passes':>7}")
     for v in variants:
         med = statistics.median(v.times)
         entry = {"median_s": med, "ratio_to_dense": med / dense, "times_s": v.times,
@@ -167,11 +179,36 @@ def main(argv: list[str] | None = None) -> dict:
     if variants[1].mask_times:
         apply = statistics.median(variants[1].mask_times)
         result["mask_apply_fraction_of_dense_step"] = apply / dense
-        print(f"mask application alone (gradients and weights): {apply * 1e3:.1f} ms per step = {apply / dense:.1%} of a dense step "
-              "(the step ratios above also carry this machine's step-to-step noise)")
+        print(f"mask application alone (gradients and weights): {apply * 1e3:.1f} ms per step = {apply / dense:.1%} "
+              "of a dense step (the step ratios above also carry this machine's step-to-step noise)\n", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbone", nargs="+", choices=sorted(SIZES), default=["uniter", "lxmert"],
+                    help="the backbones to time, one after the other (default: both)")
+    ap.add_argument("--size", choices=["base", "tiny"], default="base")
+    ap.add_argument("--pairs", type=int, default=4, help="NLVR2 pairs per batch (2 rows each)")
+    ap.add_argument("--txt-len", type=int, default=None, help="word-pieces per row (default: UNITER 30, LXMERT 20)")
+    ap.add_argument("--boxes", type=int, default=None, help="regions per image (default: UNITER 70, LXMERT 36)")
+    ap.add_argument("--sparsity", type=float, default=0.7)
+    ap.add_argument("--steps", type=int, default=6, help="measured steps per variant")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--out", default="bench/results.json")
+    ap.add_argument("--adversarial-steps", type=int, default=3,
+                    help="also time masked training with VILLA's adversarial steps K (0: skip)")
+    ap.add_argument("--adversarial-modality", default="text", help="text, image, image+text or alter")
+    args = ap.parse_args(argv)
+
+    result = {"config": vars(args), "threads": torch.get_num_threads(), "backbones": {}}
+    for backbone in args.backbone:
+        result["backbones"][backbone] = bench_one(backbone, args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
+    print("masked step / dense step: " + ", ".join(
+        f"{b} {r['variants']['masked']['ratio_to_dense']:.3f}" for b, r in result["backbones"].items()))
     print(f"written {out}")
     return result
 
