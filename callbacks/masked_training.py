@@ -82,9 +82,7 @@ class MaskedTraining(pl.Callback):
 
     @torch.no_grad()
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        names = [k for k in self.mask.keys() if self._params[k].grad is not None]
-        if names:
-            torch._foreach_mul_([self._params[k].grad for k in names], [self.mask[k] for k in names])
+        self.mask.mask_grads_(self._params)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.mask.apply_(self._params)

@@ -213,7 +213,20 @@ class Mask:
     def apply_(self, params: Mapping[str, torch.Tensor]) -> None:
         """Zero the pruned weights in place (``w *= m``; no float copy of the mask is kept)."""
         names = list(self._tensors)
-        torch._foreach_mul_([params[k] for k in names], [self._tensors[k] for k in names])
+        torch._foreach_mul_([params[k] for k in names], self._factors(names))
+
+    @torch.no_grad()
+    def mask_grads_(self, params: Mapping[str, torch.Tensor]) -> None:
+        """Zero the pruned weights' gradients in place; parameters without a gradient are skipped
+        (e.g. LXMERT's last cross-modality layer's vision side, which no pooled output reads)."""
+        names = [k for k in self._tensors if params[k].grad is not None]
+        if names:
+            torch._foreach_mul_([params[k].grad for k in names], self._factors(names))
+
+    def _factors(self, names: list[str]) -> list[torch.Tensor]:
+        # the bool masks viewed as uint8 (same bytes, no copy): float × uint8 multiplies ~25% faster
+        # on CPU than float × bool (measured on UNITER-base's 85M encoder weights), same result
+        return [self._tensors[k].view(torch.uint8) for k in names]
 
     # persistence ------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -96,9 +96,7 @@ class Variant:
         masking = 0.0
         if self.mask is not None:  # what MaskedTraining.on_before_optimizer_step does
             t = time.perf_counter()
-            names = [k for k in self.mask.keys() if self.params[k].grad is not None]  # as MaskedTraining; LXMERT's
-            # last cross layer's vision side gets no gradient from the pooled [CLS]
-            torch._foreach_mul_([self.params[k].grad for k in names], [self.mask[k] for k in names])
+            self.mask.mask_grads_(self.params)
             masking += time.perf_counter() - t
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 2.0)
         self.opt.step()
