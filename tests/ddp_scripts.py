@@ -5,7 +5,9 @@ pytest process, whose threads (and whatever earlier tests left running) a launch
 Scenarios:
     broadcast OUT          a fit under Lightning's real ``ddp`` launcher (it re-runs this command as
                            rank 1) whose ranks start from different random masks
-    lottery STRATEGY OUT   two lottery levels, every level's fit on 2 ranks started by STRATEGY
+    lottery STRATEGY OUT [BACKBONE]
+                           two lottery levels, every level's fit on 2 ranks started by STRATEGY, on
+                           UNITER (default) or LXMERT (BACKBONE=lxmert, NLVR2's paired-mlp head)
     held-lock WHAT OUT     a thread of this process holds a lock when the ranks are forked, and each
                            rank takes that lock: WHAT=trainer is a plain ``Trainer(strategy="ddp_fork")``
                            fit (the ranks wait for ever), WHAT=lottery the same through the lottery
@@ -69,9 +71,20 @@ def broadcast(out: Path) -> None:
     trainer.fit(model, datamodule=RandomPairsDataModule())
 
 
-def lottery(strategy: str, out: Path) -> None:
+def tiny_model(backbone: str = "uniter") -> VLModule:
+    if backbone == "uniter":
+        return VLModule(uniter=TINY, lr=1e-3, warmup_steps=1)
+    from lightning_vl.model.lxmert import LxmertBackbone, LxmertBackboneConfig
+
+    cfg = LxmertBackboneConfig(vocab_size=TINY.vocab_size, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                               l_layers=2, x_layers=2, r_layers=1, visual_feat_dim=TINY.img_dim,
+                               max_position_embeddings=TINY.max_position_embeddings)
+    return VLModule(backbone=LxmertBackbone(cfg), head="paired-mlp", lr=1e-3, warmup_steps=1)
+
+
+def lottery(strategy: str, out: Path, backbone: str = "uniter") -> None:
     pl.seed_everything(0, verbose=False)
-    model = VLModule(uniter=TINY, lr=1e-3, warmup_steps=1)
+    model = tiny_model(backbone)
     cfg = ImpConfig(method="random", target_sparsity=0.1, wandb="disabled")
 
     def make_trainer(round_dir, callbacks):
@@ -135,5 +148,5 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     scenario, *args = sys.argv[1:]
     {"broadcast": lambda out: broadcast(Path(out)),
-     "lottery": lambda strategy, out: lottery(strategy, Path(out)),
+     "lottery": lambda strategy, out, backbone="uniter": lottery(strategy, Path(out), backbone),
      "held-lock": lambda what, out: held_lock(what, Path(out))}[scenario](*args)

@@ -76,7 +76,7 @@ class FakeBackbone(Backbone):
     def grow_embeddings(self, type_rows_from, extra_word_rows, state=None) -> None:
         pass  # no type table: NLVR2's third type is nothing to this backbone
 
-    def freeze_unused(self, pooled: bool, region_masks: bool) -> None:
+    def freeze_unused(self, pooled: bool, region_masks: bool, sequence: bool = True) -> None:
         self.pool.requires_grad_(pooled)
 
     @property

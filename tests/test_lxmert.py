@@ -417,3 +417,27 @@ def test_a_uniter_checkpoint_is_refused(tmp_path):
                tmp_path / "uniter-tiny.pt")
     with pytest.raises(ValueError, match="holds no LXMERT weights.*uniter"):
         LxmertBackbone.read_init(str(tmp_path / "uniter-tiny.pt"))
+
+
+@pytest.mark.parametrize("head", ["paired-mlp", "paired", "paired-attn"])
+@pytest.mark.parametrize("backbone", ["uniter", "lxmert"])
+def test_every_trainable_parameter_gets_a_gradient_so_ddp_needs_no_unused_search(backbone, head):
+    """What DDP (find_unused_parameters=False) requires of a training step: the parameters the
+    head's loss does not reach are frozen. LXMERT under a pooled-only head: its last cross layer's
+    vision side is unread (it failed under ddp_spawn before it was frozen)."""
+    from tests.ddp_scripts import tiny_model
+    from tests.synthetic import TINY, RandomPairs, collate_pairs
+
+    torch.manual_seed(0)
+    module = tiny_model(backbone)
+    if head != module.hparams.head:
+        module = type(module)(**{**module.hparams, "head": head,
+                                 "backbone": None if backbone == "uniter" else module.backbone})
+    batch = collate_pairs([RandomPairs(4, TINY, seed=0)[i] for i in range(4)])
+    module.spec.loss(module(batch), batch).backward()
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    missing = sorted(n for n, p in module.named_parameters() if p.requires_grad and p.grad is None)
+    assert trainable and not missing, missing
+    frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
+    if backbone == "lxmert" and head != "paired-attn":
+        assert any(".x_layers.1.visn_output." in n for n in frozen) and not any(".x_layers.0." in n for n in frozen)

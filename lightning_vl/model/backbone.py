@@ -198,13 +198,17 @@ class Backbone(nn.Module):
             raise ValueError(f"{type(self).__name__} cannot grow its embedding tables "
                              f"({len(type_rows_from)} type rows, {extra_word_rows} word rows asked)")
 
-    def freeze_unused(self, pooled: bool, region_masks: bool) -> None:
-        """Freeze the pooler when the head reads no ``pooled``, and the region mask embedding when
-        the task masks no regions (only pre-training's MRM does).
+    def freeze_unused(self, pooled: bool, region_masks: bool, sequence: bool = True) -> None:
+        """Freeze what fine-tuning cannot train, so DDP needs no unused-parameter search: the pooler
+        when the head reads no ``pooled``, the region mask embedding when the task masks no regions
+        (only pre-training's MRM does), and whatever only the sequence output depends on when the
+        head reads only ``pooled`` (``sequence`` False; e.g. LXMERT's last cross-modality layer's
+        vision side).
 
         Example::
 
-            backbone.freeze_unused(pooled=head.uses_pooler, region_masks=spec.trains_mask_embedding)
+            backbone.freeze_unused(pooled=head.uses_pooler, region_masks=spec.trains_mask_embedding,
+                                   sequence=head.uses_sequence)
 
         Raises:
             NotImplementedError: in a backbone that does not implement it.

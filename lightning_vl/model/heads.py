@@ -35,6 +35,7 @@ class Nlvr2PairedHead(nn.Module):
     """NLVR2 ``paired``: concatenate the pooled [CLS] of the (left, right) rows → 2 logits."""
 
     uses_pooler = True
+    uses_sequence = False  # the pooled [CLS] alone
 
     def __init__(self, config: HeadSizes, num_labels: Optional[int] = None):
         super().__init__()
@@ -50,6 +51,7 @@ class Nlvr2PairedAttnHead(nn.Module):
     rows of a pair, a shared fc, attention pooling of each side, then Linear(2H→2)."""
 
     uses_pooler = False  # reads whole sequences; the core's pooler gets no gradient
+    uses_sequence = True
 
     def __init__(self, config: HeadSizes, num_labels: Optional[int] = None):
         super().__init__()
@@ -85,6 +87,7 @@ class Nlvr2PairedMlpHead(nn.Module):
     names and layout, keys ``logit_fc.0`` / ``.2`` / ``.3``)."""
 
     uses_pooler = True
+    uses_sequence = False  # the pooled [CLS] alone
 
     def __init__(self, config: HeadSizes, num_labels: Optional[int] = None):
         super().__init__()
@@ -101,6 +104,7 @@ class VqaHead(nn.Module):
     [CLS] (UNITER's VE model keeps the ``vqa_output`` names with A = 3)."""
 
     uses_pooler = True
+    uses_sequence = False  # the pooled [CLS] alone
 
     def __init__(self, config: HeadSizes, num_labels: Optional[int] = None):
         super().__init__()
@@ -118,6 +122,7 @@ class VcrHead(nn.Module):
     """VCR: ``vcr_output`` = Linear(H→2H)–ReLU–LN–Linear(2H→2) per (question, candidate) row."""
 
     uses_pooler = True
+    uses_sequence = False  # the pooled [CLS] alone
 
     def __init__(self, config: HeadSizes, num_labels: Optional[int] = None):
         super().__init__()
@@ -150,6 +155,7 @@ class RefExpHead(nn.Module):
     ``re_output`` = Linear(H→1)."""
 
     uses_pooler = False
+    uses_sequence = True
 
     def __init__(self, config: HeadSizes, num_labels: Optional[int] = None, layers: int = 2):
         super().__init__()
@@ -174,6 +180,7 @@ class RankHead(nn.Module):
     (text, image) row. Started from UNITER's ITM head: its "match" row (``itm_output`` row 1)."""
 
     uses_pooler = True
+    uses_sequence = False  # the pooled [CLS] alone
 
     def __init__(self, config: HeadSizes, num_labels: Optional[int] = None):
         super().__init__()

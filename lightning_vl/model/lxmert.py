@@ -417,18 +417,32 @@ class LxmertBackbone(Backbone):
         """
         grow_bert_tables(self, self._built_sizes, type_rows_from, extra_word_rows, state)
 
-    def freeze_unused(self, pooled: bool, region_masks: bool) -> None:
-        """Freeze the pooler when no head reads ``pooled`` (LXMERT has no region mask embedding).
+    def freeze_unused(self, pooled: bool, region_masks: bool, sequence: bool = True) -> None:
+        """Freeze the pooler when no head reads ``pooled`` (LXMERT has no region mask embedding),
+        and, when a head reads only ``pooled`` (VQA, GQA, NLVR2's paired-mlp: the language stream's
+        [CLS]), the vision side of the last cross-modality layer (its self-attention and FFN),
+        whose output nothing reads: left trainable, DDP fails at the second step ("parameters that
+        were not used in producing the loss"). Without cross-modality layers the whole vision
+        stream is unread then. Masks still cover these weights; they keep their start values.
 
         Example::
 
-            backbone.freeze_unused(pooled=False, region_masks=False)
+            backbone.freeze_unused(pooled=True, region_masks=False, sequence=False)  # VQA's head
 
         Raises:
             Nothing of its own.
         """
         if not pooled:
             self.pooler.requires_grad_(False)
+        if not sequence:
+            encoder = self.hf_model.encoder
+            if len(encoder.x_layers):
+                last = encoder.x_layers[-1]
+                for module in (last.visn_self_att, last.visn_inter, last.visn_output):
+                    module.requires_grad_(False)
+            else:
+                for module in (encoder.visn_fc, encoder.r_layers):
+                    module.requires_grad_(False)
 
     def check_tokenizer(self, tokenizer, words: int, source: str = "the tokenizer") -> None:
         """The whole vocabulary, [PAD] = 0 and lower-casing for an uncased one (``check_tokenizer``).

@@ -312,8 +312,9 @@ class UniterModel(Backbone):
         """
         grow_bert_tables(self, self._built_sizes, type_rows_from, extra_word_rows, state)
 
-    def freeze_unused(self, pooled: bool, region_masks: bool) -> None:
-        """Freeze the pooler (``pooled`` False) and the MRM mask embedding (``region_masks`` False).
+    def freeze_unused(self, pooled: bool, region_masks: bool, sequence: bool = True) -> None:
+        """Freeze the pooler (``pooled`` False) and the MRM mask embedding (``region_masks`` False);
+        ``sequence`` changes nothing: every layer of a single stream feeds the pooled [CLS].
 
         Example::
 

@@ -131,6 +131,7 @@ class PretrainingHeads(nn.Module):
     """
 
     uses_pooler = True
+    uses_sequence = True  # MLM, MRFR, MRC and WRA read the sequence
 
     def __init__(self, config: HeadSizes, num_labels: Optional[int] = None, summaries: bool = False,
                  ot_weight: float = 0.1, tie_word_embeddings: bool = True, summary_targets: str = "classes"):

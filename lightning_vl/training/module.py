@@ -134,7 +134,8 @@ class VLModule(pl.LightningModule):
         self.head = self.spec.heads[head](sizes, len(self.labels) if self.labels else None, **(head_options or {}))
         init_head_weights(self.head, sizes.initializer_range)
         # parameters fine-tuning never uses are frozen, so DDP needs no unused-parameter search
-        core.freeze_unused(pooled=self.head.uses_pooler, region_masks=self.spec.trains_mask_embedding)
+        core.freeze_unused(pooled=self.head.uses_pooler, region_masks=self.spec.trains_mask_embedding,
+                           sequence=getattr(self.head, "uses_sequence", True))
         self._words = sizes.vocab_size  # the word rows before the task's extra rows
         if init:
             self.load_initial_weights(init)
