@@ -1,17 +1,18 @@
 """The backbone seam: what the task module, the heads and the lottery need of a vision-and-language
 encoder, and nothing more ("standardise, don't abstract": each model stays one readable file —
-``uniter.py``, ``lxmert.py`` — behind this small contract).
+``uniter.py``, ``lxmert.py``, ``vilt.py`` — behind this small contract).
 
 A backbone
 
 * owns its sizes: a config dataclass (``config_class``), its only constructor argument, given as
   ``--model.backbone.init_args.config.*`` or, for UNITER, the historical ``--model.uniter.*``; it
-  registers its parameters under its own ``prefix`` in the task module (``uniter.*``, ``lxmert.*``):
-  the names masks, run folders and released checkpoints use;
+  registers its parameters under its own ``prefix`` in the task module (``uniter.*``, ``lxmert.*``,
+  ``vilt.*``): the names masks, run folders and released checkpoints use;
 * encodes a batch (the data modules' region-feature batches: ``input_ids``, ``img_feat``,
-  ``img_pos_feat``, ``attn_masks``, ``gather_index`` …) into a :class:`BackboneOutput`, with the
-  adversarial seam's ``txt_delta`` (added to the word embeddings) and ``img_delta`` (added to the
-  raw region features);
+  ``img_pos_feat``, ``attn_masks``, ``gather_index`` …; for a pixel backbone such as ViLT,
+  ``pixel_values`` and ``pixel_mask``) into a :class:`BackboneOutput`, with the adversarial seam's
+  ``txt_delta`` (added to the word embeddings) and ``img_delta`` (added to the backbone's image input,
+  ``batch[image_input_key]``: the raw region features, or the pixels);
 * names its prunable weights, each with its :class:`PrunableGroup` (stream, layer, part), for a
   requested set of parts (``encoder`` always; ``pooler``, the visual feature encoder … as options);
 * reads its released weights and the controls θ'_0 (text-only weights, e.g. BERT's, in the language
@@ -110,6 +111,10 @@ class Backbone(nn.Module):
 
     prefix: ClassVar[str]  # the attribute the task module registers it under: parameter names' first part
     config_class: ClassVar[type]  # the sizes dataclass; ``config`` is an instance of it
+    # the batch key of the image input ``img_delta`` is added to: region features (UNITER, LXMERT) or
+    # ``pixel_values`` (ViLT); the adversarial seam builds δ_img like it, and VLModule.setup compares
+    # the data's region-feature size only for backbones that read ``img_feat``
+    image_input_key: ClassVar[str] = "img_feat"
 
     @property
     def hidden_size(self) -> int:
@@ -149,6 +154,27 @@ class Backbone(nn.Module):
             KeyError: the batch lacks an input the backbone needs.
         """
         raise NotImplementedError
+
+    def image_delta_mask(self, batch: dict) -> Optional[torch.Tensor]:
+        """Where an ``img_delta`` may be nonzero: a 0/1 float tensor that broadcasts against
+        ``batch[image_input_key]`` (the adversarial seam multiplies δ_img and its gradient by it, and
+        takes per-example norms over it); None when the batch has no image input. The default is for
+        region features: (R, N, 1), 1 on each row's first ``num_bbs`` regions (all when absent).
+
+        Example:
+            >>> batch = {"img_feat": torch.zeros(2, 3, 4), "num_bbs": [1, 3]}
+            >>> Backbone().image_delta_mask(batch)[..., 0].tolist()
+            [[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
+
+        Raises:
+            Nothing of its own.
+        """
+        img = batch.get(self.image_input_key)
+        if img is None:
+            return None
+        regions = torch.arange(img.size(1), device=img.device)[None, :]
+        nbb = torch.as_tensor(batch["num_bbs"], device=img.device)[:, None] if "num_bbs" in batch else img.size(1)
+        return (regions < nbb).unsqueeze(-1).to(img.dtype)
 
     def prunable_groups(self, parts: tuple[str, ...] = ("encoder",)) -> dict[str, PrunableGroup]:
         """Names (relative to this module: ``encoder.layer.0.attention.self.query.weight``) → group,
@@ -226,7 +252,8 @@ class Backbone(nn.Module):
 
     @property
     def img_dim(self) -> int:
-        """The region feature size the backbone reads (checked against the data's).
+        """The feature size of one position of the image input: the region feature size for a
+        region backbone (checked against the data's in ``VLModule.setup``), the channels for a pixel one.
 
         Raises:
             NotImplementedError: in a backbone that does not implement it.
@@ -289,3 +316,33 @@ def grow_bert_tables(backbone: Backbone, built: tuple[int, int], type_rows_from:
             return
     backbone.extend_type_embeddings(types, type_rows_from)
     backbone.extend_word_embeddings(words)
+
+
+def check_wordpiece_tokenizer(tokenizer, vocab_size: int, extra_word_rows: int = 0, source: str = "the tokenizer",
+                              model: str = "the model") -> None:
+    """Check a WordPiece tokenizer fits a backbone trained on bert-base-uncased's vocabulary (LXMERT,
+    ViLT): ``len(tokenizer) + extra_word_rows`` equals the model's ``vocab_size`` (bert-base-uncased:
+    30522; transformers 5 builds a 5-token tokenizer from a missing hub id offline and ignores
+    ``vocab_file=``), [PAD] is id 0 (the padding row) and an uncased vocabulary is read lower-cased.
+    Read it with ``data_modules.tokenization.load_tokenizer(folder, do_lower_case=True)``.
+
+    Example::
+
+        check_wordpiece_tokenizer(load_tokenizer("pretrained/bert-base-uncased", do_lower_case=True), 30522,
+                                  model="ViLT")
+
+    Raises:
+        ValueError: a size other than the model's, [PAD] not 0, or an uncased vocabulary read cased.
+    """
+    size = len(tokenizer)
+    if size + extra_word_rows != vocab_size:
+        raise ValueError(f"{source} has {size} tokens (+{extra_word_rows} task rows) but {model} has "
+                         f"{vocab_size} word rows; a 5-token tokenizer means transformers did not read "
+                         "the vocabulary (a hub id offline, or vocab_file= instead of vocab=)")
+    vocab = tokenizer.get_vocab()
+    if vocab.get("[PAD]") != 0:
+        raise ValueError(f"{source}: [PAD] has id {vocab.get('[PAD]')}, {model} pads with id 0")
+    cased = any(any(c.isupper() for c in t) for t in vocab if not (t.startswith("[") and t.endswith("]")))
+    if not cased and getattr(tokenizer, "do_lower_case", True) is False:
+        raise ValueError(f"{source}: an uncased vocabulary (bert-base-uncased) read without lower-casing: "
+                         "capitalised words would become [UNK]; load it with do_lower_case=True")

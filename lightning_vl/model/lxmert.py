@@ -31,7 +31,9 @@ import torch
 from torch import nn
 from transformers import LxmertConfig, LxmertModel
 
-from .backbone import Backbone, BackboneOutput, HeadSizes, PrunableGroup, grow_bert_tables
+from .backbone import (
+    Backbone, BackboneOutput, HeadSizes, PrunableGroup, check_wordpiece_tokenizer, grow_bert_tables,
+)
 from .checkpoints import (
     SHUFFLED, LoadReport, load_into, read_bert_directory, read_state_dict, shuffle_prefixed,
 )
@@ -565,11 +567,8 @@ def read_folder(path: Path, prefix: str = "lxmert") -> dict[str, torch.Tensor]:
 
 
 def check_tokenizer(tokenizer, vocab_size: int, extra_word_rows: int = 0, source: str = "the tokenizer") -> None:
-    """Check a WordPiece tokenizer fits an LXMERT: ``len(tokenizer) + extra_word_rows`` equals the
-    model's ``vocab_size`` (bert-base-uncased: 30522; transformers 5 builds a 5-token tokenizer from
-    a missing hub id offline and ignores ``vocab_file=``), [PAD] is id 0 (LXMERT's padding row)
-    and an uncased vocabulary is read lower-cased. Read it with
-    ``data_modules.tokenization.load_tokenizer(folder, do_lower_case=True)``.
+    """Check a WordPiece tokenizer fits an LXMERT (``backbone.check_wordpiece_tokenizer``, shared with
+    ViLT): the whole bert-base-uncased vocabulary, [PAD] = 0, lower-cased when uncased.
 
     Example::
 
@@ -578,15 +577,4 @@ def check_tokenizer(tokenizer, vocab_size: int, extra_word_rows: int = 0, source
     Raises:
         ValueError: a size other than the model's, [PAD] not 0, or an uncased vocabulary read cased.
     """
-    size = len(tokenizer)
-    if size + extra_word_rows != vocab_size:
-        raise ValueError(f"{source} has {size} tokens (+{extra_word_rows} task rows) but the LXMERT has "
-                         f"{vocab_size} word rows; a 5-token tokenizer means transformers did not read "
-                         "the vocabulary (a hub id offline, or vocab_file= instead of vocab=)")
-    vocab = tokenizer.get_vocab()
-    if vocab.get("[PAD]") != 0:
-        raise ValueError(f"{source}: [PAD] has id {vocab.get('[PAD]')}, LXMERT pads with id 0")
-    cased = any(any(c.isupper() for c in t) for t in vocab if not (t.startswith("[") and t.endswith("]")))
-    if not cased and getattr(tokenizer, "do_lower_case", True) is False:
-        raise ValueError(f"{source}: an uncased vocabulary (bert-base-uncased) read without lower-casing: "
-                         "capitalised words would become [UNK]; load it with do_lower_case=True")
+    check_wordpiece_tokenizer(tokenizer, vocab_size, extra_word_rows, source, model="the LXMERT")

@@ -4,7 +4,9 @@
 Perturbations live at the backbone's embedding seam (``Backbone.forward(batch, txt_delta=,
 img_delta=)``, ``lightning_vl.model.backbone``), so every backbone gets adversarial training: ``δ_txt``
 (R, L_text, H) is added to the word embeddings (UNITER: before the position/type sum and LayerNorm),
-``δ_img`` (R, N, D) to the raw region features (UNITER: before ``img_linear``). Per training batch
+``δ_img`` (R, N, D) to the raw region features (UNITER: before ``img_linear``) — in general to the
+backbone's image input ``batch[Backbone.image_input_key]`` (ViLT: the pixels, (R, 3, H, W)), zero
+where ``Backbone.image_delta_mask`` is 0 (padded regions or pixels). Per training batch
 (FreeLB-style):
 
 1. a clean forward with gradient (train mode: dropout on);
@@ -163,14 +165,11 @@ def adversarial_loss(module, batch: dict, cfg: AdversarialConfig,
     ids = batch["input_ids"]
     hidden = module.backbone.hidden_size
     txt_valid = (ids != 0).unsqueeze(-1).to(torch.float32)
-    img = batch.get("img_feat")
-    img_valid = None
-    if img is not None:
-        regions = torch.arange(img.size(1), device=img.device)[None, :]
-        nbb = torch.as_tensor(batch["num_bbs"], device=img.device)[:, None] if "num_bbs" in batch else img.size(1)
-        img_valid = (regions < nbb).unsqueeze(-1).to(img.dtype)
+    image_key = module.backbone.image_input_key  # img_feat (regions) or pixel_values (ViLT)
+    img = batch.get(image_key)
+    img_valid = module.backbone.image_delta_mask(batch) if img is not None else None
     if cfg.modality in ("image", "image+text", "alter") and img is None:
-        raise ValueError(f"adversarial modality {cfg.modality!r} needs image inputs")
+        raise ValueError(f"adversarial modality {cfg.modality!r} needs image inputs (batch[{image_key!r}])")
     passes = [["text"], ["image"]] if cfg.modality == "alter" else [cfg.modality.split("+")]
     divisor = cfg.steps * len(passes)
     total = clean.new_zeros(()) if torch.is_tensor(clean) else torch.zeros(())

@@ -74,7 +74,8 @@ class VLModule(pl.LightningModule):
         task: a name from ``lightning_vl.tasks.names.TASK_NAMES``.
         uniter: UNITER's sizes (``configs/model/uniter-*.yaml``), the backbone when ``backbone`` is None.
         backbone: another backbone (``--model.backbone`` with a ``class_path``, e.g.
-            ``lightning_vl.model.lxmert.LxmertBackbone``, and ``init_args.config.*``); None = UNITER
+            ``lightning_vl.model.lxmert.LxmertBackbone`` or ``lightning_vl.model.vilt.ViltBackbone``, and
+            ``init_args.config.*``); None = UNITER
             with ``uniter``'s sizes, so UNITER commands and run identities are as before.
         head: head variant of the task (NLVR2: ``paired-attn`` or ``paired``); None = the default.
         head_options: keyword arguments of the head (pre-training: ``ot_weight``, ``summaries``).
@@ -205,7 +206,8 @@ class VLModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         """Refuse a tokenizer whose ids (plus the task's extra tokens) the word table cannot hold, or
         that the backbone cannot read (``Backbone.check_tokenizer``: LXMERT wants its whole uncased
-        vocabulary, lower-cased), and region features of another size than the model's."""
+        vocabulary, lower-cased), and region features of another size than the model's (for backbones
+        that read region features: ``Backbone.image_input_key == "img_feat"``)."""
         from lightning_vl.pruning.distributed import destroy_at_exit
 
         destroy_at_exit()  # a gloo group alive at exit can abort the process
@@ -222,7 +224,9 @@ class VLModule(pl.LightningModule):
         if tokenizer is not None:
             self.backbone.check_tokenizer(tokenizer, self._words,
                                           f"tokenizer {getattr(datamodule, 'tokenizer_path', '') or ''}".strip())
-        data_dim = getattr(datamodule, "img_dim", None)
+        # region features only: a pixel backbone (ViLT, image_input_key "pixel_values") reads images, and
+        # its forward refuses a batch without them
+        data_dim = getattr(datamodule, "img_dim", None) if self.backbone.image_input_key == "img_feat" else None
         if data_dim is not None and data_dim != self.backbone.img_dim:
             raise ValueError(
                 f"the data's region features are {data_dim}-d (data.init_args.img_dim) but the model's image "
