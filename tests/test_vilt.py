@@ -420,8 +420,11 @@ def test_head_sizes_and_setup_skip_the_region_size_check():
     module.setup("fit")
 
 
-@pytest.mark.parametrize("task,head", [("vqa", "mlp"), ("nlvr2", "paired-mlp")])
+@pytest.mark.parametrize("task,head", [("vqa", "mlp"), ("nlvr2", "paired-mlp"), ("nlvr2", "paired"),
+                                       ("nlvr2", "paired-attn")])
 def test_a_task_module_trains_a_step_on_pixels(task, head):
+    """Loss finite, gradients on every prunable weight, and on every trainable parameter (what DDP
+    without the unused-parameter search needs; the pooler is frozen under paired-attn)."""
     from lightning_vl.training.module import VLModule
 
     torch.manual_seed(0)
@@ -441,7 +444,10 @@ def test_a_task_module_trains_a_step_on_pixels(task, head):
     params = dict(module.named_parameters())
     for name in module.prunable_parameter_names():
         assert params[name].grad is not None and params[name].grad.abs().sum() > 0, name
-    if task == "nlvr2":
+    missing = sorted(n for n, p in params.items() if p.requires_grad and p.grad is None)
+    assert not missing, missing
+    assert params["vilt.pooler.dense.weight"].requires_grad == (head != "paired-attn")
+    if head == "paired-mlp":
         # the paired-mlp head: the two rows' pooled outputs side by side, ViLT's NLVR2 "pair" input
         out = module.backbone(batch)
         first = module.head.logit_fc[0]

@@ -513,12 +513,14 @@ class ViltBackbone(Backbone):
         setattr(self.config, field, rows)
         setattr(self.hf_model.config, field, rows)
 
-    def freeze_unused(self, pooled: bool, region_masks: bool) -> None:
-        """Freeze the pooler when no head reads ``pooled`` (ViLT has no region mask embedding).
+    def freeze_unused(self, pooled: bool, region_masks: bool, sequence: bool = True) -> None:
+        """Freeze the pooler when no head reads ``pooled`` (ViLT has no region mask embedding). A
+        pooled-only head (``sequence`` False) leaves nothing unread: every block, the final LayerNorm
+        and both type tables reach the [CLS] the pooler reads, so DDP finds no unused parameter.
 
         Example::
 
-            backbone.freeze_unused(pooled=False, region_masks=False)
+            backbone.freeze_unused(pooled=False, region_masks=False, sequence=True)  # NLVR2 paired-attn
 
         Raises:
             Nothing of its own.
