@@ -1,4 +1,5 @@
-"""What every task's DataModule shares: the region-feature store, the tokenizer, the loaders.
+"""What every task's DataModule shares: the region-feature store (or, for pixel models, the
+images), the tokenizer, the loaders.
 
 A task subclass states its own constructor arguments, names its split files (``set_split_files``)
 and its image-key pattern (``set_image_key``), and reads one split into a
@@ -15,6 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .features import RegionFeatureStore
 from .image_keys import ImageKeyPattern
+from .images import ImageSource, open_images
+from .pixels import ImageTransform
 from .tokenization import load_tokenizer
 
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
@@ -24,7 +27,16 @@ class VLDataModule(pl.LightningDataModule):
     """Arguments shared by all tasks.
 
     Args:
-        features: the HDF5 region-feature store (see ``data_modules.features``).
+        features: the HDF5 region-feature store (see ``data_modules.features``); or instead
+        images: raw images for a pixel model (ViLT): a folder of the public image files or a
+            pre-resized image store (``data_modules.images``). Batches then carry ``pixel_values``
+            and ``pixel_mask`` instead of regions (``data_modules.batching.collate_pixel_rows``);
+            only tasks with ``supports_images`` take it.
+        image_size, max_image_size, size_divisor: ViLT's resize (``data_modules.pixels.ImageTransform``):
+            shorter side 384, longer side at most ``int(1333 / 800 * image_size)`` (None), both
+            rounded down to a multiple of 32; batches are padded to multiples of ``size_divisor``.
+        image_index_cache: where a read-only image folder's index is cached (default
+            ``~/.cache/lightning-vl/image-index``).
         tokenizer: a local directory with the WordPiece ``vocab.txt`` (bert-base-cased for UNITER).
         img_dim: feature dimension the model expects; checked against the store.
         batch_size: training examples per batch (per device); ``eval_batch_size`` for val/test
@@ -39,11 +51,13 @@ class VLDataModule(pl.LightningDataModule):
     # Label strings in index order for classification heads (VQA/GQA answers, SNLI-VE classes);
     # the CLI hands them to the model at instantiation, and they are saved with its checkpoints.
     labels: Optional[list[str]] = None
+    # whether the task's datasets can read images (``images:``) as well as region features
+    supports_images: bool = False
 
     def __init__(
         self,
-        features: str,
-        tokenizer: str,
+        features: Optional[str] = None,
+        tokenizer: Optional[str] = None,
         img_dim: int = 2048,
         batch_size: int = 32,
         eval_batch_size: Optional[int] = None,
@@ -52,8 +66,27 @@ class VLDataModule(pl.LightningDataModule):
         max_boxes: Optional[int] = None,
         do_lower_case: bool = False,
         pin_memory: bool = False,
+        images: Optional[str] = None,
+        image_size: int = 384,
+        max_image_size: Optional[int] = None,
+        size_divisor: int = 32,
+        image_index_cache: Optional[str] = None,
     ):
         super().__init__()
+        if tokenizer is None:
+            raise ValueError(f"{type(self).__name__}: tokenizer is required (a folder with vocab.txt)")
+        if (features is None) == (images is None):
+            raise ValueError(f"{type(self).__name__}: give exactly one of features (a region-feature store) and "
+                             f"images (a folder of image files or an image store), got features={features!r}, "
+                             f"images={images!r}")
+        if images is not None and not self.supports_images:
+            raise ValueError(f"{type(self).__name__} reads region features only; images={images!r} is for the tasks "
+                             "whose data modules read pixels (NLVR2, VQA, GQA)")
+        if images is not None and max_boxes is not None:
+            raise ValueError(f"max_boxes={max_boxes} limits regions; it has no meaning with images={images!r}")
+        self.images = images
+        self.image_transform = ImageTransform(image_size, max_image_size, size_divisor)
+        self.image_index_cache = image_index_cache
         if batch_size <= 0 or (eval_batch_size is not None and eval_batch_size <= 0):
             raise ValueError(f"batch sizes must be positive, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
         if num_workers < 0 or max_txt_len <= 0:
@@ -74,12 +107,21 @@ class VLDataModule(pl.LightningDataModule):
         self._tokenizer = None
 
     @property
-    def store(self) -> RegionFeatureStore:
-        """The region-feature store, opened (and its dimension checked) on first use."""
+    def reads_images(self) -> bool:
+        """Whether batches carry pixels (``images:``) rather than region features."""
+        return self.images is not None
+
+    @property
+    def store(self) -> RegionFeatureStore | ImageSource:
+        """The region-feature store (its dimension checked), or the image source with ``images:``;
+        opened on first use."""
         if self._store is None:
-            store = RegionFeatureStore(self.features, max_boxes=self.max_boxes)
-            store.check_dim(self.img_dim)
-            self._store = store
+            if self.images is not None:
+                self._store = open_images(self.images, self.image_transform, self.image_index_cache)
+            else:
+                store = RegionFeatureStore(self.features, max_boxes=self.max_boxes)
+                store.check_dim(self.img_dim)
+                self._store = store
         return self._store
 
     @property

@@ -1,4 +1,5 @@
-"""UNITER batches: pad text and regions, then tell the model how to join them (``gather_index``).
+"""UNITER batches: pad text and regions, then tell the model how to join them (``gather_index``);
+and pixel models' (ViLT's) batches: text plus ``pixel_values`` / ``pixel_mask`` (``collate_pixel_rows``).
 
 A row is ``[CLS] text [SEP]`` plus its regions. Text is padded to the longest text of the batch,
 regions to the most regions; the model concatenates both padded blocks and ``gather_index``
@@ -59,4 +60,50 @@ def collate_rows(rows: Sequence[dict]) -> dict:
     for key in OPTIONAL_TYPE_KEYS:
         if key in rows[0]:
             batch[key] = pad_sequence([r[key].long() for r in rows], batch_first=True, padding_value=0)
+    return batch
+
+
+def collate_pixel_rows(rows: Sequence[dict], pad_multiple: int = 32) -> dict:
+    """A pixel model's (ViLT's) batch dict from rows with ``input_ids`` (incl. [CLS]/[SEP]) and
+    ``pixels``, the row's image resized as uint8 ``(3, h, w)`` (``data_modules.pixels``).
+
+    Keys: ``input_ids`` (R, T) long padded with 0, ``position_ids`` (1, T), ``txt_lens`` (list),
+    ``attn_masks`` (R, T) long — 1 on the row's text, **text only** here (the image's is
+    ``pixel_mask``) —, ``txt_type_ids`` when the rows have them, ``pixel_values`` (R, 3, H, W)
+    float32 normalised as ``ViltImageProcessor`` does, ``pixel_mask`` (R, H, W) int64 (1 = real
+    pixel); H and W are the batch's largest, rounded up to ``pad_multiple``. No region keys.
+
+    Example:
+        >>> rows = [{"input_ids": torch.tensor([101, 7, 102]), "pixels": torch.zeros(3, 64, 96, dtype=torch.uint8)},
+        ...         {"input_ids": torch.tensor([101, 102]), "pixels": torch.zeros(3, 96, 64, dtype=torch.uint8)}]
+        >>> b = collate_pixel_rows(rows)
+        >>> tuple(b["pixel_values"].shape), b["txt_lens"], b["attn_masks"].tolist()
+        ((2, 3, 96, 96), [3, 2], [[1, 1, 1], [1, 1, 0]])
+
+    Raises:
+        ValueError: no rows, a row without pixels, or ``txt_type_ids`` on some rows only.
+    """
+    from .pixels import collate_pixels
+
+    if not rows:
+        raise ValueError("cannot collate an empty list of rows")
+    if not all("pixels" in r for r in rows):
+        raise ValueError("some rows have no pixels; a batch is all pixels or all regions")
+    present = ["txt_type_ids" in r for r in rows]
+    if any(present) and not all(present):
+        raise ValueError(f"txt_type_ids given for {sum(present)} of {len(rows)} rows; give it for all or none")
+    txt_lens = [int(r["input_ids"].numel()) for r in rows]
+    input_ids = pad_sequence([r["input_ids"] for r in rows], batch_first=True, padding_value=0)
+    lens = torch.tensor(txt_lens, dtype=torch.long)
+    pixel_values, pixel_mask = collate_pixels([r["pixels"] for r in rows], pad_multiple)
+    batch = {
+        "input_ids": input_ids,
+        "position_ids": torch.arange(input_ids.size(1), dtype=torch.long).unsqueeze(0),
+        "attn_masks": (torch.arange(input_ids.size(1))[None, :] < lens[:, None]).long(),
+        "txt_lens": txt_lens,
+        "pixel_values": pixel_values,
+        "pixel_mask": pixel_mask,
+    }
+    if all(present):
+        batch["txt_type_ids"] = pad_sequence([r["txt_type_ids"].long() for r in rows], batch_first=True, padding_value=0)
     return batch

@@ -73,6 +73,8 @@ class GqaDataModule(AnswerVocabulary, VLDataModule):
     1,842 answers of train + val). ``image_key`` maps ``{image_id}`` (the ``imageId`` string) to the
     store key. ``batch_size`` counts questions. Other arguments: see ``VLDataModule``."""
 
+    supports_images = True  # GQA's images/{imageId}.jpg: the stem is the image_key
+
     def __init__(
         self,
         train_file: Union[str, list[str]],

@@ -16,8 +16,9 @@ import torch
 from torch.utils.data import Dataset
 
 from .base import VLDataModule
-from .batching import collate_rows
+from .batching import collate_pixel_rows, collate_rows
 from .features import RegionFeatureStore
+from .images import ImageSource
 from .image_keys import ImageKeyPattern, key_pattern
 from .jsonl import read_json_lines
 from .tokenization import encode_uniter_batch
@@ -96,9 +97,12 @@ def read_nlvr2(path: str | Path, tokenizer, max_txt_len: int,
 
 
 class Nlvr2Dataset(Dataset):
-    """Examples whose images are all in ``store`` (checked here, for every example at once)."""
+    """Examples whose images are all in ``store`` (checked here, for every example at once).
 
-    def __init__(self, examples: list[Nlvr2Example], store: RegionFeatureStore, source: str = ""):
+    ``store``: a region-feature store (rows carry regions) or an image source
+    (``data_modules.images``: rows carry the resized image as uint8 ``pixels``)."""
+
+    def __init__(self, examples: list[Nlvr2Example], store: RegionFeatureStore | ImageSource, source: str = ""):
         store.require(((img, f"example {ex.identifier}") for ex in examples for img in ex.images),
                       source or "the NLVR2 examples")
         self.examples = examples
@@ -112,16 +116,25 @@ class Nlvr2Dataset(Dataset):
         ex = self.examples[i]
         ids = torch.tensor(ex.input_ids, dtype=torch.long)
         rows = []
+        if isinstance(self.store, ImageSource):
+            rows = [{"input_ids": ids, "pixels": self.store.get(img, example=f"example {ex.identifier}")}
+                    for img in ex.images]
+            return {"rows": rows, "target": ex.label, "id": ex.identifier}
         for side, img in enumerate(ex.images):
             feat, pos = self.store.get(img, example=f"example {ex.identifier}")
             rows.append({"input_ids": ids, "img_feat": feat, "img_pos_feat": pos,
                          "img_type_ids": torch.full((len(feat),), side + 1, dtype=torch.long)})
         return {"rows": rows, "target": ex.label, "id": ex.identifier}
 
-    @staticmethod
-    def collate(items: list[dict]) -> dict:
-        """Rows 2k / 2k+1 = example k with its left / right image; ``targets`` one per example."""
-        batch = collate_rows([row for item in items for row in item["rows"]])
+    def collate(self, items: list[dict]) -> dict:
+        """Rows 2k / 2k+1 = example k with its left / right image; ``targets`` one per example.
+        With an image source the rows are pixel rows (``collate_pixel_rows``: no ``img_type_ids``,
+        the row's parity says left or right)."""
+        rows = [row for item in items for row in item["rows"]]
+        if isinstance(self.store, ImageSource):
+            batch = collate_pixel_rows(rows, self.store.transform.size_divisor)
+        else:
+            batch = collate_rows(rows)
         batch["targets"] = torch.tensor([item["target"] for item in items], dtype=torch.long)
         batch["ids"] = [item["id"] for item in items]
         return batch
@@ -134,6 +147,7 @@ class Nlvr2DataModule(VLDataModule):
     (0 left, 1 right) to the store key. Other arguments: see ``VLDataModule``."""
 
     labels = ["False", "True"]
+    supports_images = True
 
     def __init__(
         self,

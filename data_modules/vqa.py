@@ -21,8 +21,9 @@ from torch.utils.data import Dataset
 
 from .answers import labels_from_ans2label, read_ans2label, soft_targets
 from .base import VLDataModule
-from .batching import collate_rows
+from .batching import collate_pixel_rows, collate_rows
 from .features import RegionFeatureStore
+from .images import ImageSource
 from .image_keys import ImageKeyPattern, key_pattern
 from .jsonl import parse_json, read_json, read_text
 from .tokenization import encode_uniter_batch
@@ -178,15 +179,16 @@ def join_questions(questions: list[VqaQuestion], annotations: Optional[dict[int,
     return pairs
 
 
-def check_images(examples, store: RegionFeatureStore, source: str, what: str) -> None:
+def check_images(examples, store: RegionFeatureStore | ImageSource, source: str, what: str) -> None:
     """Every example's image must be in the store (checked for all at once, before training)."""
     store.require(((ex.image, f"question {ex.qid}") for ex in examples), source or what)
 
 
 class QaDataset(Dataset):
-    """One row per question (VQA and GQA): text + the image's regions; dense soft-score targets."""
+    """One row per question (VQA and GQA): text + the image's regions (or, from an image source,
+    its resized pixels); dense soft-score targets."""
 
-    def __init__(self, examples: list[QaExample], store: RegionFeatureStore, num_labels: int,
+    def __init__(self, examples: list[QaExample], store: RegionFeatureStore | ImageSource, num_labels: int,
                  source: str = "", what: str = "the questions", labeled: bool = True):
         check_images(examples, store, source, what)
         self.labeled = labeled  # False: a test file without answers (batches say so; metrics refuse them)
@@ -200,17 +202,24 @@ class QaDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         ex = self.examples[i]
-        feat, pos = self.store.get(ex.image, example=f"question {ex.qid}")
         target = torch.zeros(self.num_labels, dtype=torch.float32)
         for label, score in ex.target:
             target[label] = score
-        row = {"input_ids": torch.tensor(ex.input_ids, dtype=torch.long), "img_feat": feat, "img_pos_feat": pos}
+        row = {"input_ids": torch.tensor(ex.input_ids, dtype=torch.long)}
+        if isinstance(self.store, ImageSource):
+            row["pixels"] = self.store.get(ex.image, example=f"question {ex.qid}")
+        else:
+            row["img_feat"], row["img_pos_feat"] = self.store.get(ex.image, example=f"question {ex.qid}")
         return {"row": row, "target": target, "id": ex.qid, "labeled": self.labeled}
 
-    @staticmethod
-    def collate(items: list[dict]) -> dict:
-        """Row k = question k; ``targets`` (B, A) float32 soft scores; ``ids`` the question ids."""
-        batch = collate_rows([item["row"] for item in items])
+    def collate(self, items: list[dict]) -> dict:
+        """Row k = question k; ``targets`` (B, A) float32 soft scores; ``ids`` the question ids.
+        With an image source the rows are pixel rows (``collate_pixel_rows``)."""
+        rows = [item["row"] for item in items]
+        if isinstance(self.store, ImageSource):
+            batch = collate_pixel_rows(rows, self.store.transform.size_divisor)
+        else:
+            batch = collate_rows(rows)
         batch["targets"] = torch.stack([item["target"] for item in items])
         batch["ids"] = [item["id"] for item in items]
         if not all(item.get("labeled", True) for item in items):
@@ -253,6 +262,8 @@ class VqaDataModule(AnswerVocabulary, VLDataModule):
     ``ans2label``: ``{answer: index}`` JSON (the 3,129-answer vocabulary). ``image_key`` maps
     ``{image_id}`` (int) to the store key. ``batch_size`` counts questions. Other arguments: see
     ``VLDataModule``."""
+
+    supports_images = True
 
     def __init__(
         self,

@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import concat, features, merge
+from . import concat, features, images, merge
 
 # sub-command -> module with add_arguments(parser) and run(args) -> exit code
-COMMANDS = {"features": features, "concat": concat, "merge": merge}
+COMMANDS = {"features": features, "concat": concat, "merge": merge, "images": images}
 
 
 def main(argv: list[str] | None = None) -> int:

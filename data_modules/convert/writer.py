@@ -158,6 +158,11 @@ class RegionFeatureWriter:
     def __len__(self) -> int:
         return len(self._ids)
 
+    @property
+    def ids(self) -> list[str]:
+        """The image ids added (or resumed) so far, in order."""
+        return list(self._ids)
+
     def __contains__(self, img_id: object) -> bool:
         """Whether ``img_id`` was added (or resumed)."""
         return img_id in self._seen

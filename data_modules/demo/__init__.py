@@ -2,7 +2,9 @@
 
     python -m data_modules.demo --out data/demo        (or: lightning-vl demo --out data/demo)
 
-writes ``features.h5`` (the project's region-feature store), ``tokenizer/vocab.txt``, every
+writes ``features.h5`` (the project's region-feature store), ``images.h5`` (the scenes of the
+parts in ``IMAGE_PARTS`` drawn as 160 x 128 images, an image store for pixel models:
+``data_modules.demo.draw``, ``data_modules.images``), ``tokenizer/vocab.txt``, every
 task's files in its public schema (``nlvr2/{train,dev,test}.json``, ...), the pre-training corpus
 (``pretrain/captions_{train,val}.jsonl`` + its own store ``pretrain/features.h5`` with soft
 labels, ``data_modules.demo.pretrain``), ``manifest.json`` (seed, sizes, label balance per
@@ -30,10 +32,27 @@ from lightning_vl.tasks.names import DEMO_PARTS, TASK_INFO, TASK_NAMES
 from ..convert.writer import RegionFeatureWriter
 from . import nlvr2 as nlvr2_demo
 from .vocab import write_vocab
-from .world import FeatureRenderer, WorldConfig
+from .world import FeatureRenderer, Scene, WorldConfig
 
 TASKS = tuple(DEMO_PARTS)  # the world's parts, in the order they are written
 SPLITS = ("train", "dev", "test")
+# the parts whose scenes are also drawn into images.h5: those whose data modules read images
+# (``VLDataModule.supports_images``); a ViLT demo config sets ``images: data/demo/images.h5`` and
+# ``image_size: 128`` (``DEMO_IMAGE_TRANSFORM``)
+IMAGE_PARTS = ("nlvr2", "vqa", "gqa")
+
+
+class RecordingRenderer(FeatureRenderer):
+    """The feature renderer that also keeps every scene it renders (by image id), so the scenes a
+    part writes into the store can be drawn after it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scenes: dict[str, Scene] = {}
+
+    def render_regions(self, scene, rng, shuffle=True):
+        self.scenes[scene.image_id] = scene
+        return super().render_regions(scene, rng, shuffle)
 
 
 @dataclass
@@ -106,6 +125,7 @@ def generate_demo(
     pretrain_scenes: Optional[int] = None,
     pretrain_val: Optional[int] = None,
     caption_style: str = "dense",
+    images: bool = True,
 ) -> dict[str, str]:
     """Write the demo world into ``out_dir``; returns ``{name: path}`` of what was written
     (``<task>_<file>``, e.g. ``nlvr2_train``, plus ``features``, ``tokenizer``, ``manifest``).
@@ -125,6 +145,8 @@ def generate_demo(
     captioned training scenes and ``pretrain_val`` validation scenes (default 20,000 and 1,000
     times ``scale``, or ``n_train`` / ``n_dev`` when those are given; ``pretrain_scenes=0`` writes
     none), captions in ``caption_style`` (``dense`` or ``counting``, see ``data_modules.demo.pretrain``).
+    ``images``: also draw the scenes of the ``IMAGE_PARTS`` into ``images.h5`` (an image store,
+    gzip-compressed: about 4 KiB an image), keyed like ``features.h5``.
     """
     settings = dict(nlvr2_templates=tuple(nlvr2_templates), pretrain_scenes=pretrain_scenes,
                     pretrain_val=pretrain_val, caption_style=caption_style)
@@ -148,28 +170,53 @@ def generate_demo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / ".complete").unlink(missing_ok=True)
-    renderer = FeatureRenderer(feat_dim, seed, noise=world.noise)
+    renderer = RecordingRenderer(feat_dim, seed, noise=world.noise)
     manifest: dict = {"format": "lightning-vl/demo-world", "version": 2, "seed": seed,
                       "feat_dim": feat_dim, "world": vars(world), "tasks": {}}
     paths: dict[str, str] = {}
     texts: list[str] = []
-    with RegionFeatureWriter(out / "features.h5", feat_dim) as writer:
-        for task in tasks:
-            module = task_module(task)
-            sizes = {split: (given[split] if given[split] is not None else max(1, round(n * scale)))
-                     for split, n in module.DEFAULT_SIZES.items()}
-            # a part's own size options (the pre-training corpus's scenes)
-            sizes.update({split: n for split, n in _hook(module, "demo_sizes", settings, {}).items() if n is not None})
-            ctx = DemoContext(seed, world, renderer,
-                              scene_rng=np.random.default_rng([seed, 1, _task_seed(task)]),
-                              render_rng=np.random.default_rng([seed, 2, _task_seed(task)]),
-                              options=_hook(module, "demo_options", settings, {}))
-            before = len(writer)
-            result = module.generate(out, writer, ctx, sizes)
-            texts += result.texts
-            paths.update({f"{task}_{name}": path for name, path in result.files.items()})
-            manifest["tasks"][task] = {"sizes": sizes, "images": len(writer) - before, **result.manifest}
-        num_images = len(writer)
+    drawn = [t for t in tasks if t in IMAGE_PARTS] if images else []
+    image_writer = None
+    if drawn:
+        from ..convert.images import ImageStoreWriter
+        from .draw import DEMO_IMAGE_SIZE, DEMO_IMAGE_TRANSFORM, draw_scene
+
+        image_writer = ImageStoreWriter(out / "images.h5", DEMO_IMAGE_TRANSFORM, compression="gzip",
+                                        meta={"source": "demo", "seed": seed, "parts": drawn})
+    try:
+        with RegionFeatureWriter(out / "features.h5", feat_dim) as writer:
+            for task in tasks:
+                module = task_module(task)
+                sizes = {split: (given[split] if given[split] is not None else max(1, round(n * scale)))
+                         for split, n in module.DEFAULT_SIZES.items()}
+                # a part's own size options (the pre-training corpus's scenes)
+                sizes.update({split: n for split, n in _hook(module, "demo_sizes", settings, {}).items() if n is not None})
+                ctx = DemoContext(seed, world, renderer,
+                                  scene_rng=np.random.default_rng([seed, 1, _task_seed(task)]),
+                                  render_rng=np.random.default_rng([seed, 2, _task_seed(task)]),
+                                  options=_hook(module, "demo_options", settings, {}))
+                before = len(writer)
+                result = module.generate(out, writer, ctx, sizes)
+                if image_writer is not None and task in drawn:
+                    for image_id in writer.ids[before:]:
+                        scene = renderer.scenes[image_id]
+                        image_writer.add(image_id, draw_scene(scene, seed), orig_size=(scene.width, scene.height))
+                renderer.scenes.clear()
+                texts += result.texts
+                paths.update({f"{task}_{name}": path for name, path in result.files.items()})
+                manifest["tasks"][task] = {"sizes": sizes, "images": len(writer) - before, **result.manifest}
+            num_images = len(writer)
+    except BaseException:
+        if image_writer is not None:
+            image_writer.abort()
+        raise
+    if image_writer is not None:
+        image_writer.close()
+        paths["images"] = str(out / "images.h5")
+        manifest["drawn_images"] = {"parts": drawn, "images": len(image_writer), "size": list(DEMO_IMAGE_SIZE),
+                                    **DEMO_IMAGE_TRANSFORM.as_attrs()}
+    else:
+        (out / "images.h5").unlink(missing_ok=True)
     paths["features"] = str(out / "features.h5")
     paths["tokenizer"] = str(write_vocab(out / "tokenizer", texts, vocab_size))
     manifest["images"] = num_images
@@ -215,6 +262,8 @@ def argument_parser(prog: str = "python -m data_modules.demo",
     ap.add_argument("--caption-style", default="dense", choices=("dense", "counting"),
                     help="pre-training captions: every object with all attributes (dense), or counts and "
                          "left/right relations (counting)")
+    ap.add_argument("--no-images", action="store_true",
+                    help=f"do not draw the scenes of {', '.join(IMAGE_PARTS)} into images.h5 (pixel models' store)")
     ap.add_argument("--vocab-size", type=int, default=None,
                     help="pad the WordPiece vocabulary with [unused0], ... to exactly this many tokens: the demo "
                          "model's model.uniter.vocab_size (default: no padding)")
@@ -234,7 +283,8 @@ def generate_from_args(args: argparse.Namespace, mark_complete: bool = True) -> 
                          vocab_size=getattr(args, "vocab_size", None), mark_complete=mark_complete,
                          pretrain_scenes=getattr(args, "pretrain_scenes", None),
                          pretrain_val=getattr(args, "pretrain_val", None),
-                         caption_style=getattr(args, "caption_style", "dense"))
+                         caption_style=getattr(args, "caption_style", "dense"),
+                         images=not getattr(args, "no_images", False))
 
 
 def main(argv: list[str] | None = None) -> dict[str, str]:
