@@ -19,8 +19,9 @@ on transparent pixels, which real VQA/NLVR2 images rarely have.
 
 The work is split where it is cheapest: a dataset row carries the resized image as uint8
 ``(3, H, W)`` (a quarter of float32 through the worker queue); ``collate_pixels`` pads and
-normalises the batch (a 256-entry lookup table gives exactly the float32 values transformers
-computes).
+normalises the batch with transformers' own arithmetic (float64 rescale cast to float32, then
+float32 ``(x - mean) / std``), so the values are the same floats, not merely close; ``normalise``
+(one image, numpy) does it with a 256-entry lookup table of those values.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ class ImageTransform:
     Example:
         >>> ImageTransform().output_size(640, 480)   # (height, width) of a 640 x 480 image
         (384, 512)
-        >>> ImageTransform().output_size(80, 50)
+        >>> ImageTransform().output_size(50, 80)   # a tiny portrait image
         (608, 384)
 
     Raises:
@@ -135,6 +136,8 @@ def _lookup_table(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
 
 
 NORMALISE_LUT = _lookup_table(IMAGE_MEAN, IMAGE_STD)
+_MEAN = torch.tensor(IMAGE_MEAN, dtype=torch.float32)[:, None, None]
+_STD = torch.tensor(IMAGE_STD, dtype=torch.float32)[:, None, None]
 
 
 def normalise(pixels: np.ndarray) -> np.ndarray:
@@ -148,7 +151,7 @@ def normalise(pixels: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected uint8 (3, H, W) pixels, got {pixels.dtype} {pixels.shape}")
     out = np.empty(pixels.shape, dtype=np.float32)
     for c in range(3):
-        np.take(NORMALISE_LUT[c], pixels[c], out=out[c])
+        out[c] = NORMALISE_LUT[c][pixels[c]]  # fancy indexing: 3x faster than np.take(..., out=) here
     return out
 
 
@@ -175,10 +178,15 @@ def collate_pixels(images: Sequence[torch.Tensor], pad_multiple: int = 32) -> tu
             raise ValueError(f"image {i}: expected uint8 (3, h, w) pixels, got {img.dtype} {tuple(img.shape)}")
     height = -(-max(int(img.shape[1]) for img in images) // pad_multiple) * pad_multiple
     width = -(-max(int(img.shape[2]) for img in images) // pad_multiple) * pad_multiple
-    values = np.zeros((len(images), 3, height, width), dtype=np.float32)
+    values = torch.empty((len(images), 3, height, width), dtype=torch.float32)
     mask = torch.zeros((len(images), height, width), dtype=torch.int64)
     for i, img in enumerate(images):
         h, w = int(img.shape[1]), int(img.shape[2])
-        values[i, :, :h, :w] = normalise(img.numpy())
+        real = values[i, :, :h, :w]
+        # transformers' arithmetic, in place: float64 x / 255 cast to float32, then (x - mean) / std in float32
+        real.copy_(img.to(torch.float64).mul_(1 / 255))
+        real.sub_(_MEAN).div_(_STD)
+        values[i, :, h:, :] = 0
+        values[i, :, :h, w:] = 0
         mask[i, :h, :w] = 1
-    return torch.from_numpy(values), mask
+    return values, mask
