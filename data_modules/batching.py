@@ -69,7 +69,9 @@ def collate_pixel_rows(rows: Sequence[dict], pad_multiple: int = 32) -> dict:
 
     Keys: ``input_ids`` (R, T) long padded with 0, ``position_ids`` (1, T), ``txt_lens`` (list),
     ``attn_masks`` (R, T) long — 1 on the row's text, **text only** here (the image's is
-    ``pixel_mask``) —, ``txt_type_ids`` when the rows have them, ``pixel_values`` (R, 3, H, W)
+    ``pixel_mask``) —, ``txt_type_ids`` when the rows have them, ``img_type_ids`` (R,) long when
+    the rows have one each (a 0-d tensor: the modality type of the row's image, NLVR2's left 1 and
+    right 2), ``pixel_values`` (R, 3, H, W)
     float32 normalised as ``ViltImageProcessor`` does, ``pixel_mask`` (R, H, W) int64 (1 = real
     pixel); H and W are the batch's largest, rounded up to ``pad_multiple``. No region keys.
 
@@ -89,9 +91,10 @@ def collate_pixel_rows(rows: Sequence[dict], pad_multiple: int = 32) -> dict:
         raise ValueError("cannot collate an empty list of rows")
     if not all("pixels" in r for r in rows):
         raise ValueError("some rows have no pixels; a batch is all pixels or all regions")
-    present = ["txt_type_ids" in r for r in rows]
-    if any(present) and not all(present):
-        raise ValueError(f"txt_type_ids given for {sum(present)} of {len(rows)} rows; give it for all or none")
+    for key in OPTIONAL_TYPE_KEYS:
+        present = [key in r for r in rows]
+        if any(present) and not all(present):
+            raise ValueError(f"{key} given for {sum(present)} of {len(rows)} rows; give it for all or none")
     txt_lens = [int(r["input_ids"].numel()) for r in rows]
     input_ids = pad_sequence([r["input_ids"] for r in rows], batch_first=True, padding_value=0)
     lens = torch.tensor(txt_lens, dtype=torch.long)
@@ -104,6 +107,8 @@ def collate_pixel_rows(rows: Sequence[dict], pad_multiple: int = 32) -> dict:
         "pixel_values": pixel_values,
         "pixel_mask": pixel_mask,
     }
-    if all(present):
+    if "txt_type_ids" in rows[0]:
         batch["txt_type_ids"] = pad_sequence([r["txt_type_ids"].long() for r in rows], batch_first=True, padding_value=0)
+    if "img_type_ids" in rows[0]:
+        batch["img_type_ids"] = torch.stack([torch.as_tensor(r["img_type_ids"]).long().reshape(()) for r in rows])
     return batch

@@ -117,8 +117,8 @@ class Nlvr2Dataset(Dataset):
         ids = torch.tensor(ex.input_ids, dtype=torch.long)
         rows = []
         if isinstance(self.store, ImageSource):
-            rows = [{"input_ids": ids, "pixels": self.store.get(img, example=f"example {ex.identifier}")}
-                    for img in ex.images]
+            rows = [{"input_ids": ids, "pixels": self.store.get(img, example=f"example {ex.identifier}"),
+                     "img_type_ids": torch.tensor(side + 1, dtype=torch.long)} for side, img in enumerate(ex.images)]
             return {"rows": rows, "target": ex.label, "id": ex.identifier}
         for side, img in enumerate(ex.images):
             feat, pos = self.store.get(img, example=f"example {ex.identifier}")
@@ -128,8 +128,8 @@ class Nlvr2Dataset(Dataset):
 
     def collate(self, items: list[dict]) -> dict:
         """Rows 2k / 2k+1 = example k with its left / right image; ``targets`` one per example.
-        With an image source the rows are pixel rows (``collate_pixel_rows``: no ``img_type_ids``,
-        the row's parity says left or right)."""
+        With an image source the rows are pixel rows (``collate_pixel_rows``), ``img_type_ids`` (R,)
+        1 for a left image, 2 for a right one (ViLT's NLVR2 recipe: the right image's own modality type)."""
         rows = [row for item in items for row in item["rows"]]
         if isinstance(self.store, ImageSource):
             batch = collate_pixel_rows(rows, self.store.transform.size_divisor)

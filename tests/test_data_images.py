@@ -252,6 +252,7 @@ def test_nlvr2_batches_from_store_and_folder_agree(world, tmp_path):
     _check_contract(batch, rows=8)
     assert batch["targets"].shape == (4,) and len(batch["ids"]) == 4
     assert torch.equal(batch["input_ids"][0], batch["input_ids"][1])  # left and right rows share the statement
+    assert batch["img_type_ids"].tolist() == [1, 2] * 4  # left 1, right 2 (ViLT's NLVR2 recipe)
     assert batch["pixel_values"].shape[2:] == (128, 160)
     # the region path gives the same text keys for the same examples
     regions = next(iter(_nlvr2(world, features=world["features"], img_dim=8).val_dataloader()))
@@ -288,7 +289,7 @@ def test_vqa_batches_from_store_and_coco_folder(world, tmp_path):
 
     batch = next(iter(vqa(world["images"]).train_dataloader()))
     _check_contract(batch, rows=5)
-    assert batch["targets"].shape[0] == 5
+    assert batch["targets"].shape[0] == 5 and "img_type_ids" not in batch
     # COCO's published names, the image id inside: found by VQA's default image_key {image_id}
     folder = _export(Path(world["images"]), tmp_path / "coco", lambda key: f"val2014/COCO_val2014_{int(key):012d}.jpg",
                      keys=str.isdigit)
