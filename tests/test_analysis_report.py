@@ -94,6 +94,8 @@ def test_report_shows_other_backbones_beside_uniter_and_keeps_them_out_of_table1
     assert "### UNITER at 70% sparsity" in section and "### LXMERT at 70% sparsity (published Table 3's form)" in section
     assert "| LXMERT (dense) | 55.05 ± 0.07 (n=2) |" in section  # VQA only: the backbones' tasks are LXMERT's
     assert "NLVR2" not in section and "figures/backbones.png" in section
+    assert "### Highest relaxed-ticket sparsity per backbone" in section
+    assert "| UNITER | 70% |" in section and "| LXMERT | 70% |" in section
     assert (tmp_path / "r" / "figures" / "backbones.png").read_bytes()[:8] == PNG
     table1_md = (tmp_path / "r" / "tables" / "table1.md").read_text()
     assert "55.05" not in table1_md and "75.05" in table1_md  # Table 1 is UNITER's alone

@@ -5,7 +5,8 @@
     reports/
       index.md                    all tables (markdown) and figures (relative links), one section each
       tables/<name>.csv  .md  .long.csv   table1, table2, table3, table3_tickets, transfer_<s>, rewind_<task>,
-                                          backbone_<name> (LXMERT, ViLT: the published Tables 3 and 4)
+                                          backbones (ticket sparsity per backbone), backbone_<name>
+                                          (LXMERT, ViLT: the published Tables 3 and 4)
       figures/accuracy_<task>.png  accuracy_all.png  rewind_<task>.png  transfer_<s>.png  backbones.png
       overlap/                    with ``overlaps``: pairwise/per_type/per_layer CSVs, overlap.md, overlap_iou.png
 
@@ -26,8 +27,8 @@ from lightning_vl.tasks.names import PRETRAINING_TASK
 
 from .common import ordered_tasks, slug, sparsity_text, task_name, write_text
 from .overlap import OverlapAnalysis
-from .tables import (Record, Table, backbone_name, backbone_table, backbones, main_backbone, normalise, rewind_steps,
-                     rewind_table, table1, table2, table3, transfer_matrix, transfer_sparsities)
+from .tables import (Record, Table, backbone_name, backbone_table, backbones, backbones_table, main_backbone, normalise,
+                     rewind_steps, rewind_table, table1, table2, table3, transfer_matrix, transfer_sparsities)
 
 
 def _write_table(table: Table, tables_dir: Path) -> dict[str, Path]:
@@ -132,6 +133,9 @@ def write_report(records: Iterable[Union[Mapping, Record]], out_dir: Union[str, 
         bb_tasks = [t for t in ordered_tasks(r.task for r in every if r.backbone in others) if t != PRETRAINING_TASK]
         if tasks is not None:
             bb_tasks = [t for t in bb_tasks if t in tasks]
+        bs = backbones_table([r for r in every if r.backbone in shown], bb_tasks, fraction=fraction,
+                             criterion=criterion)
+        md += _table_section(bs, _write_table(bs, tables_dir), root, level="###")
         for b in shown:
             bt = backbone_table(every, b, bb_tasks, fraction=fraction, criterion=criterion)
             md += _table_section(bt, _write_table(bt, tables_dir), root, level="###")

@@ -556,6 +556,46 @@ def backbone_table(records: Iterable[Union[Mapping, Record]], backbone: str,
                  notes=([] if tasks else [f"No {name} records."]) + _failed_note(used))
 
 
+def backbones_table(records: Iterable[Union[Mapping, Record]], tasks: Optional[Sequence[str]] = None,
+                    fraction: float = 0.99, criterion: str = "mean+std") -> Table:
+    """The highest sparsity with a relaxed winning ticket per backbone and task, side by side
+    (the published paper's "30% for ViLT against 70% for UNITER and LXMERT"); "none" where no
+    pruned sparsity keeps ``fraction`` of that backbone's dense model, "—" where a backbone has no
+    runs of the task.
+
+    Example:
+        >>> rows = [{"task": "vqa", "row": "imp", "sparsity": s, "level": round(10 * s), "metric": m, "backbone": b}
+        ...         for b, ms in (("uniter", (0.70, 0.70, 0.695)), ("vilt", (0.70, 0.60, 0.50)))
+        ...         for s, m in zip((0.0, 0.3, 0.7), ms)]
+        >>> t = backbones_table(rows)
+        >>> t.cell("UNITER", "vqa"), t.cell("ViLT", "vqa")
+        ('70%', 'none')
+
+    Raises:
+        ValueError: ``criterion`` is neither ``mean+std`` nor ``mean``.
+    """
+    records = [r for r in normalise(records) if r.rewind_step == 0 and r.training == "standard"]
+    names = backbones(records)
+    tasks = _tasks(records, tasks)
+    rows, used = [], []
+    for b in names:
+        mine = [r for r in records if r.backbone == b]
+        cells = []
+        for t in tasks:
+            if not dense_records(mine, t):
+                cells.append(MISSING)
+                continue
+            best = ticket_sparsity(mine, t, fraction, criterion)
+            used += [r for r in mine if r.task == t and r.row == "imp"]
+            cells.append("none" if best is None else sparsity_text(best))
+        rows.append((backbone_name(b), cells))
+    return Table("backbones", "Highest relaxed-ticket sparsity per backbone", list(tasks), [task_name(t) for t in tasks],
+                 rows if tasks else [], row_keys=names, corner="backbone",
+                 description=f"Per backbone and task, the highest sparsity whose IMP ticket keeps ≥ {fraction:.0%} of "
+                             f"that backbone's dense model ({criterion}).",
+                 records_used=sum(1 for r in used if r.ok), notes=_failed_note(used))
+
+
 # transfer and rewinding ----------------------------------------------------------------------------
 def transfer_sparsities(records: Iterable[Union[Mapping, Record]]) -> list[float]:
     return sorted({r.key for r in normalise(records) if r.row == "transfer"})
@@ -658,6 +698,6 @@ def monitor_of(records: Iterable[Union[Mapping, Record]], task: str) -> str:
 
 
 __all__ = ["BACKBONE_NAMES", "Cell", "PUBLISHED_TABLES", "Point", "ROW_NAMES", "Record", "STUDY_TASKS", "Table",
-           "aggregate", "average_drop", "backbone_name", "backbone_table", "backbones", "dense_cell", "main_backbone",
+           "aggregate", "average_drop", "backbone_name", "backbone_table", "backbones", "backbones_table", "dense_cell", "main_backbone",
            "dense_records", "monitor_of", "normalise", "passes", "rewind_steps", "rewind_table", "series",
            "sparsity_key", "table1", "table2", "table3", "ticket_sparsity", "transfer_matrix", "transfer_sparsities"]
