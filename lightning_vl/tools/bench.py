@@ -1,5 +1,6 @@
 """``make bench``: what masking costs per training step at base size on this machine, for each
-backbone (UNITER-base with NLVR2's paired-attn head, LXMERT-base with its paired-mlp head).
+backbone (UNITER-base with NLVR2's paired-attn head, LXMERT-base and ViLT-B/32 with the paired-mlp
+head; ViLT on 384×576 pixel images, 12×18 patches).
 
 Three variants train the same NLVR2 model on the same synthetic batch:
 ``dense`` (no mask), ``masked`` (our way, as ``MaskedTraining`` does it: bool masks, the pruned
@@ -108,10 +109,25 @@ class Variant:
         self.times.append(time.perf_counter() - start)
 
 
-SIZES = {  # per backbone: base (the released model's) and tiny sizes, and the synthetic batch's shape
+SIZES = {  # per backbone: the synthetic batch's shape (boxes: regions, or the image's pixels) and head
     "uniter": {"txt_len": 30, "boxes": 70, "head": "paired-attn"},
     "lxmert": {"txt_len": 20, "boxes": 36, "head": "paired-mlp"},  # LXMERT's 20 word-pieces, 36 regions
+    "vilt": {"txt_len": 40, "pixels": (384, 576), "head": "paired-mlp"},  # ViLT's 40 tokens, a 384-px image
 }
+
+
+def pixel_batch(pairs: int, txt_len: int, size: tuple[int, int], vocab_size: int, seed: int = 0) -> dict:
+    """An NLVR2 batch of pixel rows (a ViLT's): two images per statement, the right one of type 2."""
+    g = torch.Generator().manual_seed(seed)
+    rows = 2 * pairs
+    return {
+        "input_ids": torch.randint(1, vocab_size, (rows, txt_len), generator=g),
+        "txt_lens": torch.full((rows,), txt_len),
+        "pixel_values": torch.randn(rows, 3, *size, generator=g),
+        "pixel_mask": torch.ones(rows, *size, dtype=torch.long),
+        "img_type_ids": torch.tensor([1, 2]).repeat(pairs),
+        "targets": torch.randint(0, 2, (pairs,), generator=g),
+    }
 
 
 def build(backbone: str, size: str) -> tuple[VLModule, int, int]:
@@ -122,6 +138,12 @@ def build(backbone: str, size: str) -> tuple[VLModule, int, int]:
             vocab_size=512, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
             intermediate_size=512, img_dim=128)
         return VLModule(uniter=cfg, head=head), cfg.vocab_size, cfg.img_dim
+    if backbone == "vilt":
+        from lightning_vl.model.vilt import ViltBackbone, ViltBackboneConfig
+
+        cfg = ViltBackboneConfig() if size == "base" else ViltBackboneConfig(
+            vocab_size=512, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512)
+        return VLModule(backbone=ViltBackbone(cfg), head=head), cfg.vocab_size, 3
     from lightning_vl.model.lxmert import LxmertBackbone, LxmertBackboneConfig
 
     cfg = LxmertBackboneConfig() if size == "base" else LxmertBackboneConfig(
@@ -136,7 +158,10 @@ def bench_one(backbone: str, args) -> dict:
     base, vocab, img_dim = build(backbone, args.size)
     base.train()
     txt_len = args.txt_len or SIZES[backbone]["txt_len"]
-    boxes = args.boxes or SIZES[backbone]["boxes"]
+    pixels = SIZES[backbone].get("pixels")
+    if pixels and args.size == "tiny":
+        pixels = (pixels[0] // 3, pixels[1] // 3)  # 128×192: 4×6 patches of 32
+    boxes = 0 if pixels else args.boxes or SIZES[backbone]["boxes"]
     names = base.prunable_parameter_names()
     dense_mask = Mask.ones_like({n: base.get_parameter(n).detach() for n in names})
     mask = random_prune(dense_mask, args.sparsity, torch.Generator().manual_seed(0))
@@ -149,11 +174,17 @@ def bench_one(backbone: str, args) -> dict:
         adv = AdversarialConfig(enabled=True, steps=args.adversarial_steps, modality=args.adversarial_modality)
         variants.append(Variant(f"masked+adv K={args.adversarial_steps}", copy.deepcopy(base), mask, False, adv))
     del base
-    batch = synthetic_batch(args.pairs, txt_len, boxes, vocab, img_dim)
-    label = f"{backbone.upper()}-{args.size}"
+    if pixels:
+        batch = pixel_batch(args.pairs, txt_len, pixels, vocab)
+        patch = variants[0].model.backbone.config.patch_size
+        tokens = txt_len + 1 + (pixels[0] // patch) * (pixels[1] // patch)  # text, the image [CLS], patches
+    else:
+        batch = synthetic_batch(args.pairs, txt_len, boxes, vocab, img_dim)
+        tokens = txt_len + boxes
+    label = {"uniter": "UNITER", "lxmert": "LXMERT", "vilt": "ViLT"}[backbone] + f"-{args.size}"
     print(f"{label}: {sum(p.numel() for p in variants[0].model.parameters()):,} params, "
           f"{mask.num_total:,} prunable in {len(names)} tensors at {args.sparsity:.0%} sparsity; batch "
-          f"{2 * args.pairs} rows × {txt_len + boxes} tokens; {torch.get_num_threads()} threads", flush=True)
+          f"{2 * args.pairs} rows × {tokens} tokens; {torch.get_num_threads()} threads", flush=True)
     for i in range(args.warmup + args.steps):
         order = variants if i % 2 == 0 else variants[::-1]
         for v in order:
@@ -163,7 +194,7 @@ def bench_one(backbone: str, args) -> dict:
     for v in variants:  # drop warm-up
         v.times = v.times[args.warmup:]
     dense = statistics.median(variants[0].times)
-    result = {"tokens": txt_len + boxes, "prunable_tensors": len(names), "variants": {}}
+    result = {"tokens": tokens, "prunable_tensors": len(names), "variants": {}}
     print(f"\n{label:<20} {'median step':>12} {'ratio':>8} {'extra memory':>14} {'passes':>7}")
     for v in variants:
         med = statistics.median(v.times)
@@ -184,11 +215,12 @@ def bench_one(backbone: str, args) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backbone", nargs="+", choices=sorted(SIZES), default=["uniter", "lxmert"],
-                    help="the backbones to time, one after the other (default: both)")
+    ap.add_argument("--backbone", nargs="+", choices=list(SIZES), default=list(SIZES),
+                    help="the backbones to time, one after the other (default: all three)")
     ap.add_argument("--size", choices=["base", "tiny"], default="base")
     ap.add_argument("--pairs", type=int, default=4, help="NLVR2 pairs per batch (2 rows each)")
-    ap.add_argument("--txt-len", type=int, default=None, help="word-pieces per row (default: UNITER 30, LXMERT 20)")
+    ap.add_argument("--txt-len", type=int, default=None, help="word-pieces per row (default: UNITER 30, LXMERT 20, "
+                    "ViLT 40)")
     ap.add_argument("--boxes", type=int, default=None, help="regions per image (default: UNITER 70, LXMERT 36)")
     ap.add_argument("--sparsity", type=float, default=0.7)
     ap.add_argument("--steps", type=int, default=6, help="measured steps per variant")
