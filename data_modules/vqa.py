@@ -11,10 +11,12 @@ for predictions). Store keys come from the int ``image_id`` through ``image_key`
 """
 from __future__ import annotations
 
+import argparse
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -366,3 +368,74 @@ def build_ans2label(init: dict, min_count: int) -> tuple[Path, str]:
 
 # files of data.init_args that ``lightning-vl data`` builds when they are missing (data_modules/prepare.py)
 DERIVED_FILES = {"ans2label": build_ans2label}
+
+
+# ViLT's VQA split (the paper's "VQA mini-dev (ViLT's)") --------------------------------------------
+# dandelin/ViLT vilt/utils/write_vqa.py drops every question none of whose human answers is in the
+# answer vocabulary (train2014 and val2014 alike), shuffles val2014's remaining images and keeps the
+# last 1,000 apart (vqav2_rest_val, its validation set); the rest of val2014 (vqav2_trainable_val)
+# trains with train2014 (vilt/datasets/vqav2_dataset.py). The shuffle is unseeded and the split was
+# not published, so ``vilt_minival`` draws the 1,000 images with a fixed seed from the sorted image
+# ids: the same construction, not ViLT's own images. ``python -m data_modules.vqa --help``.
+VILT_MINIVAL_IMAGES = 1000  # write_vqa.py: pdtable[-1000:] (rows are images)
+
+
+def answerable(questions: str, annotations: str, ans2label: dict) -> tuple[list[tuple[int, int]], list[int]]:
+    """``([(question_id, image_id)] with an in-vocabulary human answer, [unanswerable question ids])``."""
+    keep, drop = [], []
+    for q, a in join_questions(read_vqa_questions(questions), read_vqa_annotations(annotations), questions, annotations):
+        if soft_targets(a.answers, ans2label):
+            keep.append((q.question_id, q.image_id))
+        else:
+            drop.append(q.question_id)
+    return keep, drop
+
+
+def vilt_minival(val: tuple[str, str], ans2label: str, train: Sequence[tuple[str, str]] = (),
+                 images: int = VILT_MINIVAL_IMAGES, seed: int = 0) -> tuple[list[int], list[int]]:
+    """``(mini-dev question ids, training exclusions)``: the answerable questions of ``images``
+    val images drawn with ``seed``; exclusions = those + the unanswerable questions of ``val`` and
+    ``train`` (pairs of questions, annotations files).
+
+    Raises:
+        ValueError: fewer than ``images`` val images have an answerable question.
+    """
+    vocab = read_ans2label(ans2label)
+    kept, dropped = answerable(*val, vocab)
+    image_ids = sorted({image for _, image in kept})
+    if len(image_ids) < images:
+        raise ValueError(f"{val[0]}: {len(image_ids)} images with an answerable question, fewer than {images}")
+    random.Random(seed).shuffle(image_ids)
+    held = set(image_ids[-images:])
+    minival = sorted(qid for qid, image in kept if image in held)
+    for pair in train:
+        dropped += answerable(*pair, vocab)[1]
+    return minival, sorted(set(minival) | set(dropped))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """``python -m data_modules.vqa``: ViLT's mini-dev question ids (``--out``, the config's
+    ``val_ids``) and, with ``--exclude-out``, those plus every unanswerable question of ``--val`` and
+    ``--train`` (``train_exclude_ids``: the training set is then ViLT's, answerable questions only)."""
+    ap = argparse.ArgumentParser(description="ViLT's VQA mini-dev (1,000 val2014 images, answerable questions) "
+                                             "as question-id files")
+    ap.add_argument("--val", nargs=2, required=True, metavar=("QUESTIONS", "ANNOTATIONS"), help="val2014's files")
+    ap.add_argument("--train", nargs=2, action="append", default=[], metavar=("QUESTIONS", "ANNOTATIONS"),
+                    help="other training files (repeatable): their unanswerable questions are excluded")
+    ap.add_argument("--ans2label", required=True)
+    ap.add_argument("--images", type=int, default=VILT_MINIVAL_IMAGES)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True, help="the mini-dev's question ids (val_ids)")
+    ap.add_argument("--exclude-out", help="mini-dev + unanswerable question ids (train_exclude_ids)")
+    args = ap.parse_args(argv)
+    minival, exclude = vilt_minival(tuple(args.val), args.ans2label, [tuple(p) for p in args.train], args.images,
+                                    args.seed)
+    for path, ids in ((args.out, minival), (args.exclude_out, exclude)):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+            print(f"{path}: {len(ids)} question ids")
+
+
+if __name__ == "__main__":
+    main()
