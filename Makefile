@@ -44,7 +44,7 @@ help:
 	@echo "make finetune TASK=<task> [MASK=round_NN/mask.pt] [INIT=ckpt]"
 	@echo "make features SRC=<path...> FORMAT=tsv|butd-h5|img-db|npz OUT=<store.h5>"
 	@echo "make data TASK=<task> SRC=<folder with the public annotation files>"
-	@echo "make study STUDY=table1|table3|universal|transfer|rewind|adversarial [TASKS='nlvr2 vqa'] [SEEDS='0 1'] [REAL=1] | make report [RUNS=runs] [MASKS='vqa=…/mask.pt …']"
+	@echo "make study STUDY=table1|table3|table4|universal|transfer|rewind|adversarial [TASKS='nlvr2 vqa'] [SEEDS='0 1'] [REAL=1] | make report [RUNS=runs] [MASKS='vqa=…/mask.pt …']"
 	@echo "make overlap MASKS='vqa=runs/vqa/imp-…/round_07/mask.pt nlvr2=…' | make pretrain (the demo's θ'_0 and θ_0)"
 	@echo "make test | make bench | make demo | make clean"
 	@echo "tasks: $(TASK_NAMES)"
