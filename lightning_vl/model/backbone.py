@@ -346,3 +346,17 @@ def check_wordpiece_tokenizer(tokenizer, vocab_size: int, extra_word_rows: int =
     if not cased and getattr(tokenizer, "do_lower_case", True) is False:
         raise ValueError(f"{source}: an uncased vocabulary (bert-base-uncased) read without lower-casing: "
                          "capitalised words would become [UNK]; load it with do_lower_case=True")
+
+
+def lengths_mask(lengths, width: int, device) -> torch.Tensor:
+    """(R, width) long: 1 in the first ``lengths[r]`` positions of row r.
+
+    Example:
+        >>> lengths_mask([1, 3], 3, "cpu").tolist()
+        [[1, 0, 0], [1, 1, 1]]
+
+    Raises:
+        Nothing of its own.
+    """
+    n = torch.as_tensor(list(lengths) if not torch.is_tensor(lengths) else lengths, dtype=torch.long, device=device)
+    return (torch.arange(width, device=device)[None, :] < n[:, None]).long()

@@ -132,3 +132,43 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
     report.missing = [k for k in own if k not in state]
     model.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
     return report
+
+
+# transformers folders -------------------------------------------------------------------------------
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what a save_pretrained folder holds
+
+
+def weights_source(spec: str) -> Path:
+    """The file an ``init`` value reads (a folder's weights file), for messages.
+
+    Example:
+        >>> weights_source("shuffled:ckpt.pt").name
+        'ckpt.pt'
+
+    Raises:
+        Nothing of its own: a folder without weights gives the folder.
+    """
+    path = Path(spec[len(SHUFFLED):] if spec.startswith(SHUFFLED) else spec)
+    if path.is_dir():
+        return next((path / f for f in WEIGHT_FILES if (path / f).is_file()), path)
+    return path
+
+
+def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """A float32 state dict from a ``.safetensors`` file or any file ``checkpoints.read_state_dict`` reads.
+
+    Example::
+
+        read_weights_file(Path("pretrained/lxmert-base-uncased/model.safetensors"))
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not plain tensors.
+    """
+    if path.suffix != ".safetensors":
+        return read_state_dict(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    from safetensors.torch import load_file
+
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}

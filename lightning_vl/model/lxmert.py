@@ -32,10 +32,11 @@ from torch import nn
 from transformers import LxmertConfig, LxmertModel
 
 from .backbone import (
-    Backbone, BackboneOutput, HeadSizes, PrunableGroup, check_wordpiece_tokenizer, grow_bert_tables,
+    Backbone, BackboneOutput, HeadSizes, PrunableGroup, check_wordpiece_tokenizer, grow_bert_tables, lengths_mask,
 )
 from .checkpoints import (
-    SHUFFLED, LoadReport, load_into, read_bert_directory, read_state_dict, shuffle_prefixed,
+    SHUFFLED, WEIGHT_FILES, LoadReport, load_into, read_bert_directory, read_weights_file,
+    shuffle_prefixed, weights_source,
 )
 
 
@@ -70,7 +71,6 @@ EXTRA_PARTS = {
 }
 PARTS = ("encoder", *EXTRA_PARTS)
 HEAD_KEYS = ("cls.", "obj_predict_head.", "answer_head.")  # LxmertForPreTraining's heads (reported unexpected)
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 @dataclass
@@ -460,19 +460,6 @@ class LxmertBackbone(Backbone):
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
-def lengths_mask(lengths, width: int, device) -> torch.Tensor:
-    """(R, width) long: 1 in the first ``lengths[r]`` positions of row r.
-
-    Example:
-        >>> lengths_mask([1, 3], 3, "cpu").tolist()
-        [[1, 0, 0], [1, 1, 1]]
-
-    Raises:
-        Nothing of its own.
-    """
-    n = torch.as_tensor(list(lengths) if not torch.is_tensor(lengths) else lengths, dtype=torch.long, device=device)
-    return (torch.arange(width, device=device)[None, :] < n[:, None]).long()
-
 
 def prunable_groups_for(config: LxmertBackboneConfig, parts: tuple[str, ...] = ("encoder",)) -> dict[str, PrunableGroup]:
     """``LxmertBackbone.prunable_groups`` from the sizes alone (no weights built: counts at base size).
@@ -500,42 +487,6 @@ def prunable_groups_for(config: LxmertBackboneConfig, parts: tuple[str, ...] = (
         else:
             raise ValueError(f"unknown prunable part {part!r} for LXMERT; expected one of {', '.join(PARTS)}")
     return out
-
-
-def weights_source(spec: str) -> Path:
-    """The file an ``init`` value reads (a folder's weights file), for messages.
-
-    Example:
-        >>> weights_source("shuffled:ckpt.pt").name
-        'ckpt.pt'
-
-    Raises:
-        Nothing of its own: a folder without weights gives the folder.
-    """
-    path = Path(spec[len(SHUFFLED):] if spec.startswith(SHUFFLED) else spec)
-    if path.is_dir():
-        return next((path / f for f in WEIGHT_FILES if (path / f).is_file()), path)
-    return path
-
-
-def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    """A float32 state dict from a ``.safetensors`` file or any file ``checkpoints.read_state_dict`` reads.
-
-    Example::
-
-        read_weights_file(Path("pretrained/lxmert-base-uncased/model.safetensors"))
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not plain tensors.
-    """
-    if path.suffix != ".safetensors":
-        return read_state_dict(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    from safetensors.torch import load_file
-
-    return {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
 
 
 def read_folder(path: Path, prefix: str = "lxmert") -> dict[str, torch.Tensor]:

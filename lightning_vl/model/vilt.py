@@ -53,9 +53,8 @@ import torch
 from torch import nn
 from transformers import ViltConfig, ViltModel
 
-from .backbone import Backbone, BackboneOutput, HeadSizes, PrunableGroup, check_wordpiece_tokenizer
-from .checkpoints import SHUFFLED, LoadReport, load_into, shuffle_prefixed
-from .lxmert import lengths_mask, read_weights_file, weights_source
+from .backbone import Backbone, BackboneOutput, HeadSizes, PrunableGroup, check_wordpiece_tokenizer, lengths_mask
+from .checkpoints import SHUFFLED, LoadReport, load_into, read_weights_file, shuffle_prefixed, weights_source
 
 # A ViLT block (transformers' ViltLayer, ViT's names): module → one of the six BERT parts the
 # overlap analysis knows (lightning_vl.analysis.overlap.PART_TYPES), as UNITER's and LXMERT's layers.
