@@ -36,10 +36,11 @@ from .world import FeatureRenderer, Scene, WorldConfig
 
 TASKS = tuple(DEMO_PARTS)  # the world's parts, in the order they are written
 SPLITS = ("train", "dev", "test")
-# the parts whose scenes are also drawn into images.h5: those whose data modules read images
-# (``VLDataModule.supports_images``); a ViLT demo config sets ``images: data/demo/images.h5`` and
-# ``image_size: 128`` (``DEMO_IMAGE_TRANSFORM``)
-IMAGE_PARTS = ("nlvr2", "vqa", "gqa")
+# the parts whose scenes are also drawn into images.h5: those of the tasks whose data modules read
+# images (``TaskInfo.reads_images``, ``VLDataModule.supports_images``), the pre-training corpus
+# among them; a ViLT demo config sets ``images: data/demo/images.h5`` and ``image_size: 128``
+# (``DEMO_IMAGE_TRANSFORM``; configs/demo/backbone/vilt.yaml, configs/demo/pretrain-vilt.yaml)
+IMAGE_PARTS = tuple(p for p in TASKS if any(t.reads_images and t.demo.name == p for t in TASK_INFO.values()))
 
 
 class RecordingRenderer(FeatureRenderer):
@@ -72,11 +73,14 @@ class DemoContext:
 @dataclass
 class DemoTaskResult:
     """What a task generator wrote: ``files`` (name -> path, e.g. ``{"train": ..., "ans2label": ...}``),
-    ``texts`` (every sentence, for the demo vocabulary) and its ``manifest`` entry."""
+    ``texts`` (every sentence, for the demo vocabulary) and its ``manifest`` entry. ``image_ids``:
+    the scenes it wrote into a store of its own (the pre-training corpus's), in order, for
+    ``images.h5``; None = the scenes it added to the world's ``features.h5``."""
 
     files: dict[str, str]
     texts: list[str]
     manifest: dict
+    image_ids: Optional[list[str]] = None
 
 
 def demo_generator(task: str) -> str:
@@ -146,7 +150,8 @@ def generate_demo(
     times ``scale``, or ``n_train`` / ``n_dev`` when those are given; ``pretrain_scenes=0`` writes
     none), captions in ``caption_style`` (``dense`` or ``counting``, see ``data_modules.demo.pretrain``).
     ``images``: also draw the scenes of the ``IMAGE_PARTS`` into ``images.h5`` (an image store,
-    gzip-compressed: about 4 KiB an image), keyed like ``features.h5``.
+    gzip-compressed: about 4 KiB an image), keyed like ``features.h5`` (the pre-training corpus's
+    like its own ``pretrain/features.h5``).
     """
     settings = dict(nlvr2_templates=tuple(nlvr2_templates), pretrain_scenes=pretrain_scenes,
                     pretrain_val=pretrain_val, caption_style=caption_style)
@@ -198,7 +203,7 @@ def generate_demo(
                 before = len(writer)
                 result = module.generate(out, writer, ctx, sizes)
                 if image_writer is not None and task in drawn:
-                    for image_id in writer.ids[before:]:
+                    for image_id in (writer.ids[before:] if result.image_ids is None else result.image_ids):
                         scene = renderer.scenes[image_id]
                         image_writer.add(image_id, draw_scene(scene, seed), orig_size=(scene.width, scene.height))
                 renderer.scenes.clear()

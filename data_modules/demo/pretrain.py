@@ -278,6 +278,7 @@ def generate(out: Path, writer: RegionFeatureWriter, ctx, sizes: dict[str, int])
     files = {SPLIT_NAMES[s]: str(root / name) for s, name in SPLIT_FILES.items()}
     files["features"] = str(root / "features.h5")
     texts: list[str] = []
+    image_ids: list[str] = []  # every scene, in order: the world draws them into images.h5 (pixel models)
     splits: dict[str, dict] = {}
     with RegionFeatureWriter(files["features"], renderer.feat_dim, soft_label_names=names) as store:
         for split, filename in SPLIT_FILES.items():
@@ -289,6 +290,7 @@ def generate(out: Path, writer: RegionFeatureWriter, ctx, sizes: dict[str, int])
                 feats, boxes, source = renderer.render_regions(scene, ctx.render_rng)
                 soft = detector_soft_labels(scene, source, world, soft_rng)
                 store.add(image_id, feats, boxes, scene.width, scene.height, soft_labels=soft)
+                image_ids.append(image_id)
                 caption, negs = caption_with_negatives(scene, ctx.scene_rng, world, style)
                 lines.append(json.dumps({"id": image_id, "image_id": image_id, "caption": caption, "negatives": negs}))
                 texts += [caption, *negs]
@@ -306,4 +308,4 @@ def generate(out: Path, writer: RegionFeatureWriter, ctx, sizes: dict[str, int])
     manifest = {"images": sum(v["images"] for v in splits.values()), "store": files["features"][len(str(out)) + 1:],
                 "caption_style": style, "soft_label_dim": len(names), "soft_label_names": names[:3] + ["..."],
                 "files": {k: str(Path(v).relative_to(out)) for k, v in files.items()}, "splits": splits}
-    return DemoTaskResult(files=files, texts=texts, manifest=manifest)
+    return DemoTaskResult(files=files, texts=texts, manifest=manifest, image_ids=image_ids)

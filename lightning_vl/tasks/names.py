@@ -5,6 +5,7 @@ the Makefile) reads this module; ``lightning_vl.tasks.specs`` adds what a model 
 metrics) under the same names, and a test checks that the two list the same tasks.
 
     python -m lightning_vl.tasks.names          # the task names, one line, in the study's order
+    python -m lightning_vl.tasks.names --images # the study's tasks a pixel model (ViLT) runs: IMAGE_TASKS
 
 Adding a task: one ``TaskInfo`` below, one ``TaskSpec`` in ``lightning_vl/tasks/specs.py``, its data
 module ``data_modules/<task>.py``, its demo generator ``data_modules/demo/<task>.py`` and its two
@@ -112,6 +113,9 @@ class TaskInfo:
         adversarial: VILLA's defaults; None = adversarial training does not apply (pre-training).
         pretraining: the pre-training task: the universal ticket's source, not a study column.
         reduced_average: counted in Table 2's second average drop (the paper leaves VCR out).
+        reads_images: its data module reads raw images (``images:``, ``supports_images``) as well as
+            region features, so a pixel model (ViLT) runs it; the demo world draws its scenes into
+            ``images.h5``.
 
     The study's columns and every report list tasks in the order of ``TASK_INFO``.
 
@@ -133,6 +137,7 @@ class TaskInfo:
     adversarial: Optional[AdversarialDefaults] = AdversarialDefaults()
     pretraining: bool = False
     reduced_average: bool = True
+    reads_images: bool = False
 
     def __post_init__(self):
         if not self.name:
@@ -147,13 +152,15 @@ _FLICKR30K = DemoPart("flickr30k", "data_modules.demo.flickr30k", rank=6)  # bot
 # The study's eight columns in the paper's order, then pre-training. Not in VILLA, and chosen here:
 # GQA as VQA; RefCOCO+ and the retrieval tasks text, 1e-3, KL 1.5 (lightning_vl/training/adversarial.py).
 _TASKS = (
-    TaskInfo("vqa", "VQA", "data_modules.vqa.VqaDataModule", DemoPart("vqa", "data_modules.demo.vqa", rank=1)),
-    TaskInfo("gqa", "GQA", "data_modules.gqa.GqaDataModule", DemoPart("gqa", "data_modules.demo.gqa", rank=2)),
+    TaskInfo("vqa", "VQA", "data_modules.vqa.VqaDataModule", DemoPart("vqa", "data_modules.demo.vqa", rank=1),
+             reads_images=True),
+    TaskInfo("gqa", "GQA", "data_modules.gqa.GqaDataModule", DemoPart("gqa", "data_modules.demo.gqa", rank=2),
+             reads_images=True),
     TaskInfo("vcr", "VCR", "data_modules.vcr.VcrDataModule", DemoPart("vcr", "data_modules.demo.vcr", rank=3),
              adversarial=AdversarialDefaults("image+text", 1e-2, 1.5, kl_reduction="mean"),
              reduced_average=False),
     TaskInfo("nlvr2", "NLVR2", "data_modules.nlvr2.Nlvr2DataModule",
-             DemoPart("nlvr2", "data_modules.demo.nlvr2", rank=0)),
+             DemoPart("nlvr2", "data_modules.demo.nlvr2", rank=0), reads_images=True),
     TaskInfo("snli-ve", "SNLI-VE", "data_modules.snli_ve.SnliVeDataModule",
              DemoPart("snli-ve", "data_modules.demo.snli_ve", rank=4)),
     TaskInfo("refcoco+", "RefCOCO+", "data_modules.refcoco.RefcocoDataModule",
@@ -161,12 +168,15 @@ _TASKS = (
     TaskInfo("flickr30k-ir", "F30k IR R@1", "data_modules.flickr30k.Flickr30kDataModule", _FLICKR30K),
     TaskInfo("flickr30k-tr", "F30k TR R@1", "data_modules.flickr30k.Flickr30kDataModule", _FLICKR30K),
     TaskInfo("pretrain", "pre-training", "data_modules.pretrain.PretrainDataModule",
-             DemoPart("pretrain", "data_modules.demo.pretrain", rank=7), adversarial=None, pretraining=True),
+             DemoPart("pretrain", "data_modules.demo.pretrain", rank=7), adversarial=None, pretraining=True,
+             reads_images=True),
 )
 
 TASK_INFO: dict[str, TaskInfo] = {t.name: t for t in _TASKS}
 TASK_NAMES: tuple[str, ...] = tuple(TASK_INFO)  # every task, in the study's order
 STUDY_TASKS: tuple[str, ...] = tuple(t.name for t in _TASKS if not t.pretraining)  # the study's columns
+# the study's tasks a pixel model (ViLT) fine-tunes and prunes (pre-training on pixels has its own recipe)
+IMAGE_TASKS: tuple[str, ...] = tuple(t.name for t in _TASKS if t.reads_images and not t.pretraining)
 (PRETRAINING_TASK,) = [t.name for t in _TASKS if t.pretraining]  # exactly one
 DEFAULT_TASK: str = "nlvr2"  # ``VLModule``'s default task (and the Makefile's TASK)
 # the demo world's parts, in the order they are written
@@ -240,8 +250,14 @@ def demo_part(name: str) -> DemoPart:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Print the task names on one line (the Makefile's ``TASK`` check and help read it)."""
-    print(" ".join(TASK_NAMES))
+    """Print the task names on one line (the Makefile's ``TASK`` check and help read it); with
+    ``--images``, the study's tasks a pixel model runs (``IMAGE_TASKS``: the Makefile's check for a
+    backbone that reads pixels)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv not in ([], ["--images"]):
+        print(f"usage: python -m lightning_vl.tasks.names [--images]; got {' '.join(argv)}", file=sys.stderr)
+        return 2
+    print(" ".join(IMAGE_TASKS if argv else TASK_NAMES))
     return 0
 
 
