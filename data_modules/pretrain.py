@@ -3,7 +3,9 @@
 
 Captions come from COCO captions JSON, Karpathy split JSON or JSON lines (CC / SBU-style corpora;
 the demo's corpus), images from one region-feature store (with soft labels for masked region
-classification). Every batch serves ONE objective, drawn per optimizer step by mix ratio, as
+classification) or, for a pixel model (ViLT), from ``images:`` (a folder of image files or an
+image store, as the tasks' data modules read them): then the batches carry pixels and only the
+objectives without regions run (MLM, ITM, bow; ``pretraining/batches.py``). Every batch serves ONE objective, drawn per optimizer step by mix ratio, as
 UNITER's ``MetaLoader``.
 
 
@@ -27,8 +29,8 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from .base import VLDataModule
-from .pretraining.batches import (EVERY_ROW_KEYS, OBJECTIVES, SOFT_LABEL_OBJECTIVES, PretrainBatchMaker, RowOptions,
-                                  ordinary_token_ids, row_counts)
+from .pretraining.batches import (EVERY_ROW_KEYS, OBJECTIVES, PIXEL_OBJECTIVES, SOFT_LABEL_OBJECTIVES, PretrainBatchMaker,
+                                  RowOptions, ordinary_token_ids, row_counts)
 from .pretraining.captions import CaptionSet, CaptionSources, build_caption_set
 from .pretraining.stream import ObjectiveSchedule, PretrainEvalBatches, PretrainStream
 
@@ -124,6 +126,8 @@ class PretrainDataModule(VLDataModule):
         max_count: ``summary``'s ``counts`` are clipped to it.
         text_only: batches without images (MLM only), for a text-only model; ``features`` may be
             left out then.
+        images: raw images instead of ``features`` (``VLDataModule``; with ``image_size``,
+            ``size_divisor``): pixel batches for a pixel model, objectives ``mlm``, ``itm``, ``bow`` only.
         mix: ``step`` (UNITER's MetaLoader: each optimizer step trains one objective, drawn ∝
             ratio) or ``row`` (every micro-batch holds rows of every objective, ``batch_size`` split
             by ratio, one forward pass for all; the demo's recipe: a small model learns every
@@ -141,6 +145,8 @@ class PretrainDataModule(VLDataModule):
             (``PL_GLOBAL_SEED``, else 0). The same on every rank.
         features, tokenizer, batch_size (captions per micro-batch, per device), ...: see ``VLDataModule``.
     """
+
+    supports_images = True  # pixel batches for a pixel model (mlm, itm, bow)
 
     def __init__(
         self,
@@ -175,8 +181,14 @@ class PretrainDataModule(VLDataModule):
         check_targets(mlm_words, summary_targets)
         if val_examples is not None and val_examples <= 0:
             raise ValueError(f"val_examples must be positive or None, got {val_examples}")
-        if not text_only and not features:
-            raise ValueError("features (the region-feature store) is required unless text_only is true")
+        if not text_only and not features and not self.images:
+            raise ValueError("features (the region-feature store) or images is required unless text_only is true")
+        if self.images and not text_only:
+            regional = [o for o in self.objective_mix.active if o not in PIXEL_OBJECTIVES]
+            if regional:
+                raise ValueError(f"objectives {', '.join(regional)} learn from regions (their features or soft labels), "
+                                 f"but the data is images={self.images!r}; with images train "
+                                 f"{', '.join(PIXEL_OBJECTIVES)} (ViLT: mlm and itm)")
         self.train_entries, self.val_entries = self.sources.entries()
         self.set_split_files(*(None if not entries else " + ".join(e.path for e in entries)
                                for entries in (self.train_entries, self.val_entries, None)))
@@ -206,7 +218,7 @@ class PretrainDataModule(VLDataModule):
         """The store's region classes (its ``soft_label_names``, else ``__background__``,
         ``class_1``, ...) when it has soft labels — the model sizes its region classifier by
         them — else None (then ``mrc``, ``mrckl`` and ``summary`` are refused at setup)."""
-        if self.text_only or not self.features:
+        if self.text_only or not self.features:  # images: no regions, no region classes
             return None
         store = self.store
         if not store.has_soft_labels:
@@ -244,7 +256,7 @@ class PretrainDataModule(VLDataModule):
 
     def _check_store_for_objectives(self) -> None:
         needs = [o for o in self.active_objectives if o in SOFT_LABEL_OBJECTIVES]
-        if needs and not self.text_only and not self.store.has_soft_labels:
+        if needs and not self.text_only and not self.reads_images and not self.store.has_soft_labels:
             raise ValueError(f"objectives {', '.join(needs)} learn from the regions' soft labels, but the region-feature "
                              f"store {self.features} has none (no soft_labels dataset); convert the features from a "
                              "source that has them (UNITER's img_db, npz with soft_labels) or drop "

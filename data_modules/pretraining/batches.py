@@ -40,6 +40,15 @@ example ids, str) and ``objective`` (str, the same for the whole batch), and per
 With ``text_only=True`` (a BERT-like text-only model) batches hold no image: ``img_feat``,
 ``img_pos_feat`` and ``gather_index`` are None, ``attn_masks`` (B, Lt) covers the text only and
 ``num_bbs`` are 0; only ``"mlm"`` is allowed then.
+
+Pixels (a pixel model, ViLT: the data module's ``images:``; ``data_modules.images``): the image
+keys are ``data_modules.batching.collate_pixel_rows``' — ``pixel_values`` (B, 3, H, W) float32
+normalised (mean = std = 0.5), ``pixel_mask`` (B, H, W) int64 (1 = real pixel), ``attn_masks``
+(B, Lt) over the text only, ``input_ids``, ``position_ids``, ``txt_lens`` as above — and no region
+keys (``img_feat``, ``num_bbs``, ``gather_index``). Only the objectives that need no regions run on
+pixels (``PIXEL_OBJECTIVES``: ``"mlm"``, ``"itm"``, ``"bow"``; ViLT's own pre-training is ITM + MLM):
+the same masking and targets; an ITM mismatch shows the caption with another example's image.
+A joint batch (``mix: row``) pads every part's pixels to the largest height and width.
 """
 from __future__ import annotations
 
@@ -51,13 +60,15 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from ..batching import collate_rows, get_gather_index
+from ..batching import collate_pixel_rows, collate_rows, get_gather_index
 from ..features import RegionFeatureStore
+from ..images import ImageSource
 from .captions import CaptionSet
 
 OBJECTIVES = ("mlm", "mrfr", "mrc", "mrckl", "itm", "summary", "bow")
 REGION_OBJECTIVES = ("mrfr", "mrc", "mrckl")
 SOFT_LABEL_OBJECTIVES = ("mrc", "mrckl", "summary")
+PIXEL_OBJECTIVES = ("mlm", "itm", "bow")  # what needs no regions nor their soft labels
 IGNORE = -1  # txt_labels where no word-piece is predicted (UNITER's convention)
 UNUSED_TOKEN = re.compile(r"\[unused\d+\]")
 
@@ -149,11 +160,12 @@ class PretrainBatchMaker:
     """Turns example indices (and one RNG per row) into one objective's batch (the module
     docstring's contract). Picklable: a DataLoader worker gets its own copy."""
 
-    def __init__(self, captions: CaptionSet, store: Optional[RegionFeatureStore], special_ids: dict[str, int],
+    def __init__(self, captions: CaptionSet, store: Optional[RegionFeatureStore | ImageSource], special_ids: dict[str, int],
                  ordinary: np.ndarray, vocab_size: int, rows: RowOptions = RowOptions(), text_only: bool = False,
                  mlm_only: Optional[np.ndarray] = None, every_row: tuple[str, ...] = (),
                  class_words: Optional[np.ndarray] = None):
         self.captions, self.store, self.text_only = captions, store, text_only
+        self.pixels = isinstance(store, ImageSource) and not text_only  # rows carry the image, not regions
         self.class_words = class_words  # (classes, vocab) bool: summary over the words of class names
         self.mlm_only, self.every_row = mlm_only, tuple(every_row)
         self.mask_id = special_ids["mask"]
@@ -174,6 +186,9 @@ class PretrainBatchMaker:
         caps = self.captions
         rows, labels, img_masks, soft, targets, shown = [], [], [], [], [], []
         extras = () if objective in self.every_row else self.every_row  # targets of every row, too
+        if self.pixels and any(o not in PIXEL_OBJECTIVES for o in (objective, *extras)):
+            raise ValueError(f"objective {[o for o in (objective, *extras) if o not in PIXEL_OBJECTIVES][0]!r} needs region "
+                             f"features; batches of images (pixels) train {', '.join(PIXEL_OBJECTIVES)} only")
         for i, rng in zip(indices, rngs):
             i = int(i)
             ids, image = caps.tokens(i), int(caps.image_of[i])
@@ -195,7 +210,9 @@ class PretrainBatchMaker:
                                               self.mlm_only)
                 labels.append(row_labels)
             row = {"input_ids": ids}
-            if not self.text_only:
+            if self.pixels:
+                row["pixels"] = self.store.get(caps.images[image], example=example)
+            elif not self.text_only:
                 key = caps.images[image]
                 row["img_feat"], row["img_pos_feat"] = self.store.get(key, example=example)
                 if objective in REGION_OBJECTIVES:
@@ -203,7 +220,10 @@ class PretrainBatchMaker:
                 if objective in SOFT_LABEL_OBJECTIVES or "summary" in extras:
                     soft.append(self.store.get_soft_labels(key, example=example))
             rows.append(row)
-        batch = collate_text_rows(rows) if self.text_only else collate_rows(rows)
+        if self.pixels:
+            batch = collate_pixel_rows(rows, self.store.transform.size_divisor)
+        else:
+            batch = collate_text_rows(rows) if self.text_only else collate_rows(rows)
         if objective == "mlm":
             batch["txt_labels"] = pad_sequence(labels, batch_first=True, padding_value=IGNORE)
         elif objective in REGION_OBJECTIVES:
@@ -286,8 +306,11 @@ def merge_batches(parts: dict[str, dict], every_row: tuple[str, ...] = ()) -> di
     (position-indexed ones padded to the joint widths; a row's joint positions are its own:
     text, then its regions). One forward pass serves every objective. ``every_row`` objectives
     (``bow``, ``summary``) have no rows of their own: they are trained on every row, from the
-    targets each part's batch carries for them."""
+    targets each part's batch carries for them. Pixel parts (``pixel_values``) are joined by
+    ``merge_pixel_batches``."""
     names = list(parts)
+    if "pixel_values" in parts[names[0]]:
+        return merge_pixel_batches(parts, every_row)
     lt = max(p["input_ids"].size(1) for p in parts.values())
     nb = max(p["img_feat"].size(1) for p in parts.values())
     txt_lens = [t for n in names for t in parts[n]["txt_lens"]]
@@ -326,6 +349,51 @@ def merge_batches(parts: dict[str, dict], every_row: tuple[str, ...] = ()) -> di
         start += rows
     for name in every_row:
         entry = {"rows": torch.arange(start), "txt_lens": txt_lens, "num_bbs": num_bbs}
+        for key in EVERY_ROW_KEYS[name]:
+            if all(key in parts[n] for n in names):
+                entry[key] = torch.cat([parts[n][key] for n in names])
+        batch["parts"][name] = entry
+    return batch
+
+
+def _pad_image(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(R, [3,] h, w) zero-padded at the bottom and right to (R, [3,] height, width)."""
+    return torch.nn.functional.pad(x, (0, width - x.size(-1), 0, height - x.size(-2)))
+
+
+def merge_pixel_batches(parts: dict[str, dict], every_row: tuple[str, ...] = ()) -> dict:
+    """``merge_batches`` for pixel parts (``collate_pixel_rows``' keys): the text re-padded, the
+    pixels and pixel masks zero-padded to the largest height and width (0 is what padding is after
+    normalisation, and the mask says it is not real), ``objective`` ``"joint"`` and ``parts`` as
+    ``merge_batches`` (``rows``, ``txt_lens``, the targets; MLM's labels padded to the joint text
+    width — a pixel model's sequence is the text, then the image)."""
+    names = list(parts)
+    lt = max(p["input_ids"].size(1) for p in parts.values())
+    height = max(p["pixel_values"].size(2) for p in parts.values())
+    width = max(p["pixel_values"].size(3) for p in parts.values())
+    txt_lens = [t for n in names for t in parts[n]["txt_lens"]]
+    lens = torch.tensor(txt_lens, dtype=torch.long)
+    batch = {
+        "input_ids": torch.cat([_pad_to(parts[n]["input_ids"], lt, 0) for n in names]),
+        "position_ids": torch.arange(lt, dtype=torch.long).unsqueeze(0),
+        "attn_masks": (torch.arange(lt)[None, :] < lens[:, None]).long(),
+        "txt_lens": txt_lens,
+        "pixel_values": torch.cat([_pad_image(parts[n]["pixel_values"], height, width) for n in names]),
+        "pixel_mask": torch.cat([_pad_image(parts[n]["pixel_mask"], height, width) for n in names]),
+        "ids": [i for n in names for i in parts[n]["ids"]],
+        "objective": "joint", "parts": {},
+    }
+    start = 0
+    for n in names:
+        part, rows = parts[n], len(parts[n]["ids"])
+        entry = {"rows": torch.arange(start, start + rows), "txt_lens": part["txt_lens"]}
+        for key in PART_KEYS:
+            if key in part:
+                entry[key] = _pad_to(part[key], lt, IGNORE) if key == "txt_labels" else part[key]
+        batch["parts"][n] = entry
+        start += rows
+    for name in every_row:
+        entry = {"rows": torch.arange(start), "txt_lens": txt_lens}
         for key in EVERY_ROW_KEYS[name]:
             if all(key in parts[n] for n in names):
                 entry[key] = torch.cat([parts[n][key] for n in names])

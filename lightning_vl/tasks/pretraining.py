@@ -17,6 +17,11 @@ objective    head (UNITER's keys, under ``head.``)           loss
              [CLS]
 ===========  =============================================  ===========================================
 
+A backbone without region features (ViLT reads pixels: ``HeadSizes.img_dim`` 0) gets no
+``feat_regress`` and, its data having no soft labels, no ``region_classifier``: it pre-trains with
+MLM and ITM (ViLT's own objectives, without its word-patch alignment), e.g.
+``configs/demo/pretrain-vilt.yaml``; WRA needs region features and is skipped on pixel batches.
+
 Two optional [CLS] objectives of the demo (head variant ``uniter+summaries``): ``bow`` — the
 caption's bag of words — and ``summary`` — which region classes the image holds and how many
 objects. Without them a small model's pooled output collapsed onto the matching decision and task
@@ -138,7 +143,9 @@ class PretrainingHeads(nn.Module):
         super().__init__()
         h = config.hidden_size
         self.cls = MaskedLanguageHead(config)
-        self.feat_regress = RegionFeatureRegression(config)
+        # no region features (a pixel backbone, ViLT: img_dim 0): no MRFR head, as no region classifier
+        # without soft labels
+        self.feat_regress = RegionFeatureRegression(config) if config.img_dim else None
         self.region_classifier = RegionClassification(config, num_labels) if num_labels else None
         self.itm_output = nn.Linear(h, 2)
         self.ot_weight = ot_weight
@@ -160,7 +167,7 @@ class PretrainingHeads(nn.Module):
         ties = core.pretraining_ties()
         if self.tie_word_embeddings:
             self.cls.predictions.decoder.weight = core.word_embeddings.weight
-        if "img_projection" in ties:
+        if "img_projection" in ties and self.feat_regress is not None:
             self.feat_regress.weight = ties["img_projection"]
         if "region_mask" in ties:
             self._region_mask = (ties["region_mask"],)  # not a submodule's: the core is the task module's
@@ -188,6 +195,9 @@ class PretrainingHeads(nn.Module):
             out["logits"] = self.cls(sequence_output[:, : labels.size(1)][masked])
             out["targets"] = labels[masked]
         elif objective == "mrfr":
+            if self.feat_regress is None:
+                raise ValueError("objective 'mrfr' regresses region features: this backbone reads none (img_dim 0, "
+                                 "a pixel model such as ViLT); pre-train it with mlm and itm")
             out["logits"] = self.feat_regress(sequence_output[batch["img_mask_tgt"]])
             out["targets"] = batch["feat_targets"]
         elif objective in ("mrc", "mrckl"):
