@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 TASK ?= nlvr2
 # the demo model: configs/model/$(BACKBONE)-tiny.yaml, starting from the demo's θ_0 $(DEMO_DIR)/$(BACKBONE)-tiny.pt
-# (uniter: make pretrain; lxmert: make pretrain-lxmert)
+# (uniter: make pretrain; lxmert: make pretrain-lxmert; vilt: make pretrain-vilt)
 BACKBONE ?= uniter
 # PRUNE, SPARSITY, SCHEDULE: empty = the lottery's defaults (ImpConfig, lightning_vl/lottery/config.py)
 PRUNE ?=
@@ -35,10 +35,10 @@ export TOKENIZERS_PARALLELISM ?= false
 # so any python3 reads it, before the venv exists); `=`: asked only by the recipes that use it
 TASK_NAMES = $(shell $(PYTHON) -m lightning_vl.tasks.names)
 
-.PHONY: install demo pretrain pretrain-lxmert check-backbone prune branch finetune study report overlap features data test bench clean help check-task
+.PHONY: install demo pretrain pretrain-lxmert pretrain-vilt check-backbone prune branch finetune study report overlap features data test bench clean help check-task
 
 help:
-	@echo "make prune TASK=<task> [BACKBONE=uniter|lxmert] [PRUNE=<strategy>] [SPARSITY=<target>] [SCHEDULE=linear|geometric] [REWIND=0] [INIT=ckpt]"
+	@echo "make prune TASK=<task> [BACKBONE=uniter|lxmert|vilt] [PRUNE=<strategy>] [SPARSITY=<target>] [SCHEDULE=linear|geometric] [REWIND=0] [INIT=ckpt]"
 	@echo "  (strategies, their options and the defaults: lightning-vl prune --help, or python -m lightning_vl.pruning)"
 	@echo "make branch FROM=runs/<task>/<run>/round_NN KIND=random|shuffle|reinit|ticket|transfer [TO=<task> (transfer)] [INIT=<init>|none (reinit)] [STRATEGY=global|layerwise] [SEED=0]"
 	@echo "make finetune TASK=<task> [MASK=round_NN/mask.pt] [INIT=ckpt]"
@@ -46,6 +46,7 @@ help:
 	@echo "make data TASK=<task> SRC=<folder with the public annotation files>"
 	@echo "make study STUDY=table1|table3|table4|universal|transfer|rewind|adversarial [TASKS='nlvr2 vqa'] [SEEDS='0 1'] [REAL=1] | make report [RUNS=runs] [MASKS='vqa=…/mask.pt …']"
 	@echo "make overlap MASKS='vqa=runs/vqa/imp-…/round_07/mask.pt nlvr2=…' | make pretrain (the demo's θ'_0 and θ_0)"
+	@echo "make pretrain-lxmert | make pretrain-vilt (the demo's LXMERT / ViLT θ_0)"
 	@echo "make test | make bench | make demo | make clean"
 	@echo "tasks: $(TASK_NAMES)"
 
@@ -109,20 +110,24 @@ $(PRETRAINED): $(DEMO_DIR)/.complete $(PRETRAIN_CODE)
 	if [ $$tx -ne 0 ]; then tail -n 25 $(DEMO_DIR)/pretraining/text.log; echo "text-only pre-training failed (exit $$tx)"; fi; \
 	test $$vl -eq 0 -a $$tx -eq 0 && touch $@
 
-# LXMERT's demo θ_0: LXMERT-tiny pre-trained on the demo world through the seam with the demo's
-# recipe plus a region objective (MRFR; configs/demo/pretrain-lxmert.yaml), from a random init
+# LXMERT's and ViLT's demo θ_0: the tiny model pre-trained on the demo world through the backbone seam
+# with the demo's recipe and configs/demo/pretrain-<backbone>.yaml on top, from a random init, one
+# thread. LXMERT: plus a region objective (MRFR); ViLT: MLM and ITM on the drawn images (its own
+# objectives; no regions, so no region objective)
 DEMO_LXMERT := $(DEMO_DIR)/lxmert-tiny.pt
+DEMO_VILT := $(DEMO_DIR)/vilt-tiny.pt
 
 pretrain-lxmert: $(DEMO_LXMERT)
+pretrain-vilt: $(DEMO_VILT)
 
-$(DEMO_LXMERT): $(DEMO_DIR)/.complete $(PRETRAIN_CODE) configs/model/lxmert-tiny.yaml configs/demo/pretrain-lxmert.yaml
+$(DEMO_LXMERT) $(DEMO_VILT): $(DEMO_DIR)/%-tiny.pt: $(DEMO_DIR)/.complete $(PRETRAIN_CODE) configs/model/%-tiny.yaml configs/demo/pretrain-%.yaml
 	@$(LOCK); mkdir -p $(DEMO_DIR)/pretraining; \
-	echo "pre-training the demo's LXMERT θ_0 ($(PRETRAIN_STEPS) steps, one thread)"; \
-	OMP_NUM_THREADS=1 $(BIN)/lightning-vl fit --config configs/task/pretrain.yaml --config configs/model/lxmert-tiny.yaml \
-	  --config configs/demo.yaml --config configs/demo/pretrain.yaml --config configs/demo/pretrain-lxmert.yaml \
+	echo "pre-training the demo's $* θ_0 ($(PRETRAIN_STEPS) steps, one thread)"; \
+	OMP_NUM_THREADS=1 $(BIN)/lightning-vl fit --config configs/task/pretrain.yaml --config configs/model/$*-tiny.yaml \
+	  --config configs/demo.yaml --config configs/demo/pretrain.yaml --config configs/demo/pretrain-$*.yaml \
 	  --trainer.enable_checkpointing false --trainer.logger CSVLogger --trainer.logger.save_dir $(DEMO_DIR)/pretraining \
 	  --trainer.callbacks+=lightning_vl.model.export.ExportWeights --trainer.callbacks.path $@ \
-	  --trainer.callbacks.layout checkpoint --model.init null --trainer.logger.name lxmert \
+	  --trainer.callbacks.layout checkpoint --model.init null --trainer.logger.name $* \
 	  --data.init_args.num_workers $(PRETRAIN_WORKERS) \
 	  --trainer.max_steps $(PRETRAIN_STEPS) --trainer.val_check_interval $(PRETRAIN_STEPS) \
 	  --model.warmup_steps $$(( $(PRETRAIN_STEPS) / 10 )) $(PRETRAIN_ARGS)
@@ -133,12 +138,22 @@ MODEL_CONFIG = configs/model/$(BACKBONE)-tiny.yaml
 MODEL_PRETRAIN = $(if $(filter uniter,$(BACKBONE)),pretrain,pretrain-$(BACKBONE))
 MODEL_INIT = $(if $(filter uniter,$(BACKBONE)),,--model.init $(DEMO_DIR)/$(BACKBONE)-tiny.pt)
 
+# a backbone that reads pixels (ViLT) has the demo's images as its data: configs/demo/pixels/<backbone>.yaml,
+# stacked after the task's demo data (images: data/demo/images.h5, the resize for its patch size); only
+# the tasks whose data modules read images run on it (lightning_vl.tasks.names --images)
+PIXEL_CONFIG = $(wildcard configs/demo/pixels/$(BACKBONE).yaml)
+IMAGE_TASKS = $(shell $(PYTHON) -m lightning_vl.tasks.names --images)
+DEMO_BACKBONES = $(patsubst configs/model/%-tiny.yaml,%,$(wildcard configs/model/*-tiny.yaml))
+
 check-backbone:
-	@test -f $(MODEL_CONFIG) || { echo "unknown BACKBONE=$(BACKBONE): no $(MODEL_CONFIG) (uniter or lxmert)"; exit 2; }
+	@test -f $(MODEL_CONFIG) || { echo "unknown BACKBONE=$(BACKBONE): no $(MODEL_CONFIG) (one of: $(DEMO_BACKBONES))"; exit 2; }
+	@pixels="$(PIXEL_CONFIG)"; test -z "$$pixels" || case " $(IMAGE_TASKS) " in *" $(TASK) "*) ;; *) \
+	  echo "BACKBONE=$(BACKBONE) reads images ($$pixels), and the data of TASK=$(TASK) are region features only: TASK must be one of $(IMAGE_TASKS)"; exit 2;; esac
 
 prune: check-task check-backbone $(MODEL_PRETRAIN)
 	$(BIN)/lightning-vl prune \
 	  --config configs/task/$(TASK).yaml --config $(MODEL_CONFIG) --config configs/demo.yaml --config configs/demo/$(TASK).yaml \
+	  $(if $(PIXEL_CONFIG),--config $(PIXEL_CONFIG)) \
 	  $(if $(PRUNE),--imp.method $(PRUNE)) $(if $(SPARSITY),--imp.target_sparsity $(SPARSITY)) $(if $(SCHEDULE),--imp.schedule $(SCHEDULE)) \
 	  --imp.rewind_step $(REWIND) --imp.root $(RUNS) $(MODEL_INIT) $(if $(INIT),--model.init $(INIT)) $(ARGS)
 
@@ -166,7 +181,7 @@ overlap: $(STAMP)
 finetune: check-task check-backbone $(MODEL_PRETRAIN)
 	$(BIN)/lightning-vl fit \
 	  --config configs/task/$(TASK).yaml --config $(MODEL_CONFIG) --config configs/demo.yaml --config configs/demo/$(TASK).yaml \
-	  $(MODEL_INIT) $(if $(INIT),--model.init $(INIT)) $(if $(MASK),--model.mask $(MASK)) $(ARGS)
+	  $(if $(PIXEL_CONFIG),--config $(PIXEL_CONFIG)) $(MODEL_INIT) $(if $(INIT),--model.init $(INIT)) $(if $(MASK),--model.mask $(MASK)) $(ARGS)
 
 features: $(STAMP)
 	@test -n "$(SRC)" -a -n "$(OUT)" || { echo "usage: make features SRC=<path...> FORMAT=<format> OUT=<store.h5>"; exit 2; }

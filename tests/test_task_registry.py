@@ -256,6 +256,33 @@ def test_make_chooses_the_demo_backbone():
     assert "--trainer.callbacks.path data/demo/lxmert-tiny.pt" in lxmert or (ROOT / "data/demo/lxmert-tiny.pt").exists()
     uniter = subprocess.run(common, cwd=ROOT, capture_output=True, text=True).stdout
     assert "--config configs/model/uniter-tiny.yaml" in uniter and "lxmert-tiny" not in uniter
-    bad = subprocess.run(["make", "-s", "prune", "BACKBONE=vilt", f"PYTHON={sys.executable}"], cwd=ROOT,
+    assert "configs/demo/pixels" not in lxmert + uniter  # region backbones read the task's features
+    # ViLT: its config, θ_0 (pretrain-vilt) and the demo's drawn images after the task's demo data
+    vilt = subprocess.run(common + ["BACKBONE=vilt"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "--config configs/model/vilt-tiny.yaml" in vilt and "--model.init data/demo/vilt-tiny.pt" in vilt
+    assert "--config configs/demo/nlvr2.yaml \\\n  --config configs/demo/pixels/vilt.yaml" in vilt
+    assert "--config configs/demo/pretrain-vilt.yaml" in vilt or (ROOT / "data/demo/vilt-tiny.pt").exists()
+    bad = subprocess.run(["make", "-s", "prune", "BACKBONE=foo", f"PYTHON={sys.executable}"], cwd=ROOT,
                          capture_output=True, text=True)
-    assert bad.returncode != 0 and "unknown BACKBONE=vilt" in bad.stdout + bad.stderr
+    assert bad.returncode != 0 and "unknown BACKBONE=foo" in bad.stdout + bad.stderr
+    assert "one of: lxmert uniter vilt" in bad.stdout + bad.stderr
+    # a pixel backbone on a task without images stops before anything is built
+    for task in ("refcoco+", "pretrain"):
+        bad = subprocess.run(["make", "-s", "prune", f"TASK={task}", "BACKBONE=vilt", f"PYTHON={sys.executable}"],
+                             cwd=ROOT, capture_output=True, text=True)
+        assert bad.returncode == 2 and "BACKBONE=vilt reads images" in bad.stdout, bad
+        assert "TASK must be one of vqa gqa nlvr2" in bad.stdout and "pre-training" not in bad.stdout
+
+
+def test_the_image_tasks_are_those_whose_data_modules_read_images():
+    """``TaskInfo.reads_images`` says what each data module's ``supports_images`` does; the Makefile's
+    pixel check reads ``python -m lightning_vl.tasks.names --images`` (the study's ones)."""
+    for info in TASK_INFO.values():
+        module, _, name = info.data_module.rpartition(".")
+        assert getattr(importlib.import_module(module), name).supports_images == info.reads_images, info.name
+    out = subprocess.run([sys.executable, "-m", "lightning_vl.tasks.names", "--images"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.split() == list(task_names.IMAGE_TASKS) == ["vqa", "gqa", "nlvr2"]
+    from data_modules.demo import IMAGE_PARTS
+
+    assert IMAGE_PARTS == ("nlvr2", "vqa", "gqa", "pretrain")  # the demo draws their scenes
