@@ -137,7 +137,7 @@ def test_a_vilt_lottery_on_the_drawn_nlvr2_scenes(demo_world, tmp_path):
     with open(run / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert [round(float(r["sparsity"]), 3) for r in rows] == [0.0, 0.1]
-    assert all(0.0 <= float(r["metric"]) <= 1.0 for r in rows)
+    assert all(0.0 <= float(r["val/acc"]) <= 1.0 for r in rows)
     expected = {f"vilt.{k}": tuple(g) for k, g in prunable_groups_for(tiny()).items()}
     mask = Mask.load(run / "round_01" / "mask.pt")
     assert mask.recorded_groups == expected and len(expected) == tiny().num_hidden_layers * 6
