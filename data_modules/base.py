@@ -53,6 +53,7 @@ class VLDataModule(pl.LightningDataModule):
     labels: Optional[list[str]] = None
     # whether the task's datasets can read images (``images:``) as well as region features
     supports_images: bool = False
+    reads_no_images: bool = False  # an instance without features or images (pre-training's text_only)
 
     def __init__(
         self,
@@ -75,7 +76,7 @@ class VLDataModule(pl.LightningDataModule):
         super().__init__()
         if tokenizer is None:
             raise ValueError(f"{type(self).__name__}: tokenizer is required (a folder with vocab.txt)")
-        if (features is None) == (images is None):
+        if (features is None) == (images is None) and not (features is None and self.reads_no_images):
             raise ValueError(f"{type(self).__name__}: give exactly one of features (a region-feature store) and "
                              f"images (a folder of image files or an image store), got features={features!r}, "
                              f"images={images!r}")

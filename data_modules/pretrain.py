@@ -173,6 +173,7 @@ class PretrainDataModule(VLDataModule):
         seed: Optional[int] = None,
         **kwargs,
     ):
+        self.reads_no_images = text_only  # text-only batches need neither features nor images
         super().__init__(features=features, tokenizer=tokenizer, **kwargs)
         # the flat arguments are the config's data.init_args keys; inside they are three groups
         self.sources = CaptionSources(train_files, val_files, format, train_split, val_split, image_key)
@@ -181,8 +182,6 @@ class PretrainDataModule(VLDataModule):
         check_targets(mlm_words, summary_targets)
         if val_examples is not None and val_examples <= 0:
             raise ValueError(f"val_examples must be positive or None, got {val_examples}")
-        if not text_only and not features and not self.images:
-            raise ValueError("features (the region-feature store) or images is required unless text_only is true")
         if self.images and not text_only:
             regional = [o for o in self.objective_mix.active if o not in PIXEL_OBJECTIVES]
             if regional:

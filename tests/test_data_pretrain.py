@@ -502,7 +502,7 @@ def test_text_only_batches_carry_no_image(demo):
     assert b["attn_masks"].sum(1).tolist() == b["txt_lens"] and (b["txt_labels"] != IGNORE).any(1).all()
     with pytest.raises(ValueError, match="only mlm can be trained; objectives .* has itm"):
         make_module(demo, text_only=True, objectives={"mlm": 1, "itm": 1})
-    with pytest.raises(ValueError, match="features .* is required unless text_only"):
+    with pytest.raises(ValueError, match="give exactly one of features .* and images .*got features=None, images=None"):
         make_module(demo, features=None)
 
 

@@ -221,9 +221,6 @@ class VLModule(pl.LightningModule):
                 f"tokenizer {getattr(datamodule, 'tokenizer_path', '')} has {len(tokenizer)} tokens{extra}, more "
                 f"than the model's {rows} word embeddings ({sizes}.vocab_size)"
             )
-        if tokenizer is not None:
-            self.backbone.check_tokenizer(tokenizer, self._words,
-                                          f"tokenizer {getattr(datamodule, 'tokenizer_path', '') or ''}".strip())
         # region features only: a pixel backbone (ViLT, image_input_key "pixel_values") reads images, and
         # its forward refuses a batch without them
         data_dim = getattr(datamodule, "img_dim", None) if self.backbone.image_input_key == "img_feat" else None
@@ -248,6 +245,9 @@ class VLModule(pl.LightningModule):
                     f"the data's object tokens have ids {ids.start}..{ids.stop - 1} but the model appends rows "
                     f"{words}..{words + extra - 1} for them; set data.init_args.object_token_offset: null "
                     f"(= len(tokenizer) = {words}) and num_object_tokens <= {extra}")
+        if tokenizer is not None:  # what the backbone itself needs of it (LXMERT, ViLT: the whole uncased vocabulary)
+            self.backbone.check_tokenizer(tokenizer, self._words,
+                                          f"tokenizer {getattr(datamodule, 'tokenizer_path', '') or ''}".strip())
 
     def on_fit_start(self) -> None:
         """Record the label strings and the tokenizer (path, size, sha256, special ids) the run
