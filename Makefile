@@ -166,8 +166,9 @@ branch: pretrain
 
 # a study of the paper (configs/study/<STUDY>-demo.yaml on the demo; STUDY=table1 REAL=1 for real data)
 STUDY ?= table1
-# what a demo study starts from: the demo's θ_0 of its backbone (Table 3 is LXMERT's); real data: nothing
-STUDY_NEEDS = $(if $(REAL),$(STAMP),$(if $(filter table3,$(STUDY)),pretrain-lxmert,pretrain))
+# what a demo study starts from: the demo's θ_0 of its backbone (Table 3 is LXMERT's, Table 4
+# ViLT's); real data: nothing
+STUDY_NEEDS = $(if $(REAL),$(STAMP),$(if $(filter table3,$(STUDY)),pretrain-lxmert,$(if $(filter table4,$(STUDY)),pretrain-vilt,pretrain)))
 study: $(STUDY_NEEDS)
 	$(BIN)/lightning-vl study configs/study/$(STUDY)$(if $(REAL),,-demo).yaml --runs $(RUNS) \
 	  $(if $(TASKS),--tasks $(TASKS)) $(if $(SEEDS),--seeds $(SEEDS)) $(ARGS)

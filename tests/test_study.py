@@ -1,6 +1,7 @@
 """Studies: grid expansion, skip/resume, dependencies and failures (with a stand-in for the
 commands), and two real worker processes sharing one study (claims, a dead worker's claim)."""
 import contextlib
+import re
 import json
 import os
 import signal
@@ -92,6 +93,24 @@ def test_shipped_studies_expand():
     for path in sorted((ROOT / "configs" / "study").glob("*.yaml")):
         study = load(path)
         assert study.cells, path
+
+
+@pytest.mark.parametrize("name, backbone, tasks, init, needs", [
+    ("table3", "lxmert", ["vqa", "gqa", "nlvr2"], "data/demo/lxmert-tiny.pt", "lxmert-tiny.pt"),
+    ("table4", "vilt", ["vqa", "nlvr2"], "data/demo/vilt-tiny.pt", "vilt-tiny.pt"),
+])
+def test_the_other_backbones_demo_studies_run_their_backbone_from_its_demo_theta0(name, backbone, tasks, init, needs):
+    study = load(ROOT / "configs" / "study" / f"{name}-demo.yaml")
+    assert len(study.cells) == 2 * 3 * len(tasks) and {c.task for c in study.cells} == set(tasks)
+    for cell in study.cells:
+        command = " ".join(StudyRunner(study).command(cell))
+        assert f"configs/model/{backbone}-tiny.yaml" in command and f"--model.init {init}" in command, command
+        for path in re.findall(r"--config (\S+)", command):
+            assert (ROOT / path).is_file(), path
+    plan = subprocess.run(["make", "-n", "-B", "study", f"STUDY={name}"], cwd=ROOT, capture_output=True,
+                          text=True).stdout  # -B: the whole plan, whatever is built already
+    assert f"--trainer.callbacks.path data/demo/{needs}" in plan  # the backbone's θ_0 is built first
+    assert "--trainer.callbacks.path data/demo/uniter-tiny.pt" not in plan  # and UNITER's is not needed
 
 
 class FakeCommands:
