@@ -103,6 +103,8 @@ def test_report_shows_other_backbones_beside_uniter_and_keeps_them_out_of_table1
         assert path.is_file(), path
     alone = write_report(uniter, tmp_path / "u").read_text()
     assert "## Backbones" not in alone
+    lxmert_alone = write_report(lxmert, tmp_path / "l").read_text()  # a Table 3 study's own report
+    assert "### LXMERT at 70% sparsity (published Table 3's form)" in lxmert_alone
 
 
 def test_report_sections_without_records_say_so(tmp_path):
