@@ -138,6 +138,28 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what a save_pretrained folder holds
 
 
+def read_folder_config(path: str | os.PathLike, model_type: str, what: str) -> dict:
+    """The ``config.json`` of a transformers ``save_pretrained`` folder, checked to be ``model_type``.
+
+    Example::
+
+        sizes = read_folder_config("pretrained/lxmert-base-uncased", "lxmert", "an LXMERT")
+
+    Raises:
+        FileNotFoundError: no ``config.json`` in ``path``.
+        ValueError: a config whose ``model_type`` is another.
+    """
+    import json
+
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{path}: no config.json (expected a transformers folder of {what})")
+    raw = json.loads(file.read_text(encoding="utf-8"))
+    if raw.get("model_type") != model_type:
+        raise ValueError(f"{file}: model_type is {raw.get('model_type')!r}, not {model_type!r}")
+    return raw
+
+
 def weights_source(spec: str) -> Path:
     """The file an ``init`` value reads (a folder's weights file), for messages.
 

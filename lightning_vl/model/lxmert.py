@@ -35,7 +35,7 @@ from .backbone import (
     Backbone, BackboneOutput, HeadSizes, PrunableGroup, check_wordpiece_tokenizer, grow_bert_tables, lengths_mask,
 )
 from .checkpoints import (
-    SHUFFLED, WEIGHT_FILES, LoadReport, load_into, read_bert_directory, read_weights_file,
+    SHUFFLED, WEIGHT_FILES, LoadReport, load_into, read_bert_directory, read_folder_config, read_weights_file,
     shuffle_prefixed, weights_source,
 )
 
@@ -127,12 +127,7 @@ class LxmertBackboneConfig:
             FileNotFoundError: no ``config.json`` in ``path``.
             ValueError: a config whose ``model_type`` is not ``lxmert``.
         """
-        file = Path(path) / "config.json"
-        if not file.is_file():
-            raise FileNotFoundError(f"{path}: no config.json (expected a transformers folder of an LXMERT)")
-        raw = json.loads(file.read_text(encoding="utf-8"))
-        if raw.get("model_type") != "lxmert":
-            raise ValueError(f"{file}: model_type is {raw.get('model_type')!r}, not 'lxmert'")
+        raw = read_folder_config(path, "lxmert", "an LXMERT")
         return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
 
 

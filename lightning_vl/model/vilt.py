@@ -54,7 +54,9 @@ from torch import nn
 from transformers import ViltConfig, ViltModel
 
 from .backbone import Backbone, BackboneOutput, HeadSizes, PrunableGroup, check_wordpiece_tokenizer, lengths_mask
-from .checkpoints import SHUFFLED, LoadReport, load_into, read_weights_file, shuffle_prefixed, weights_source
+from .checkpoints import (
+    SHUFFLED, LoadReport, load_into, read_folder_config, read_weights_file, shuffle_prefixed, weights_source,
+)
 
 # A ViLT block (transformers' ViltLayer, ViT's names): module → one of the six BERT parts the
 # overlap analysis knows (lightning_vl.analysis.overlap.PART_TYPES), as UNITER's and LXMERT's layers.
@@ -147,12 +149,7 @@ class ViltBackboneConfig:
             FileNotFoundError: no ``config.json`` in ``path``.
             ValueError: a config whose ``model_type`` is not ``vilt``.
         """
-        file = Path(path) / "config.json"
-        if not file.is_file():
-            raise FileNotFoundError(f"{path}: no config.json (expected a transformers folder of a ViLT)")
-        raw = json.loads(file.read_text(encoding="utf-8"))
-        if raw.get("model_type") != "vilt":
-            raise ValueError(f"{file}: model_type is {raw.get('model_type')!r}, not 'vilt'")
+        raw = read_folder_config(path, "vilt", "a ViLT")
         return cls(**{f.name: raw[f.name] for f in fields(cls) if raw.get(f.name) is not None})
 
 
