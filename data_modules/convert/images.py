@@ -28,13 +28,14 @@ import numpy as np
 from ..features import partial_path
 from ..images import IMAGE_FORMAT, IMAGE_VERSION, PARTIAL_IMAGE_FORMAT, ImageFolder, decode_with_size
 from ..pixels import ImageTransform
+from .writer import ResumableStoreWriter
 
 CLI_DESCRIPTION = __doc__
 CHUNK_BYTES = 1 << 20  # uncompressed pixels: one read touches one or two chunks
 COMPRESSED_CHUNK_BYTES = 1 << 16  # compressed: a random read decompresses a few small chunks, not 1 MiB
 
 
-class ImageStoreWriter:
+class ImageStoreWriter(ResumableStoreWriter):
     """Writes an image store; the file appears (atomically) only on ``close``.
 
     Args:
@@ -206,41 +207,6 @@ class ImageStoreWriter:
         os.replace(self._tmp, self.path)
         self._closed = True
         return self.path
-
-    def abort(self) -> None:
-        """Drop the unfinished file; ``path`` is left as it was."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._h5.close()
-        finally:
-            Path(self._tmp).unlink(missing_ok=True)
-
-    def suspend(self) -> Path:
-        """Resumable writer: commit what was added and close, keeping the unfinished file."""
-        if not self.resume:
-            raise RuntimeError(f"{self.path}: only a writer made with resume=True can be suspended")
-        if not self._closed:
-            self._closed = True
-            try:
-                if self._h5.id.valid:
-                    self._flush()
-            finally:
-                if self._h5.id.valid:
-                    self._h5.close()
-        return Path(self._tmp)
-
-    def __enter__(self) -> "ImageStoreWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        elif self.resume:
-            self.suspend()
-        else:
-            self.abort()
 
 
 def _decode_one(job):

@@ -20,7 +20,50 @@ from ..features import (FORMAT, PARTIAL_FORMAT, SOFT_LABEL_SUM_TOL, SOFT_LABELS,
                         partial_path, read_soft_label_names)
 
 
-class RegionFeatureWriter:
+class ResumableStoreWriter:
+    """What the HDF5 store writers share: a store is written to a temporary file beside ``path`` and
+    renamed over it only by ``close``; ``abort`` drops it; ``suspend`` (``resume=True``) keeps it
+    for a later writer; as a context manager a failure suspends or aborts. Subclasses set
+    ``path``, ``resume``, ``_h5``, ``_tmp``, ``_closed`` and implement ``_flush`` and ``close``."""
+
+    def abort(self) -> None:
+        """Drop the partial file; ``path`` is left as it was."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._h5.close()
+        finally:
+            Path(self._tmp).unlink(missing_ok=True)
+
+    def suspend(self) -> Path:
+        """Resumable writer: commit what was added and close, keeping the unfinished file for a
+        later writer with ``resume=True``; ``path`` is left as it was."""
+        if not self.resume:
+            raise RuntimeError(f"{self.path}: only a writer made with resume=True can be suspended")
+        if not self._closed:
+            self._closed = True
+            try:
+                if self._h5.id.valid:
+                    self._flush()
+            finally:
+                if self._h5.id.valid:
+                    self._h5.close()
+        return Path(self._tmp)
+
+    def __enter__(self) -> "ResumableStoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        elif self.resume:
+            self.suspend()
+        else:
+            self.abort()
+
+
+class RegionFeatureWriter(ResumableStoreWriter):
     """Writes a store, validating every image; the file appears (atomically) only on ``close``.
 
     Images are buffered and appended in large slices: one HDF5 write per image is slow.
@@ -354,39 +397,3 @@ class RegionFeatureWriter:
         os.replace(self._tmp, self.path)
         self._closed = True
         return self.path
-
-    def abort(self) -> None:
-        """Drop the partial file; ``path`` is left as it was."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._h5.close()
-        finally:
-            Path(self._tmp).unlink(missing_ok=True)
-
-    def suspend(self) -> Path:
-        """Resumable writer: commit what was added and close, keeping the unfinished file for a
-        later writer with ``resume=True``; ``path`` is left as it was."""
-        if not self.resume:
-            raise RuntimeError(f"{self.path}: only a writer made with resume=True can be suspended")
-        if not self._closed:
-            self._closed = True
-            try:
-                if self._h5.id.valid:
-                    self._flush()
-            finally:
-                if self._h5.id.valid:
-                    self._h5.close()
-        return Path(self._tmp)
-
-    def __enter__(self) -> "RegionFeatureWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        elif self.resume:
-            self.suspend()
-        else:
-            self.abort()
