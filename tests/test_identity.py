@@ -86,3 +86,18 @@ def test_differing_keys_name_the_settings():
     a = results_identity(CONFIG, DEFAULTS)
     b = results_identity(changed(("model", "lr"), 1e-3, changed(("trainer", "max_steps"), 5)), DEFAULTS)
     assert differing_keys(a, b) == ["model.lr", "trainer.max_steps"]
+
+
+def test_the_pixel_paths_data_arguments_at_their_defaults_keep_region_runs_names():
+    """Data arguments are hashed with their values; the ones the image pipeline added must drop out at
+    their defaults, or every region-feature run folder made before them would be orphaned."""
+    from lightning_vl.lottery.identity import results_identity
+
+    before = {"seed_everything": 0, "data": {"class_path": "data_modules.nlvr2.Nlvr2DataModule",
+                                             "init_args": {"features": "f.h5", "batch_size": 32}}}
+    after = {**before, "data": {**before["data"], "init_args": {
+        **before["data"]["init_args"], "images": None, "image_size": 384, "max_image_size": None, "size_divisor": 32,
+        "image_index_cache": "/tmp/cache"}}}
+    assert identity_hash(results_identity(after)) == identity_hash(results_identity(before))
+    pixels = {**before, "data": {**before["data"], "init_args": {"images": "i.h5", "image_size": 128}}}
+    assert identity_hash(results_identity(pixels)) != identity_hash(results_identity(before))

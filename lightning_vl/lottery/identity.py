@@ -29,7 +29,12 @@ TRAINER_KEYS = (
     "plugins",
 )
 # Data-module arguments that only change how fast data arrives or how evaluation is batched.
-DATA_DISPLAY_KEYS = ("num_workers", "eval_batch_size", "pin_memory", "persistent_workers", "prefetch_factor")
+DATA_DISPLAY_KEYS = ("num_workers", "eval_batch_size", "pin_memory", "persistent_workers", "prefetch_factor",
+                     "image_index_cache")
+# Data-module arguments added after identity version 1, left out at these values (data arguments
+# are hashed with their defaults, so a new one would otherwise rename every existing run folder):
+# the pixel path's, neutral for region-feature runs.
+DATA_ADDED_DEFAULTS = {"images": None, "image_size": 384, "max_image_size": None, "size_divisor": 32}
 # Lottery settings that determine levels (target_sparsity, root, name and W&B do not).
 IMP_KEYS = ("method", "schedule", "rate", "rewind_step", "head_reset", "prunable", "snip_batches", "options")
 BRANCH_KEYS = ("kind", "strategy", "seed")
@@ -83,7 +88,8 @@ def results_identity(config: dict, defaults: Optional[dict] = None, section: str
             ident[name] = _prune_defaults(config[name], defaults.get(name))
     data = config.get("data")
     if isinstance(data, dict):
-        init_args = {k: v for k, v in (data.get("init_args") or {}).items() if k not in DATA_DISPLAY_KEYS}
+        init_args = {k: v for k, v in (data.get("init_args") or {}).items() if k not in DATA_DISPLAY_KEYS
+                     and not (k in DATA_ADDED_DEFAULTS and _canonical(v) == _canonical(DATA_ADDED_DEFAULTS[k]))}
         ident["data"] = {"class_path": data.get("class_path"), "init_args": init_args}
     elif data is not None:
         ident["data"] = data
