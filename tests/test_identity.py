@@ -101,3 +101,19 @@ def test_the_pixel_paths_data_arguments_at_their_defaults_keep_region_runs_names
     assert identity_hash(results_identity(after)) == identity_hash(results_identity(before))
     pixels = {**before, "data": {**before["data"], "init_args": {"images": "i.h5", "image_size": 128}}}
     assert identity_hash(results_identity(pixels)) != identity_hash(results_identity(before))
+
+
+def test_the_adamw_kernel_names_new_runs_and_lets_earlier_ones_resume():
+    """``model.adamw_impl`` changes results in the last bits, so its new default (``auto``: fused)
+    names new folders, while ``torch`` (what every run before it used) hashes as before, default or not."""
+    defaults = changed(("model", "adamw_impl"), "auto", DEFAULTS)
+    before = config_hash(CONFIG, DEFAULTS)
+    assert config_hash(changed(("model", "adamw_impl"), "torch"), defaults) == before
+    assert config_hash(changed(("model", "adamw_impl"), "torch"), changed(("model", "adamw_impl"), "torch",
+                                                                            DEFAULTS)) == before
+    auto = config_hash(changed(("model", "adamw_impl"), "auto"), defaults)
+    fused = config_hash(changed(("model", "adamw_impl"), "fused"), defaults)
+    assert len({before, auto, fused}) == 3
+    a = results_identity(changed(("model", "adamw_impl"), "auto"), defaults)
+    assert a["model"]["adamw_impl"] == "auto"
+    assert differing_keys(a, results_identity(CONFIG, DEFAULTS)) == ["model.adamw_impl"]

@@ -6,7 +6,7 @@ import torch
 
 from callbacks import MaskedTraining
 from lightning_vl.pruning import Mask, random_prune
-from lightning_vl.training.module import VLModule, warmup_linear
+from lightning_vl.training.module import VLModule, adamw_kernel, warmup_linear
 
 from .synthetic import TINY, RandomPairsDataModule, tiny_trainer
 
@@ -134,6 +134,7 @@ def test_optimizer_groups_and_schedule_follow_uniter():
         else:
             assert g["weight_decay"] == 0.01
     assert opt.defaults["eps"] == 1e-6 and opt.defaults["betas"] == (0.9, 0.98)
+    assert opt.defaults["fused"] is True  # adamw_impl auto, full precision
     assert [warmup_linear(s, 4, 10) for s in (1, 2, 4, 7, 10)] == pytest.approx([0.25, 0.5, 1.0, 0.5, 1e-8])
 
 
@@ -237,3 +238,42 @@ def test_pruned_weights_get_no_gradient_and_no_adam_moments():
     for n in mask.keys():
         p = model.get_parameter(n)
         assert bool((state[p]["exp_avg"][~mask[n]] == 0).all()) and bool((state[p]["exp_avg_sq"][~mask[n]] == 0).all())
+
+
+def test_fused_adamw_trains_the_same_masked_model_as_torchs_default():
+    """``adamw_impl`` changes how AdamW is computed, not what: four clipped, masked steps with the
+    fused kernel and with torch's default end at the same weights up to float rounding, pruned
+    weights exactly zero in both, every parameter group's decay and learning rate honoured."""
+    weights = {}
+    for impl in ("fused", "torch"):
+        model = make_model(adamw_impl=impl, head_lr_mult=10.0)
+        mask = half_mask(model)
+        trainer = tiny_trainer(4, callbacks=[MaskedTraining(mask)], gradient_clip_val=0.05)
+        trainer.fit(model, datamodule=RandomPairsDataModule())
+        assert trainer.optimizers[0].defaults["fused"] is (True if impl == "fused" else None)
+        weights[impl] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        for n in mask.keys():
+            assert not weights[impl][n][~mask[n]].any()
+    start = {n: p.detach() for n, p in make_model().named_parameters()}
+    for n, w in weights["fused"].items():
+        torch.testing.assert_close(w, weights["torch"][n], rtol=1e-5, atol=1e-7, msg=n)
+    moved = [n for n, w in weights["fused"].items() if not torch.equal(w, start[n])]
+    assert len(moved) > len(weights["fused"]) // 2  # the steps did train
+
+
+def test_adamw_impl_choices_and_mixed_precision():
+    assert adamw_kernel("auto", mixed_precision=False) == {"fused": True}
+    assert adamw_kernel("auto", mixed_precision=True) == {}
+    assert adamw_kernel("torch", mixed_precision=False) == {}
+    with pytest.raises(ValueError, match="mixed precision.*adamw_impl auto"):
+        adamw_kernel("fused", mixed_precision=True)
+    with pytest.raises(ValueError, match="'adam'.*auto, fused, torch"):
+        make_model(adamw_impl="adam")
+
+
+def test_auto_adamw_clips_under_bf16_mixed_precision():
+    """Lightning refuses to clip for a fused optimizer under mixed precision; ``auto`` falls back."""
+    model = make_model()
+    trainer = tiny_trainer(2, precision="bf16-mixed", gradient_clip_val=1.0)
+    trainer.fit(model, datamodule=RandomPairsDataModule())
+    assert trainer.gradient_clip_val and trainer.optimizers[0].defaults["fused"] is None

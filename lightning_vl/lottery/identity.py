@@ -9,7 +9,9 @@ levels to run (so ``SPARSITY=0.9`` after ``SPARSITY=0.7`` continues the same fol
 
 Settings equal to their parser default are left out of the hash (``defaults``), so adding a new
 option with a neutral default never orphans existing runs. Changing a default's *value* is a
-breaking change: bump ``IDENTITY_VERSION``. ``tests/test_identity.py`` pins hashes.
+breaking change: bump ``IDENTITY_VERSION``, or, for a new option whose default computes something
+new, list it in ``MODEL_ADDED_RESULTS_KEYS`` with the value earlier runs used (new runs get new
+folders; an earlier run resumes when that value is passed). ``tests/test_identity.py`` pins hashes.
 """
 from __future__ import annotations
 
@@ -35,6 +37,11 @@ DATA_DISPLAY_KEYS = ("num_workers", "eval_batch_size", "pin_memory", "persistent
 # are hashed with their defaults, so a new one would otherwise rename every existing run folder):
 # the pixel path's, neutral for region-feature runs.
 DATA_ADDED_DEFAULTS = {"images": None, "image_size": 384, "max_image_size": None, "size_divisor": 32}
+# Model arguments that change results and were added after identity version 1, with the value
+# every run made before them used: an identity holds one exactly when its value differs from that
+# (so the default of a new option may be a new behaviour, giving new run folders, while a run made
+# before it resumes by passing the old value).
+MODEL_ADDED_RESULTS_KEYS = {"adamw_impl": "torch"}
 # Lottery settings that determine levels (target_sparsity, root, name and W&B do not).
 IMP_KEYS = ("method", "schedule", "rate", "rewind_step", "head_reset", "prunable", "snip_batches", "options")
 BRANCH_KEYS = ("kind", "strategy", "seed")
@@ -86,6 +93,13 @@ def results_identity(config: dict, defaults: Optional[dict] = None, section: str
     for name in ("model", "optimizer", "lr_scheduler"):
         if config.get(name) is not None:
             ident[name] = _prune_defaults(config[name], defaults.get(name))
+    if isinstance(config.get("model"), dict) and isinstance(ident.get("model"), dict):
+        for key, before in MODEL_ADDED_RESULTS_KEYS.items():
+            value = config["model"].get(key, before)
+            if _canonical(value) == _canonical(before):
+                ident["model"].pop(key, None)
+            else:
+                ident["model"][key] = value
     data = config.get("data")
     if isinstance(data, dict):
         init_args = {k: v for k, v in (data.get("init_args") or {}).items() if k not in DATA_DISPLAY_KEYS

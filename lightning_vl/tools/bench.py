@@ -7,8 +7,10 @@ Three variants train the same NLVR2 model on the same synthetic batch:
 gradients zeroed before clipping and the optimizer step, ``w *= m`` after it) and ``torch-prune``
 (``torch.nn.utils.prune.custom_from_mask``: a forward pre-hook multiplying every pruned weight by
 a float mask, so pruned entries get zero gradient by the chain rule). Both masked variants clip
-the gradient norm of the same sub-network, so the comparison is like for like. Steps are interleaved so drift of the machine hits all three
-alike; the median step time of each is reported, with the ratios to dense, as a table and as
+the gradient norm of the same sub-network, so the comparison is like for like. Every variant steps
+with the AdamW that training uses (``--adamw-impl``, default ``auto``: fused at full precision;
+``torch`` for torch's default, whose ``sqrt`` of the pruned weights' zero moments is slow on AVX2
+CPUs). Steps are interleaved so drift of the machine hits all three alike; the median step time of each is reported, with the ratios to dense, as a table and as
 ``bench/results.json``.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch.nn.utils.prune as tprune
 from lightning_vl.model.uniter import UniterConfig
 from lightning_vl.pruning import Mask, random_prune
 from lightning_vl.training.adversarial import AdversarialConfig, adversarial_loss
-from lightning_vl.training.module import VLModule
+from lightning_vl.training.module import ADAMW_IMPLS, VLModule, adamw_kernel
 
 
 def synthetic_batch(pairs: int, txt_len: int, n_boxes: int, vocab_size: int, img_dim: int, seed: int = 0) -> dict:
@@ -48,7 +50,7 @@ def synthetic_batch(pairs: int, txt_len: int, n_boxes: int, vocab_size: int, img
 
 class Variant:
     def __init__(self, name: str, model: VLModule, mask: Mask | None, torch_prune: bool,
-                 adversarial: AdversarialConfig | None = None):
+                 adversarial: AdversarialConfig | None = None, adamw_impl: str = "auto"):
         self.name, self.model, self.mask = name, model, mask
         self.adversarial = adversarial.resolved(model.spec.name) if adversarial is not None else None
         self.passes: list[int] = []
@@ -63,7 +65,8 @@ class Variant:
         elif mask is not None:
             mask.apply_(self.params)
         self.extra_bytes = self._extra_bytes(torch_prune)
-        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-6)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-6,
+                                     **adamw_kernel(adamw_impl, mixed_precision=False))
         self.times: list[float] = []
         self.mask_times: list[float] = []
 
@@ -166,13 +169,14 @@ def bench_one(backbone: str, args) -> dict:
     dense_mask = Mask.ones_like({n: base.get_parameter(n).detach() for n in names})
     mask = random_prune(dense_mask, args.sparsity, torch.Generator().manual_seed(0))
     variants = [
-        Variant("dense", copy.deepcopy(base), None, False),
-        Variant("masked", copy.deepcopy(base), mask, False),
-        Variant("torch-prune", copy.deepcopy(base), mask, True),
+        Variant("dense", copy.deepcopy(base), None, False, adamw_impl=args.adamw_impl),
+        Variant("masked", copy.deepcopy(base), mask, False, adamw_impl=args.adamw_impl),
+        Variant("torch-prune", copy.deepcopy(base), mask, True, adamw_impl=args.adamw_impl),
     ]
     if args.adversarial_steps:
         adv = AdversarialConfig(enabled=True, steps=args.adversarial_steps, modality=args.adversarial_modality)
-        variants.append(Variant(f"masked+adv K={args.adversarial_steps}", copy.deepcopy(base), mask, False, adv))
+        variants.append(Variant(f"masked+adv K={args.adversarial_steps}", copy.deepcopy(base), mask, False, adv,
+                                adamw_impl=args.adamw_impl))
     del base
     if pixels:
         batch = pixel_batch(args.pairs, txt_len, pixels, vocab)
@@ -184,7 +188,8 @@ def bench_one(backbone: str, args) -> dict:
     label = {"uniter": "UNITER", "lxmert": "LXMERT", "vilt": "ViLT"}[backbone] + f"-{args.size}"
     print(f"{label}: {sum(p.numel() for p in variants[0].model.parameters()):,} params, "
           f"{mask.num_total:,} prunable in {len(names)} tensors at {args.sparsity:.0%} sparsity; batch "
-          f"{2 * args.pairs} rows × {tokens} tokens; {torch.get_num_threads()} threads", flush=True)
+          f"{2 * args.pairs} rows × {tokens} tokens; AdamW {args.adamw_impl}; {torch.get_num_threads()} threads",
+          flush=True)
     for i in range(args.warmup + args.steps):
         order = variants if i % 2 == 0 else variants[::-1]
         for v in order:
@@ -223,6 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "ViLT 40)")
     ap.add_argument("--boxes", type=int, default=None, help="regions per image (default: UNITER 70, LXMERT 36)")
     ap.add_argument("--sparsity", type=float, default=0.7)
+    ap.add_argument("--adamw-impl", choices=ADAMW_IMPLS, default="auto",
+                    help="AdamW's implementation, as --model.adamw_impl (default auto: fused at full precision)")
     ap.add_argument("--steps", type=int, default=6, help="measured steps per variant")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--out", default="bench/results.json")
