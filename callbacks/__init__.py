@@ -1,5 +1,5 @@
 """Lightning callbacks: training with a fixed pruning mask (``MaskedTraining``) and training health
 (``TrainingHealth``). The pruning algorithm they serve is ``lightning_vl.pruning``."""
-from .masked_training import MaskedTraining
+from .masked_training import MaskedTraining, PrunedWeightMoved
 
-__all__ = ["MaskedTraining"]
+__all__ = ["MaskedTraining", "PrunedWeightMoved"]

@@ -16,4 +16,7 @@ def test_bench_times_every_variant_of_every_backbone(tmp_path):
         assert variants["dense"]["ratio_to_dense"] == 1.0 and variants["dense"]["extra_memory_mb"] == 0
         assert variants["masked"]["extra_memory_mb"] > 0 and variants["masked"]["mask_apply_median_s"] > 0
         assert [v["forward_passes_per_step"] for v in variants.values()] == [1, 1, 1, 3], name  # K=2: 1 + 2
+        assert variants["dense"]["paired_ratio_to_dense"] == 1.0 and variants["masked+adv K=2"]["paired_ratio_to_dense"] is None
+        assert variants["masked"]["paired_ratio_to_dense"] > 0
+    assert result["config"]["adamw_impl"] == "auto"
     assert result["backbones"]["vilt"]["tokens"] == 40 + 1 + 4 * 6  # text, image [CLS], 128×192 px in 32 px patches

@@ -4,7 +4,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from callbacks import MaskedTraining
+from callbacks import MaskedTraining, PrunedWeightMoved
 from lightning_vl.pruning import Mask, random_prune
 from lightning_vl.training.module import VLModule, adamw_kernel, warmup_linear
 
@@ -23,8 +23,8 @@ def half_mask(model, seed=0):
 
 
 class RecordZeros(pl.Callback):
-    """Checks after every optimizer step (and before the masking callback re-applies, it runs
-    after it in the callback list) that pruned weights are exactly zero."""
+    """Checks after every optimizer step that pruned weights are exactly zero (the masking callback
+    zeroes only their gradients: AdamW itself must leave them at zero)."""
 
     def __init__(self, mask):
         self.mask, self.checked = mask, 0
@@ -277,3 +277,56 @@ def test_auto_adamw_clips_under_bf16_mixed_precision():
     trainer = tiny_trainer(2, precision="bf16-mixed", gradient_clip_val=1.0)
     trainer.fit(model, datamodule=RandomPairsDataModule())
     assert trainer.gradient_clip_val and trainer.optimizers[0].defaults["fused"] is None
+
+
+class DriftingAdamW(torch.optim.AdamW):
+    """An optimizer that moves weights whose gradient is zero (as a bias-to-prior or noise-injecting
+    optimizer would): MaskedTraining must not train a sub-network with it silently."""
+
+    def __init__(self, params, drift_from: int):
+        super().__init__(params, lr=1e-3)
+        self.drift_from, self.steps = drift_from, 0
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        out = super().step(closure)
+        self.steps += 1
+        if self.steps > self.drift_from:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.add_(1e-3)
+        return out
+
+
+@pytest.mark.parametrize("drift_from, when", [(0, "after the first optimizer step"), (2, "at the end of the fit")])
+def test_an_optimizer_that_moves_pruned_weights_stops_the_fit_naming_them(drift_from, when):
+    model = make_model()
+    model.configure_optimizers = lambda: DriftingAdamW(model.parameters(), drift_from)
+    mask = half_mask(model)
+    with pytest.raises(PrunedWeightMoved, match=rf"non-zero pruned weights {when}.*"
+                                                r"uniter\.encoder.*DriftingAdamW changed weights"):
+        tiny_trainer(3, callbacks=[MaskedTraining(mask)]).fit(model, datamodule=RandomPairsDataModule())
+
+
+class ReapplyEveryStep(MaskedTraining):
+    """The callback as it was: the weights re-zeroed after every optimizer step."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.mask.apply_(self._params)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+@pytest.mark.parametrize("adamw_impl", ["auto", "torch"])
+def test_not_re_zeroing_after_each_step_changes_no_bit(adamw_impl):
+    """With weight decay, clipping and warm-up, a masked fit ends at the same bits whether or not the
+    weights are re-zeroed after every step: zero weights with zero gradients stay zero in AdamW."""
+    finals = []
+    for callback in (MaskedTraining, ReapplyEveryStep):
+        model = make_model(adamw_impl=adamw_impl)
+        mask = half_mask(model)
+        tiny_trainer(6, callbacks=[callback(mask)], gradient_clip_val=0.05).fit(model, datamodule=RandomPairsDataModule())
+        finals.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    assert finals[0].keys() == finals[1].keys()
+    for n in finals[0]:
+        assert torch.equal(finals[0][n], finals[1][n]), n
+        assert torch.equal(finals[0][n].signbit(), finals[1][n].signbit()), n

@@ -4,7 +4,8 @@ head; ViLT on 384×576 pixel images, 12×18 patches).
 
 Three variants train the same NLVR2 model on the same synthetic batch:
 ``dense`` (no mask), ``masked`` (our way, as ``MaskedTraining`` does it: bool masks, the pruned
-gradients zeroed before clipping and the optimizer step, ``w *= m`` after it) and ``torch-prune``
+gradients zeroed before clipping and the optimizer step; the pruned weights, zeroed once, stay zero
+through AdamW by themselves, which the bench checks at the end) and ``torch-prune``
 (``torch.nn.utils.prune.custom_from_mask``: a forward pre-hook multiplying every pruned weight by
 a float mask, so pruned entries get zero gradient by the chain rule). Both masked variants clip
 the gradient norm of the same sub-network, so the comparison is like for like. Every variant steps
@@ -106,10 +107,15 @@ class Variant:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         if self.mask is not None:
-            t = time.perf_counter()
-            self.mask.apply_(self.params)
-            self.mask_times.append(masking + time.perf_counter() - t)
+            self.mask_times.append(masking)
         self.times.append(time.perf_counter() - start)
+
+    def check(self) -> None:
+        """The pruned weights are still exactly zero (``MaskedTraining`` checks the same)."""
+        if self.mask is not None:
+            moved = [n for n, p in self.params.items() if bool((p.detach()[~self.mask[n]] != 0).any())]
+            if moved:
+                raise RuntimeError(f"{self.name}: pruned weights moved in {moved[:3]}")
 
 
 SIZES = {  # per backbone: the synthetic batch's shape (boxes: regions, or the image's pixels) and head
@@ -190,30 +196,38 @@ def bench_one(backbone: str, args) -> dict:
           f"{mask.num_total:,} prunable in {len(names)} tensors at {args.sparsity:.0%} sparsity; batch "
           f"{2 * args.pairs} rows × {tokens} tokens; AdamW {args.adamw_impl}; {torch.get_num_threads()} threads",
           flush=True)
-    for i in range(args.warmup + args.steps):
-        order = variants if i % 2 == 0 else variants[::-1]
-        for v in order:
-            v.step(batch)
-        print(f"  step {i + 1}/{args.warmup + args.steps}: "
-              + "  ".join(f"{v.name} {v.times[-1]:.3f}s" for v in variants), flush=True)
+    interleaved, after = variants[:3], variants[3:]
+    for group in (interleaved, after):
+        for i in range(args.warmup + args.steps):
+            order = group if i % 2 == 0 else group[::-1]
+            for v in order:
+                v.step(batch)
+            print(f"  step {i + 1}/{args.warmup + args.steps}: "
+                  + "  ".join(f"{v.name} {v.times[-1]:.3f}s" for v in group), flush=True)
     for v in variants:  # drop warm-up
+        v.check()
         v.times = v.times[args.warmup:]
     dense = statistics.median(variants[0].times)
     result = {"tokens": tokens, "prunable_tensors": len(names), "variants": {}}
-    print(f"\n{label:<20} {'median step':>12} {'ratio':>8} {'extra memory':>14} {'passes':>7}")
+    print(f"\n{label:<20} {'median step':>12} {'ratio':>8} {'paired':>8} {'extra memory':>14} {'passes':>7}")
     for v in variants:
         med = statistics.median(v.times)
-        entry = {"median_s": med, "ratio_to_dense": med / dense, "times_s": v.times,
+        # interleaved variants: the median of step-by-step ratios to the dense step beside them,
+        # which cancels the machine's drift (a loaded 2-core VM's steps vary by ±15%)
+        paired = (statistics.median(t / d for t, d in zip(v.times, variants[0].times))
+                  if v in interleaved else None)
+        entry = {"median_s": med, "ratio_to_dense": med / dense, "paired_ratio_to_dense": paired, "times_s": v.times,
                  "extra_memory_mb": v.extra_bytes / 2**20, "forward_passes_per_step": statistics.median(v.passes)}
         if v.mask_times:
             entry["mask_apply_median_s"] = statistics.median(v.mask_times)
         result["variants"][v.name] = entry
-        print(f"{v.name:<20} {med:>11.3f}s {med / dense:>8.3f} {v.extra_bytes / 2**20:>11.0f} MB "
+        print(f"{v.name:<20} {med:>11.3f}s {med / dense:>8.3f} {'' if paired is None else f'{paired:.3f}':>8} "
+              f"{v.extra_bytes / 2**20:>11.0f} MB "
               f"{statistics.median(v.passes):>7.0f}")
     if variants[1].mask_times:
         apply = statistics.median(variants[1].mask_times)
         result["mask_apply_fraction_of_dense_step"] = apply / dense
-        print(f"mask application alone (gradients and weights): {apply * 1e3:.1f} ms per step = {apply / dense:.1%} "
+        print(f"mask application alone (the gradients): {apply * 1e3:.1f} ms per step = {apply / dense:.1%} "
               "of a dense step (the step ratios above also carry this machine's step-to-step noise)\n", flush=True)
     return result
 
@@ -230,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sparsity", type=float, default=0.7)
     ap.add_argument("--adamw-impl", choices=ADAMW_IMPLS, default="auto",
                     help="AdamW's implementation, as --model.adamw_impl (default auto: fused at full precision)")
-    ap.add_argument("--steps", type=int, default=6, help="measured steps per variant")
+    ap.add_argument("--steps", type=int, default=8, help="measured steps per variant")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--out", default="bench/results.json")
     ap.add_argument("--adversarial-steps", type=int, default=3,
@@ -244,8 +258,9 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    print("masked step / dense step: " + ", ".join(
-        f"{b} {r['variants']['masked']['ratio_to_dense']:.3f}" for b, r in result["backbones"].items()))
+    print("masked step / dense step (medians; paired): " + ", ".join(
+        f"{b} {r['variants']['masked']['ratio_to_dense']:.3f}; {r['variants']['masked']['paired_ratio_to_dense']:.3f}"
+        for b, r in result["backbones"].items()))
     print(f"written {out}")
     return result
 
