@@ -121,11 +121,8 @@ class MaskedTraining(pl.Callback):
         if self.checksum_path is not None:
             self._write_checksums(trainer, pl_module)
 
-    def _pruned_nonzero(self) -> list[str]:
-        return [k for k, p in self._params.items() if bool((p.detach()[~self.mask[k]] != 0).any())]
-
     def _check_pruned_are_zero(self, trainer, when: str) -> None:
-        moved = self._pruned_nonzero()
+        moved = self.mask.pruned_nonzero(self._params)
         if moved:
             optimizer = type(trainer.optimizers[0]).__qualname__ if trainer.optimizers else "the optimizer"
             raise PrunedWeightMoved(
@@ -140,7 +137,7 @@ class MaskedTraining(pl.Callback):
             atomic_torch_save(self.rewind_state, self.rewind_path)
 
     def _write_checksums(self, trainer, pl_module) -> None:
-        pruned_nonzero = self._pruned_nonzero()
+        pruned_nonzero = self.mask.pruned_nonzero(self._params)
         weights = gather_strings(tensor_digest(dict(pl_module.state_dict())))
         nonzero = gather_strings(",".join(pruned_nonzero))
         if trainer.is_global_zero:

@@ -269,3 +269,14 @@ def test_the_pruning_core_imports_no_lightning_and_no_model_code():
     proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def test_pruned_nonzero_names_exactly_the_tensors_whose_pruned_weights_moved():
+    params = {"a": torch.randn(4, 4), "b": torch.randn(3)}
+    mask = random_prune(Mask.ones_like(params), 0.5, torch.Generator().manual_seed(0))
+    mask.apply_(params)
+    assert mask.pruned_nonzero(params) == []
+    params["b"][~mask["b"]] = -1e-30  # any non-zero, however small
+    assert mask.pruned_nonzero(params) == ["b"]
+    params["b"][~mask["b"]] = -0.0  # a signed zero is zero
+    assert mask.pruned_nonzero(params) == []

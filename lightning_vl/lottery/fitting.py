@@ -86,10 +86,9 @@ def fit_and_score(module: Prunable, datamodule: pl.LightningDataModule, make_tra
 
 def check_sparsity(module: Prunable, mask: Mask) -> float:
     """The mask's sparsity, after checking the trained weights honour it exactly."""
-    for n in mask.keys():
-        w = module.get_parameter(n).detach().cpu()
-        if (w[~mask[n].cpu()] != 0).any():
-            raise RuntimeError(f"pruned weights of {n} are non-zero after training")
+    moved = mask.pruned_nonzero({n: module.get_parameter(n) for n in mask.keys()})
+    if moved:
+        raise RuntimeError(f"pruned weights of {moved[0]} are non-zero after training")
     return mask.sparsity
 
 

@@ -216,6 +216,13 @@ class Mask:
         torch._foreach_mul_([params[k] for k in names], self._factors(names))
 
     @torch.no_grad()
+    def pruned_nonzero(self, params: Mapping[str, torch.Tensor]) -> list[str]:
+        """The names of the tensors in which a pruned weight is not exactly zero (none: the
+        weights honour the mask)."""
+        return [k for k, t in self._tensors.items()
+                if bool((params[k].detach()[~t.to(params[k].device)] != 0).any())]
+
+    @torch.no_grad()
     def mask_grads_(self, params: Mapping[str, torch.Tensor]) -> None:
         """Zero the pruned weights' gradients in place; parameters without a gradient are skipped
         (e.g. LXMERT's last cross-modality layer's vision side, which no pooled output reads)."""

@@ -113,7 +113,7 @@ class Variant:
     def check(self) -> None:
         """The pruned weights are still exactly zero (``MaskedTraining`` checks the same)."""
         if self.mask is not None:
-            moved = [n for n, p in self.params.items() if bool((p.detach()[~self.mask[n]] != 0).any())]
+            moved = self.mask.pruned_nonzero(self.params)
             if moved:
                 raise RuntimeError(f"{self.name}: pruned weights moved in {moved[:3]}")
 
