@@ -5,9 +5,12 @@ pytest process, whose threads (and whatever earlier tests left running) a launch
 Scenarios:
     broadcast OUT          a fit under Lightning's real ``ddp`` launcher (it re-runs this command as
                            rank 1) whose ranks start from different random masks
-    lottery STRATEGY OUT [BACKBONE]
-                           two lottery levels, every level's fit on 2 ranks started by STRATEGY, on
-                           UNITER (default) or LXMERT (BACKBONE=lxmert, NLVR2's paired-mlp head)
+    lottery STRATEGY OUT   two lottery levels on UNITER, every level's fit on 2 ranks started by STRATEGY
+    masked-fit STRATEGY OUT BACKBONE
+                           one masked fit (a random half of the prunable weights) on 2 ranks started by
+                           STRATEGY, e.g. LXMERT with NLVR2's pooled-only paired-mlp head; the ranks'
+                           checksums go to OUT/ranks.json, whether the weights honour the mask to
+                           OUT/result.json
     held-lock WHAT OUT     a thread of this process holds a lock when the ranks are forked, and each
                            rank takes that lock: WHAT=trainer is a plain ``Trainer(strategy="ddp_fork")``
                            fit (the ranks wait for ever), WHAT=lottery the same through the lottery
@@ -82,9 +85,9 @@ def tiny_model(backbone: str = "uniter") -> VLModule:
     return VLModule(backbone=LxmertBackbone(cfg), head="paired-mlp", lr=1e-3, warmup_steps=1)
 
 
-def lottery(strategy: str, out: Path, backbone: str = "uniter") -> None:
+def lottery(strategy: str, out: Path) -> None:
     pl.seed_everything(0, verbose=False)
-    model = tiny_model(backbone)
+    model = tiny_model("uniter")
     cfg = ImpConfig(method="random", target_sparsity=0.1, wandb="disabled")
 
     def make_trainer(round_dir, callbacks):
@@ -95,6 +98,18 @@ def lottery(strategy: str, out: Path, backbone: str = "uniter") -> None:
     mask = Mask.load(runner.folder.mask_path(1))
     honoured = all(bool((model.get_parameter(n).detach()[~mask[n]] == 0).all()) for n in mask.keys())
     (out / "result.json").write_text(json.dumps({"rounds": [r["round"] for r in results], "honoured": honoured}))
+
+
+def masked_fit(strategy: str, out: Path, backbone: str) -> None:
+    pl.seed_everything(0, verbose=False)
+    model = tiny_model(backbone)
+    dense = Mask({n: torch.ones_like(model.get_parameter(n), dtype=torch.bool) for n in model.prunable_parameter_names()})
+    mask = random_prune(dense, 0.5, torch.Generator().manual_seed(1))
+    cb = MaskedTraining(mask, checksum_path=out / "ranks.json")
+    tiny_trainer(3, devices=2, strategy=strategy, callbacks=[cb], deterministic=False).fit(
+        model, datamodule=RandomPairsDataModule())
+    honoured = all(bool((model.get_parameter(n).detach()[~mask[n]] == 0).all()) for n in mask.keys())
+    (out / "result.json").write_text(json.dumps({"honoured": honoured, "digest": digest(mask)}))
 
 
 # ---- a lock held by another thread at fork time ------------------------------------------------
@@ -148,5 +163,6 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     scenario, *args = sys.argv[1:]
     {"broadcast": lambda out: broadcast(Path(out)),
-     "lottery": lambda strategy, out, backbone="uniter": lottery(strategy, Path(out), backbone),
+     "lottery": lambda strategy, out: lottery(strategy, Path(out)),
+     "masked-fit": lambda strategy, out, backbone: masked_fit(strategy, Path(out), backbone),
      "held-lock": lambda what, out: held_lock(what, Path(out))}[scenario](*args)

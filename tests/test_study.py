@@ -197,9 +197,9 @@ def test_time_left_is_estimated_per_kind_and_task_and_shared_by_the_workers_hold
 
 
 # ---- real worker processes ----------------------------------------------------------------------
-def tiny_study(world: Path, tmp_path: Path, steps: int = 4) -> Path:
+def tiny_study(world: Path, tmp_path: Path, steps: int = 4, seeds: tuple[int, ...] = (0, 1)) -> Path:
     study = {
-        "study": "tiny", "tasks": ["nlvr2"], "seeds": [0, 1],
+        "study": "tiny", "tasks": ["nlvr2"], "seeds": list(seeds),
         "stack": [str(ROOT / "configs/task/{task}.yaml"), str(ROOT / "configs/model/uniter-tiny.yaml"),
                   str(ROOT / "configs/demo.yaml"), str(ROOT / "configs/demo/{task}.yaml")],
         "args": [*nlvr2_world_args(world),
@@ -277,7 +277,7 @@ def children(pid: int) -> list[int]:
 
 @pytest.mark.slow
 def test_a_dead_workers_claim_is_taken_over(demo_world, tmp_path, commands):
-    study = tiny_study(demo_world, tmp_path)
+    study = tiny_study(demo_world, tmp_path, seeds=(0,))  # one run and its branch
     first = worker(commands, study, tmp_path, "first")
     deadline = time.time() + 300
     while not list((tmp_path / "studies" / "tiny" / "cells").glob("*.log")):
@@ -285,10 +285,10 @@ def test_a_dead_workers_claim_is_taken_over(demo_world, tmp_path, commands):
         time.sleep(0.1)
     os.killpg(first.pid, signal.SIGKILL)  # the worker and its command, mid-cell
     first.wait()
-    assert len(cells_done(tmp_path)) < 4
+    assert len(cells_done(tmp_path)) == 0  # killed inside the run, which its branch waits for
     second = commands.wait(worker(commands, study, tmp_path, "second"), tmp_path / "second.log", 300)
     assert second.returncode == 0, second.output[-2000:]
-    assert len(cells_done(tmp_path)) == 4
+    assert len(cells_done(tmp_path)) == 2
 
 
 @pytest.mark.slow
