@@ -75,3 +75,14 @@ def test_the_next_make_command_repeats_the_runs_settings(imp, expected):
     from lightning_vl.lottery import ImpConfig
 
     assert _make_settings(ImpConfig(**imp)) == expected
+
+
+def test_a_pruned_round_far_above_dense_flags_the_dense_fine_tune_as_unconverged():
+    """The demo's symptom before its budgets were measured: every ticket far above an under-trained dense."""
+    run = Path("runs/refcoco+/imp-1")
+    flagged = prune_summary([{**r, "steps": 300} for r in rows(0.735, 0.88, 0.922)], run, "refcoco+", "imp")
+    assert len(flagged) == 5
+    assert flagged[1] == ("  check       round 2 (20.0%) scores 0.1870 above the dense round after 300 steps: the dense "
+                          "fine-tune has likely not converged (raise --trainer.max_steps; docs/troubleshooting.md)")
+    assert len(prune_summary(rows(0.80, 0.815, 0.79), run, "vqa", "imp")) == 4  # within 2 points: noise, no check
+    assert len(prune_summary(rows(0.80, float("nan"), 0.82), run, "vqa", "random")) == 4  # 0.02: not above the margin
