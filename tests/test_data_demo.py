@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from data_modules.demo import generate_demo, main
-from data_modules.demo.nlvr2 import TEMPLATES, make_split
+from data_modules.demo.nlvr2 import DEFAULT_TEMPLATES, TEMPLATES, make_split
 from data_modules.demo.vocab import build_vocab, pad_vocab
 from data_modules.tokenization import encode_uniter_batch, load_tokenizer
 
@@ -43,10 +43,18 @@ def test_labels_are_balanced_per_template_and_schema_is_nlvr2(demo_world):
                           "writer", "validation", "directory"}
         assert r["label"] in ("True", "False") and r["identifier"].count("-") == 3
         per_template[r["synset"]].append(r["label"] == "True")
-    assert set(per_template) == {"count", "compare", "both", "spatial"}
+    assert set(per_template) == set(DEFAULT_TEMPLATES) == {"both"}  # the harder ones behind --nlvr2-templates
     for labels in per_template.values():
         assert abs(np.mean(labels) - 0.5) <= 0.05
     assert "extra_validations" in records(_root(demo_world) / "nlvr2/dev.json")[0]
+
+
+def test_every_template_can_be_asked_for_and_each_is_balanced_and_true_of_its_images():
+    records, scenes, stats = make_split("train", 400, np.random.default_rng(3), templates=tuple(TEMPLATES))
+    assert set(stats) == {"count", "compare", "both", "spatial"} == {r["synset"] for r in records}
+    for template, counts in stats.items():
+        assert counts["true"] == counts["examples"] // 2 and counts["examples"] > 60, (template, counts)
+    assert len(scenes) == 2 * len(records)
 
 
 def test_text_alone_does_not_give_the_label(demo_world):
@@ -86,11 +94,11 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
 def test_labels_are_exactly_balanced_per_template_and_split(demo_world):
     manifest = json.loads((_root(demo_world) / "manifest.json").read_text())
     for split, info in manifest["tasks"]["nlvr2"]["splits"].items():
-        assert set(info["templates"]) == set(TEMPLATES)
+        assert set(info["templates"]) == set(DEFAULT_TEMPLATES)
         for template, counts in info["templates"].items():
             assert counts["true"] == counts["examples"] // 2, (split, template, counts)
         shortfall = info["examples"] / 2 - info["true_rate"] * info["examples"]  # odd template counts round down
-        assert -1e-9 <= shortfall <= len(TEMPLATES) / 2 and info["images"] == 2 * info["examples"]
+        assert -1e-9 <= shortfall <= len(DEFAULT_TEMPLATES) / 2 and info["images"] == 2 * info["examples"]
 
 
 def test_every_image_of_every_statement_is_in_the_store(demo_world):

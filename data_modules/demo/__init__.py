@@ -123,7 +123,7 @@ def generate_demo(
     max_objects: int = WorldConfig.max_objects,
     noise: float = WorldConfig.noise,
     focus: float = WorldConfig.focus,
-    nlvr2_templates: tuple[str, ...] = tuple(nlvr2_demo.TEMPLATES),
+    nlvr2_templates: tuple[str, ...] = nlvr2_demo.DEFAULT_TEMPLATES,
     scale: float = 1.0,
     vocab_size: Optional[int] = None,
     pretrain_scenes: Optional[int] = None,
@@ -140,7 +140,7 @@ def generate_demo(
     Difficulty knobs: ``num_colors`` (<= 5), ``num_shapes`` (<= 4), objects per image, detector
     ``noise`` (std of the Gaussian added to unit-variance features), ``focus`` (how much image
     pairs over-represent what their statement mentions: higher = fewer "is it there at all"
-    shortcuts, harder), ``nlvr2_templates`` (a subset of count, compare, both, spatial).
+    shortcuts, harder), ``nlvr2_templates`` (a subset of count, compare, both, spatial; default: both).
     ``vocab_size``: pad ``tokenizer/vocab.txt`` with ``[unused0]``, … to exactly this many tokens —
     give the demo model's ``model.uniter.vocab_size``, so that ids past the tokenizer (VCR's object
     tokens) are the rows the model appends for them; None = the real tokens only. A vocabulary
@@ -258,8 +258,10 @@ def argument_parser(prog: str = "python -m data_modules.demo",
                     help="detector noise on unit-variance features (default 0.1; the earlier default 0.5)")
     ap.add_argument("--focus", type=float, default=WorldConfig.focus,
                     help="0-1: how much images over-represent what statements mention (higher = harder)")
-    ap.add_argument("--nlvr2-templates", nargs="+", default=list(nlvr2_demo.TEMPLATES),
-                    choices=list(nlvr2_demo.TEMPLATES))
+    ap.add_argument("--nlvr2-templates", nargs="+", default=list(nlvr2_demo.DEFAULT_TEMPLATES),
+                    choices=list(nlvr2_demo.TEMPLATES),
+                    help="NLVR2 statement templates (default: both; the harder count, compare and spatial are "
+                         "learnt only in ~3,000-step rounds)")
     ap.add_argument("--pretrain-scenes", type=int, default=None,
                     help="captioned scenes of the pre-training corpus (default 20,000 x --scale, or --n-train; 0: none)")
     ap.add_argument("--pretrain-val", type=int, default=None,
