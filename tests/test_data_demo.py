@@ -178,6 +178,15 @@ def test_world_knobs_restrict_palette_objects_and_templates(tmp_path):
     assert {r["synset"] for r in records(paths["nlvr2_train"])} == {"count", "both"}
     manifest = json.loads(Path(paths["manifest"]).read_text())
     assert manifest["world"]["num_colors"] == 2 and set(manifest["tasks"]["nlvr2"]["splits"]["train"]["templates"]) == {"count", "both"}
+    default = generate_demo(tmp_path / "default", feat_dim=8, n_train=20, n_dev=4, n_test=4, num_colors=2, num_shapes=2,
+                            tasks=("nlvr2",))
+    every = generate_demo(tmp_path / "every", feat_dim=8, n_train=20, n_dev=4, n_test=4, num_colors=2, num_shapes=2,
+                          tasks=("nlvr2",), nlvr2_templates=tuple(TEMPLATES))
+    assert {r["synset"] for r in records(default["nlvr2_train"])} == {"both"}
+    assert not filecmp.cmp(default["nlvr2_train"], every["nlvr2_train"], shallow=False)
+    # the templates change the NLVR2 files only: the vocabulary (and so θ_0) is the same
+    vocab = [(Path(w["tokenizer"]) / "vocab.txt").read_text() for w in (default, every)]
+    assert vocab[0] == vocab[1] and "\nexactly\n" in vocab[0] and "\nfewer\n" in vocab[0]
     with pytest.raises(ValueError, match="subset of"):
         make_split("train", 4, rng, templates=("riddle",))
     flat = WorldConfig(num_colors=1, num_shapes=1, min_objects=2, max_objects=2)  # every count is 2

@@ -164,6 +164,14 @@ def demo_options(settings: dict) -> dict:
     return {"templates": tuple(settings["nlvr2_templates"])}
 
 
+def template_lexicon(world: WorldConfig = DEFAULT_WORLD, draws: int = 2000) -> list[str]:
+    """Wordings of *every* template (drawn from a fixed generator of their own, no scenes), for the
+    demo vocabulary: the tokenizer, and so θ_0, are the same whichever templates the data use, so
+    ``--nlvr2-templates`` changes the NLVR2 files only."""
+    rng = np.random.default_rng(0)
+    return [TEMPLATES[name](rng, world).text for name in TEMPLATES for _ in range(draws)]
+
+
 def generate(out, writer, ctx, sizes: dict[str, int]):
     """Write ``nlvr2/{train,dev,test}.json`` (NLVR2's JSON lines) and both images of every pair."""
     from . import DemoTaskResult
@@ -188,4 +196,5 @@ def generate(out, writer, ctx, sizes: dict[str, int]):
             "true_rate": sum(r["label"] == "True" for r in records) / len(records) if records else None,
             "templates": stats,
         }
+    texts += template_lexicon(ctx.world)
     return DemoTaskResult(files, texts, {"splits": manifest})
