@@ -155,7 +155,7 @@ prune: check-task check-backbone $(MODEL_PRETRAIN)
 	  --config configs/task/$(TASK).yaml --config $(MODEL_CONFIG) --config configs/demo.yaml --config configs/demo/$(TASK).yaml \
 	  $(if $(PIXEL_CONFIG),--config $(PIXEL_CONFIG)) \
 	  $(if $(PRUNE),--imp.method $(PRUNE)) $(if $(SPARSITY),--imp.target_sparsity $(SPARSITY)) $(if $(SCHEDULE),--imp.schedule $(SCHEDULE)) \
-	  --imp.rewind_step $(REWIND) --imp.root $(RUNS) $(MODEL_INIT) $(if $(INIT),--model.init $(INIT)) $(ARGS)
+	  --imp.rewind_step $(REWIND) --imp.root $(RUNS) --imp.save_trained true $(MODEL_INIT) $(if $(INIT),--model.init $(INIT)) $(ARGS)
 
 # a branch of a trained round: the source run's settings (KIND=transfer: TO's files of the same stack)
 branch: pretrain

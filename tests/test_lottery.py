@@ -234,3 +234,24 @@ def test_head_reset_rewind_starts_every_level_from_phi_i(tmp_path):
     for k, v in starts[1].items():
         if k.startswith("head."):
             assert torch.equal(v, theta_i[k]), k
+
+
+def test_save_trained_keeps_every_levels_fine_tuned_model_beside_its_mask(tmp_path):
+    runner, results = run(tmp_path, save_trained=True, target_sparsity=0.2)
+    init = torch.load(runner.folder.init, weights_only=True)
+    for level in range(len(results)):
+        trained = torch.load(runner.folder.trained_path(level), weights_only=True)
+        mask = Mask.load(runner.folder.mask_path(level))
+        assert trained.keys() == runner.module.state_dict().keys()  # the whole model, head included
+        assert all(bool((trained[n][~mask[n]] == 0).all()) for n in mask.keys())  # pruned weights at zero
+        assert any(not torch.equal(trained[n], init[n] * mask[n]) for n in mask.keys())  # trained, not θ_0
+    last = runner.module.state_dict()
+    assert all(torch.equal(trained[k], last[k].cpu()) for k in trained)  # the level's own weights
+    plain, _ = run(tmp_path, "plain", target_sparsity=0.2)
+    assert not plain.folder.trained_path(0).exists()  # off by default
+
+
+def test_save_trained_is_not_part_of_a_runs_identity():
+    from lightning_vl.lottery.identity import IMP_KEYS
+
+    assert "save_trained" not in IMP_KEYS and "save_trained" in ImpConfig.__dataclass_fields__

@@ -50,6 +50,10 @@ class ImpConfig:
             ``pooler``, ``img_linear``.
         snip_batches: training batches whose gradients SNIP sums at θ_0 (the ``snip`` strategy's
             ``batches`` option, unless ``options`` gives it).
+        save_trained: keep every level's trained weights, the whole model (core and head), as
+            ``round_NN/trained.pt`` beside its mask: the fine-tuned ticket itself. Not part of the
+            run's identity. A round of the demo's tiny UNITER costs 1.5 MB, of UNITER-base about
+            0.5 GB (fp32), so it is on for ``make prune`` and off by default.
         root: folder that holds ``<task>/<method>-<hash>`` run folders.
         name: run folder name instead of ``<method>-<hash>``.
         wandb: W&B mode for the experiment run: ``offline`` (default), ``online`` or ``disabled``.
@@ -65,6 +69,7 @@ class ImpConfig:
     prunable: list[str] = field(default_factory=lambda: ["encoder"])
     snip_batches: int = 4
     options: dict[str, Any] = field(default_factory=dict)
+    save_trained: bool = False
     root: str = "runs"
     name: Optional[str] = None
     wandb: Literal["offline", "online", "disabled"] = "offline"

@@ -16,6 +16,7 @@
         ranks.json         every rank's mask and weight checksums
         head.pt            the trained head (head_reset=keep)
         weights.pt         the trained prunable weights (only the dense level, for one-shot strategies)
+        trained.pt         the whole trained model, pruned weights at zero (imp.save_trained)
         logs/metrics.csv   the fit's training curves
         branches/<kind>-<hash>/   branches of this level (``branches``)
 
@@ -120,6 +121,9 @@ class RunFolder:
 
     def weights_path(self, level: int) -> Path:
         return self.round_dir(level) / "weights.pt"
+
+    def trained_path(self, level: int) -> Path:
+        return self.round_dir(level) / "trained.pt"
 
     # one process at a time, with the settings the folder was made with -------------------------
     @contextlib.contextmanager

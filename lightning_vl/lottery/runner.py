@@ -157,6 +157,8 @@ class LotteryRunner:
         if self.is_zero:
             if self.kept_head is not None:
                 self.folder.save_tensors(self.folder.head_path(level), self.kept_head)
+            if self.cfg.save_trained:  # before metrics.json: a level marked done has its weights
+                self.folder.save_tensors(self.folder.trained_path(level), state_of(self.module))
             if nxt is not None:
                 nxt.save(self.folder.mask_path(level + 1))
             self.folder.write_json(self.folder.round_dir(level) / "sparsity.json", mask.report())
