@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-MAX_BYTES = 15_360
+MAX_BYTES = 15_000
 PACKAGES = ("lightning_vl", "data_modules", "callbacks")
 
 
