@@ -52,7 +52,7 @@ class ImpConfig:
             ``batches`` option, unless ``options`` gives it).
         save_trained: keep every level's trained weights, the whole model (core and head), as
             ``round_NN/trained.pt`` beside its mask: the fine-tuned ticket itself. Not part of the
-            run's identity. A round of the demo's tiny UNITER costs 1.5 MB, of UNITER-base about
+            run's identity. A round of the demo's tiny UNITER costs about 1 MB, of UNITER-base about
             0.5 GB (fp32), so it is on for ``make prune`` and off by default.
         root: folder that holds ``<task>/<method>-<hash>`` run folders.
         name: run folder name instead of ``<method>-<hash>``.
