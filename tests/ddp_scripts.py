@@ -103,7 +103,7 @@ def lottery(strategy: str, out: Path) -> None:
 def masked_fit(strategy: str, out: Path, backbone: str) -> None:
     pl.seed_everything(0, verbose=False)
     model = tiny_model(backbone)
-    dense = Mask({n: torch.ones_like(model.get_parameter(n), dtype=torch.bool) for n in model.prunable_parameter_names()})
+    dense = Mask.ones_like({n: model.get_parameter(n).detach() for n in model.prunable_parameter_names()})
     mask = random_prune(dense, 0.5, torch.Generator().manual_seed(1))
     cb = MaskedTraining(mask, checksum_path=out / "ranks.json")
     tiny_trainer(3, devices=2, strategy=strategy, callbacks=[cb], deterministic=False).fit(

@@ -85,4 +85,5 @@ def test_a_pruned_round_far_above_dense_flags_the_dense_fine_tune_as_unconverged
     assert flagged[1] == ("  check       round 2 (20.0%) scores 0.1870 above the dense round after 300 steps: the dense "
                           "fine-tune has likely not converged (raise --trainer.max_steps; docs/troubleshooting.md)")
     assert len(prune_summary(rows(0.80, 0.815, 0.79), run, "vqa", "imp")) == 4  # within 2 points: noise, no check
-    assert len(prune_summary(rows(0.80, float("nan"), 0.82), run, "vqa", "random")) == 4  # 0.02: not above the margin
+    assert len(prune_summary(rows(0.80, float("nan"), 0.81), run, "vqa", "random")) == 4  # a NaN round is skipped
+    assert len(prune_summary(rows(0.80, float("nan"), 0.83), run, "vqa", "random")) == 5

@@ -117,3 +117,10 @@ def test_the_adamw_kernel_names_new_runs_and_lets_earlier_ones_resume():
     a = results_identity(changed(("model", "adamw_impl"), "auto"), defaults)
     assert a["model"]["adamw_impl"] == "auto"
     assert differing_keys(a, results_identity(CONFIG, DEFAULTS)) == ["model.adamw_impl"]
+
+
+def test_keeping_the_trained_weights_names_the_same_run_folder():
+    """``imp.save_trained`` writes more files but changes no result: a run made without it resumes with it."""
+    kept = changed(("imp", "save_trained"), True)
+    assert config_hash(kept, DEFAULTS) == config_hash(CONFIG, DEFAULTS) == "b24f15fd"
+    assert config_hash(changed(("imp", "rate"), 0.2), DEFAULTS) != "b24f15fd"  # a results key does change it

@@ -250,8 +250,3 @@ def test_save_trained_keeps_every_levels_fine_tuned_model_beside_its_mask(tmp_pa
     plain, _ = run(tmp_path, "plain", target_sparsity=0.2)
     assert not plain.folder.trained_path(0).exists()  # off by default
 
-
-def test_save_trained_is_not_part_of_a_runs_identity():
-    from lightning_vl.lottery.identity import IMP_KEYS
-
-    assert "save_trained" not in IMP_KEYS and "save_trained" in ImpConfig.__dataclass_fields__
